@@ -1,0 +1,3 @@
+"""A reproducible, GPU-accelerated image-classification pipeline driven by DVC."""
+
+__version__ = "0.1.0"

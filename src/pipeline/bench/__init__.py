@@ -1,0 +1,1 @@
+"""Inference benchmark: backends, timing, statistics and the report."""

@@ -1,0 +1,1 @@
+"""Image sources, the train/val/test split and the prepared-data format."""

@@ -1,0 +1,55 @@
+"""Deterministic stratified train/val/test split."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.data.types import LabelledImages, SourceData
+from pipeline.errors import PipelineError
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(PipelineError):
+    """Too few images (or classes) for the requested split."""
+
+
+def _stratified(
+    pool: LabelledImages, fraction: float, seed: int, what: str
+) -> tuple[LabelledImages, LabelledImages]:
+    classes = np.unique(pool.labels)
+    held = int(round(len(pool) * fraction))
+    if len(classes) < 2:
+        raise SplitError(f"need at least 2 classes, found {len(classes)}")
+    if held < len(classes) or len(pool) - held < len(classes):
+        raise SplitError(
+            f"{len(pool)} images cannot give a {what} split of {fraction:g} "
+            f"with every one of {len(classes)} classes on both sides"
+        )
+    index = np.arange(len(pool))
+    keep, hold = train_test_split(
+        index, test_size=held, random_state=seed, shuffle=True, stratify=pool.labels
+    )
+    # Sorted indices keep the output independent of sklearn's internal shuffling order.
+    return pool.subset(np.sort(keep)), pool.subset(np.sort(hold))
+
+
+def split(source: SourceData, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Return {"train", "val", "test"} -> LabelledImages; same inputs give identical bytes."""
+    if "all" in source.pools:
+        rest, test = _stratified(source.pools["all"], test_fraction, seed, "test")
+        val_of_rest = val_fraction / (1.0 - test_fraction)
+        train, val = _stratified(rest, val_of_rest, seed + 1, "val")
+    else:
+        train, val = _stratified(source.pools["train"], val_fraction, seed, "val")
+        test = source.pools["test"]
+    return {"train": train, "val": val, "test": test}
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 NCHW images, on the 0..1 scale."""
+    as_float = images.astype(np.float64) / 255.0
+    mean = as_float.mean(axis=(0, 2, 3))
+    std = as_float.std(axis=(0, 2, 3))
+    return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]

@@ -1,0 +1,53 @@
+"""What every data source hands to the split: labelled uint8 images and their provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """uint8 images in NCHW layout with int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 NCHW, got {self.images.dtype} {self.images.shape}"
+            )
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> LabelledImages:
+        return LabelledImages(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A file that could not be used, and why: listed in metrics/data.json, never silently lost."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """A loaded source.
+
+    ``pools`` is either ``{"all": ...}`` (the split carves train, val and test out of it) or
+    ``{"train": ..., "test": ...}`` for sources with an official test split.
+    """
+
+    name: str
+    pools: dict[str, LabelledImages]
+    class_names: list[str]
+    input_hashes: dict[str, str] = field(default_factory=dict)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    files_seen: int = 0

@@ -1,0 +1,1 @@
+"""ONNX export, safety checks before any session, and parity against PyTorch."""

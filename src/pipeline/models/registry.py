@@ -1,0 +1,46 @@
+"""Name -> constructor. Every model takes normalised float NCHW input and returns logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.models.small_cnn import SmallCNN
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    width: int = 32
+    dropout: float = 0.1
+
+
+class UnknownModelError(PipelineError):
+    pass
+
+
+def _small_cnn(spec: ModelSpec) -> nn.Module:
+    return SmallCNN(spec.in_channels, spec.num_classes, spec.width, spec.dropout)
+
+
+_REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {"small_cnn": _small_cnn}
+
+
+def available_archs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    try:
+        constructor = _REGISTRY[spec.arch]
+    except KeyError:
+        raise UnknownModelError(
+            f"model.arch {spec.arch!r} is unknown; choose one of {', '.join(available_archs())}"
+        ) from None
+    return constructor(spec)

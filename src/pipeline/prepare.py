@@ -1,0 +1,37 @@
+"""The prepare stage's recipe: load a source, split it, write the prepared folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.data.sources import load_source
+from pipeline.data.split import split
+from pipeline.data.storage import build_meta, write_prepared
+from pipeline.io import write_json
+
+
+def data_report(meta: dict, files_seen: int) -> dict:
+    quarantined = meta["quarantined"]
+    return {
+        "source": meta["source"],
+        "counts": meta["counts"],
+        "num_classes": meta["num_classes"],
+        "input_shape": meta["input_shape"],
+        "files_seen": files_seen,
+        "quarantined_count": len(quarantined),
+        "quarantined": quarantined,
+    }
+
+
+def prepare(params: Params, root: Path = Path(".")) -> dict:
+    source = load_source(params.data)
+    splits = split(source, params.data.val_fraction, params.data.test_fraction, params.seed)
+    meta = build_meta(source, splits)
+    write_prepared(root / paths.PREPARED_DIR, splits, meta)
+    report = data_report(meta, source.files_seen)
+    write_json(root / paths.DATA_METRICS, report)
+    print(f"prepared {source.name}: {meta['counts']} shape {meta['input_shape']}", file=sys.stderr)
+    return report

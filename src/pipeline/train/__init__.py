@@ -1,0 +1,1 @@
+"""The training engine: device and precision policy, data feeding, the loop."""

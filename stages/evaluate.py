@@ -1,0 +1,25 @@
+"""Stage evaluate: the trained model on the test split -> metrics/eval.json + confusion plot."""
+
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.data.storage import read_meta, read_split_tensors
+from pipeline.evaluate import classification_metrics, write_confusion_csv
+from pipeline.inference import predict_logits
+from pipeline.io import write_json
+from pipeline.model_io import load_trained
+from pipeline.stage import run_stage
+
+
+def evaluate(params: Params) -> None:
+    model, _card = load_trained(paths.MODELS_DIR)
+    images, labels = read_split_tensors(paths.PREPARED_DIR, "test")
+    class_names = read_meta(paths.PREPARED_DIR)["class_names"]
+    logits = predict_logits(model, images, params.evaluate.batch_size)
+    metrics = classification_metrics(logits, labels, class_names)
+    write_confusion_csv(paths.CONFUSION_PLOT, logits, labels, class_names)
+    write_json(paths.EVAL_METRICS, metrics)
+    print(f"evaluate: test accuracy {metrics['accuracy']:.4f} on {metrics['samples']} images")
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", evaluate)
