@@ -203,3 +203,24 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     return parse_params(raw, source=str(path))
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|")
+
+
+def params_table() -> str:
+    """Markdown table of every param with its default and description (for the README)."""
+    rows = ["| param | default | meaning |", "|---|---|---|"]
+    for name, field in Params.model_fields.items():
+        section = field.annotation
+        if not hasattr(section, "model_fields"):
+            rows.append(f"| `{name}` | `{field.default}` | {_cell(field.description)} |")
+            continue
+        for key, sub in section.model_fields.items():
+            rows.append(f"| `{name}.{key}` | `{sub.default}` | {_cell(sub.description)} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(params_table())

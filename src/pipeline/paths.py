@@ -16,6 +16,7 @@ ONNX_DIR = MODELS_DIR / "onnx"
 ONNX_MODEL = ONNX_DIR / "model.onnx"
 
 METRICS_DIR = Path("metrics")
+PARAMS_CHECK = METRICS_DIR / "params_check.json"
 DATA_METRICS = METRICS_DIR / "data.json"
 TRAIN_METRICS = METRICS_DIR / "train.json"
 TRAIN_LIVE_DIR = METRICS_DIR / "train"

@@ -1,0 +1,20 @@
+"""Stage check_params: validate params.yaml before any stage that owns outputs runs.
+
+DVC deletes a stage's outputs before running it, so a stage that refused bad params itself
+would already have lost the previous good outputs. This stage runs first on every change to
+params.yaml; when it fails, `dvc repro` stops before anything is removed. Its output's content
+never changes for valid params, so downstream stages rerun only for their own params.
+"""
+
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.io import write_json
+from pipeline.stage import run_stage
+
+
+def check_params(params: Params) -> None:
+    write_json(paths.PARAMS_CHECK, {"params": str(paths.PARAMS), "valid": True})
+
+
+if __name__ == "__main__":
+    run_stage("check_params", check_params)

@@ -1,0 +1,85 @@
+"""Shared fixtures: the project's root, and throwaway git+DVC copies of it for end-to-end runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a fresh clone holds: everything git tracks or would track, without outputs or caches.
+COPIED = ["src", "stages", ".dvc/config", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml",
+          "pyproject.toml"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def tool_env() -> dict[str, str]:
+    """Put this interpreter first on PATH, so `python stages/...` in dvc.yaml finds the package."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("GIT_AUTHOR_NAME", "test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.com")
+    env.setdefault("GIT_COMMITTER_NAME", "test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.com")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def make_project_copy(dest: Path, params_overrides: dict | None = None) -> Path:
+    """Copy the project into ``dest``, git init + DVC, commit; optionally tweak params first."""
+    import yaml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source = ROOT / name
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+    if (ROOT / ".dvc" / "plots").is_dir():
+        shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
+    if params_overrides:
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        for dotted, value in params_overrides.items():
+            section, key = dotted.split(".", 1) if "." in dotted else (None, dotted)
+            (params[section] if section else params)[key] = value
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(dest, "git", "init", "-q", "-b", "main")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "initial")
+    return dest
+
+
+# Small enough that a whole `dvc repro` stays within seconds on two cores.
+FAST_PARAMS = {
+    "train.epochs": 4,
+    "benchmark.min_iterations": 5,
+    "benchmark.min_seconds": 0.0,
+    "benchmark.warmup": 2,
+}

@@ -1,0 +1,117 @@
+"""Tier 3: the real pipeline through real DVC, in a throwaway git repo (tests run in file order)."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import FAST_PARAMS, dvc, make_project_copy, run
+
+OUTPUTS = [
+    "data/prepared/train.safetensors", "data/prepared/meta.json", "models/model.safetensors",
+    "models/model.json", "models/onnx/model.onnx", "metrics/data.json", "metrics/train.json",
+    "metrics/eval.json", "metrics/export.json", "metrics/benchmark.json", "metrics/benchmark.csv",
+    "metrics/benchmark.md", "metrics/confusion.csv", "metrics/train/plots/metrics/val_accuracy.tsv",
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_project_copy(tmp_path_factory.mktemp("e2e") / "project", FAST_PARAMS)
+    result = dvc(root, "repro")
+    assert "Running stage 'benchmark'" in result.stdout
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "first run")
+    return root
+
+
+def read(root, name):
+    return json.loads((root / name).read_text())
+
+
+def set_param(root, section, key, value):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_repro_writes_every_output_with_sane_values(project):
+    for name in OUTPUTS:
+        assert (project / name).is_file(), name
+    train = read(project, "metrics/train.json")
+    assert train["epochs"] == FAST_PARAMS["train.epochs"]
+    assert train["policy"]["device"] == "cpu" and train["images_per_s"] > 0
+    assert read(project, "metrics/eval.json")["accuracy"] > 0.85
+    export = read(project, "metrics/export.json")
+    assert export["parity"]["top1_agreement"] >= 0.999
+    assert len(export["sha256"]) == 64
+    bench = read(project, "metrics/benchmark.json")
+    assert set(bench["headline"]) == {"batch_1", "batch_64"}
+    status = dvc(project, "status", "--json")
+    assert json.loads(status.stdout) == {}
+
+
+def test_bad_params_fail_in_one_line_and_keep_previous_outputs(project):
+    model_before = (project / "models/model.safetensors").read_bytes()
+    metrics_before = (project / "metrics/train.json").read_text()
+    original = (project / "params.yaml").read_text()
+    try:
+        for key, value, expected in [
+            ("batch_sise", 32, "unknown key 'train.batch_sise'"),
+            ("batch_size", -1, "bad value for 'train.batch_size': -1"),
+        ]:
+            (project / "params.yaml").write_text(original)
+            set_param(project, "train", key, value)
+            result = dvc(project, "repro", check=False)
+            assert result.returncode != 0
+            assert f"check_params: error: params.yaml: {expected}" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert (project / "models/model.safetensors").read_bytes() == model_before
+            assert (project / "metrics/train.json").read_text() == metrics_before
+    finally:
+        (project / "params.yaml").write_text(original)
+    # Fixed params: only the check reruns; every other stage is still up to date.
+    rerun = dvc(project, "repro").stdout
+    assert "Running stage 'check_params'" in rerun
+    assert "Running stage 'prepare'" not in rerun and "Running stage 'train'" not in rerun
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
+def test_a_stage_run_by_hand_also_refuses_bad_params(project):
+    original = (project / "params.yaml").read_text()
+    try:
+        set_param(project, "train", "batch_size", -1)
+        result = run(project, "python", "stages/train.py", check=False)
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "train: error: params.yaml: bad value for 'train.batch_size': -1 "
+        "(Input should be greater than 0)"
+    ]
+
+
+def test_metrics_and_params_diff_between_commits(project):
+    set_param(project, "train", "epochs", 2)
+    dvc(project, "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "two epochs")
+    params_diff = json.loads(dvc(project, "params", "diff", "HEAD~1", "--json").stdout)
+    assert params_diff["params.yaml"]["train.epochs"] == {"old": 4, "new": 2, "diff": -2}
+    metrics_diff = json.loads(dvc(project, "metrics", "diff", "HEAD~1", "--json").stdout)
+    assert metrics_diff["metrics/train.json"]["epochs"] == {"old": 4, "new": 2, "diff": -2}
+
+
+def test_experiment_with_set_param_shows_in_exp_show(project):
+    dvc(project, "exp", "run", "-S", "train.epochs=3", "--name", "three-epochs")
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    experiments = [
+        exp for entry in shown for group in (entry.get("experiments") or [])
+        for exp in group["revs"]
+    ]
+    found = [exp for exp in experiments if exp.get("name") == "three-epochs"]
+    assert found, f"experiment missing from {[e.get('name') for e in experiments]}"
+    data = found[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 3
+    assert data["metrics"]["metrics/train.json"]["data"]["epochs"] == 3
+    assert data["metrics"]["metrics/eval.json"]["data"]["accuracy"] > 0.5

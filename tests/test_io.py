@@ -1,0 +1,29 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.io import atomic_open, load_arrays, read_json, save_arrays, write_json
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"version": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as handle:
+            handle.write('{"version": 2')
+            raise RuntimeError("killed mid-write")
+    assert read_json(target) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_json_has_no_nan(tmp_path):
+    write_json(tmp_path / "m.json", {"loss": float("nan"), "vals": [float("inf"), 1.0]})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"loss": None, "vals": [None, 1.0]}
+
+
+def test_arrays_round_trip_without_pickle(tmp_path):
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    save_arrays(tmp_path / "a.safetensors", {"images": images})
+    assert (tmp_path / "a.safetensors").read_bytes()[:1] != b"\x80"  # not a pickle stream
+    np.testing.assert_array_equal(load_arrays(tmp_path / "a.safetensors")["images"], images)

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from pipeline.config import DataParams
+from pipeline.data import digits
+from pipeline.data.split import SplitError, channel_stats, split
+from pipeline.data.storage import build_meta, read_split, write_prepared
+from pipeline.data.types import LabelledImages, SourceData
+from pipeline.prepare import prepare
+
+
+def test_digits_is_uint8_nchw_with_ten_classes():
+    source = digits.load()
+    pool = source.pools["all"]
+    assert pool.images.dtype == np.uint8 and pool.images.shape[1:] == (1, 8, 8)
+    assert pool.images.max() == 255
+    assert source.class_names == [str(i) for i in range(10)]
+
+
+def test_split_is_stratified_disjoint_and_complete():
+    source = digits.load()
+    parts = split(source, 0.15, 0.15, seed=0)
+    total = sum(len(p) for p in parts.values())
+    assert total == len(source.pools["all"])
+    for part in parts.values():
+        assert set(np.unique(part.labels)) == set(range(10))
+    assert abs(len(parts["test"]) / total - 0.15) < 0.01
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
+    source = digits.load()
+    for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
+        parts = split(source, 0.15, 0.15, seed=seed)
+        write_prepared(tmp_path / name, parts, build_meta(source, parts))
+    for split_name in ("train", "val", "test"):
+        file = f"{split_name}.safetensors"
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    assert (tmp_path / "a/train.safetensors").read_bytes() != (
+        tmp_path / "c/train.safetensors"
+    ).read_bytes()
+
+
+def test_official_test_split_is_kept():
+    rng = np.random.default_rng(0)
+    train = LabelledImages(rng.integers(0, 255, (100, 1, 4, 4), dtype=np.uint8),
+                           np.repeat(np.arange(4), 25))
+    test = LabelledImages(rng.integers(0, 255, (8, 1, 4, 4), dtype=np.uint8),
+                          np.repeat(np.arange(4), 2))
+    parts = split(SourceData("x", {"train": train, "test": test}, list("abcd")), 0.2, 0.1, 0)
+    assert parts["test"] is test
+    assert len(parts["train"]) == 80 and len(parts["val"]) == 20
+
+
+def test_too_few_images_is_a_clear_error():
+    tiny = LabelledImages(np.zeros((6, 1, 2, 2), np.uint8), np.array([0, 0, 0, 1, 1, 1]))
+    with pytest.raises(SplitError, match="6 images cannot give a test split"):
+        split(SourceData("x", {"all": tiny}, ["a", "b"]), 0.1, 0.1, 0)
+
+
+def test_single_class_is_a_clear_error():
+    one = LabelledImages(np.zeros((50, 1, 2, 2), np.uint8), np.zeros(50, np.int64))
+    with pytest.raises(SplitError, match="at least 2 classes"):
+        split(SourceData("x", {"all": one}, ["a"]), 0.1, 0.1, 0)
+
+
+def test_channel_stats_match_numpy():
+    images = np.random.default_rng(1).integers(0, 256, (10, 3, 5, 5), dtype=np.uint8)
+    mean, std = channel_stats(images)
+    np.testing.assert_allclose(mean, (images / 255.0).mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(std, (images / 255.0).std(axis=(0, 2, 3)))
+
+
+def test_prepare_writes_the_contract(tmp_path):
+    from pipeline.config import Params
+
+    report = prepare(Params(data=DataParams()), root=tmp_path)
+    prepared = tmp_path / "data/prepared"
+    assert sorted(p.name for p in prepared.iterdir()) == [
+        "meta.json", "test.safetensors", "train.safetensors", "val.safetensors"
+    ]
+    assert report["quarantined_count"] == 0
+    assert sum(report["counts"].values()) == 1797
+    assert read_split(prepared, "val").images.dtype == np.uint8
+    assert (tmp_path / "metrics/data.json").exists()

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from pipeline.config import Params, TrainParams
+from pipeline.data import digits
+from pipeline.data.split import channel_stats, split
+from pipeline.model_io import ModelFileError, load_trained, make_card, save_trained
+from pipeline.models import ModelSpec, build_model
+from pipeline.models.registry import UnknownModelError
+from pipeline.preprocess import WithPreprocessing
+from pipeline.train.loop import fit
+from pipeline.train.policy import DeviceError, choose_precision, resolve_device
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "capability", "expected", "scaler"),
+    [
+        ("auto", "cpu", None, "fp32", False),
+        ("auto", "cuda", (9, 0), "bf16", False),
+        ("auto", "cuda", (8, 0), "bf16", False),
+        ("auto", "cuda", (7, 5), "fp16", True),
+        ("bf16", "cpu", None, "bf16", False),
+        ("fp32", "cuda", (9, 0), "fp32", False),
+        ("fp16", "cuda", (9, 0), "fp16", True),
+    ],
+)
+def test_precision_policy(requested, device, capability, expected, scaler):
+    choice = choose_precision(requested, device, capability)
+    assert choice.name == expected
+    assert choice.use_grad_scaler is scaler
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(DeviceError, match="fp16"):
+        choose_precision("fp16", "cpu", None)
+
+
+def test_auto_device_is_cpu_here_and_cuda_is_refused_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+
+
+def test_unknown_arch_lists_the_choices():
+    with pytest.raises(UnknownModelError, match="small_cnn"):
+        build_model(ModelSpec("no_such_net", 1, 8, 10))
+
+
+def digits_tensors(seed=0):
+    parts = split(digits.load(), 0.15, 0.15, seed)
+    mean, std = channel_stats(parts["train"].images)
+
+    def as_tensors(name):
+        return torch.from_numpy(parts[name].images), torch.from_numpy(parts[name].labels)
+
+    return as_tensors("train"), as_tensors("val"), mean, std
+
+
+def test_fit_learns_digits_on_cpu():
+    torch.manual_seed(0)
+    train, val, mean, std = digits_tensors()
+    model = WithPreprocessing(build_model(ModelSpec("small_cnn", 1, 8, 10, width=16)), mean, std)
+    params = TrainParams(epochs=3, batch_size=64, lr=0.003)
+    precision = choose_precision("fp32", "cpu", None)
+    seen = []
+    result = fit(model, train, val, params, torch.device("cpu"), precision, 0, on_epoch=seen.append)
+    assert len(result.history) == 3 == len(seen)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.history[-1].val_accuracy > 0.8
+    assert result.images_seen == 3 * (len(train[0]) // 64) * 64
+
+
+def test_bf16_autocast_runs_on_cpu_with_finite_improving_loss():
+    torch.manual_seed(0)
+    train, val, mean, std = digits_tensors()
+    model = WithPreprocessing(build_model(ModelSpec("small_cnn", 1, 8, 10, width=8)), mean, std)
+    params = TrainParams(epochs=2, batch_size=128)
+    precision = choose_precision("bf16", "cpu", None)
+    result = fit(model, train, val, params, torch.device("cpu"), precision, 0)
+    losses = [s.train_loss for s in result.history]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[1] < losses[0]
+
+
+def test_model_round_trip_and_nonfinite_weights_refused(tmp_path):
+    spec = ModelSpec("small_cnn", 1, 8, 10, width=8)
+    model = build_model(spec).eval()
+    meta = {"class_names": list("0123456789"), "input_shape": [1, 8, 8], "mean": [0.3],
+            "std": [0.4]}
+    card = make_card(spec, meta, {"width": 8, "dropout": 0.1})
+    save_trained(tmp_path, model, card)
+    loaded, loaded_card = load_trained(tmp_path)
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    expected = WithPreprocessing(model, [0.3], [0.4])(images)
+    torch.testing.assert_close(loaded(images), expected)
+    assert loaded_card == card
+
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(ModelFileError, match="non-finite"):
+        save_trained(tmp_path, model, card)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+
+
+def test_default_params_train_config_is_cpu_friendly():
+    params = Params()
+    assert params.train.device == "auto" and params.train.precision == "auto"
