@@ -14,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # What a fresh clone holds: everything git tracks or would track, without outputs or caches.
 COPIED = ["src", "stages", ".dvc/config", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml",
+          "data/raw/.gitkeep",
           "pyproject.toml"]
 
 

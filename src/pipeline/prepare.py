@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.data.sources import load_source
+from pipeline.data.sources import check_quarantine, load_source
 from pipeline.data.split import split
 from pipeline.data.storage import build_meta, write_prepared
 from pipeline.io import write_json
@@ -28,6 +28,7 @@ def data_report(meta: dict, files_seen: int) -> dict:
 
 def prepare(params: Params, root: Path = Path(".")) -> dict:
     source = load_source(params.data)
+    check_quarantine(source, params.data.max_bad_fraction)
     splits = split(source, params.data.val_fraction, params.data.test_fraction, params.seed)
     meta = build_meta(source, splits)
     write_prepared(root / paths.PREPARED_DIR, splits, meta)

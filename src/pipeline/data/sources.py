@@ -1,18 +1,39 @@
-"""Source registry: ``data.source`` -> a loader returning :class:`SourceData`."""
+"""Source registry: ``data.source`` -> a loader returning :class:`SourceData`.
+
+``load_source`` then ``check_quarantine`` is what the prepare stage calls.
+"""
 
 from __future__ import annotations
 
 from pipeline.config import DataParams
-from pipeline.data import digits
+from pipeline.data import cifar, digits, imagefolder, mnist
+from pipeline.data.errors import DataSourceError
 from pipeline.data.types import SourceData
-from pipeline.errors import PipelineError
 
-
-class DataSourceError(PipelineError):
-    """A source's files are missing or unusable; the message says what to put where."""
+__all__ = ["DataSourceError", "check_quarantine", "load_source"]
 
 
 def load_source(params: DataParams) -> SourceData:
     if params.source == "digits":
         return digits.load()
-    raise DataSourceError(f"data.source {params.source!r} is not implemented yet")
+    if params.source in ("mnist", "fashion_mnist"):
+        return mnist.load(params)
+    if params.source == "cifar10":
+        return cifar.load(params)
+    if params.source == "imagefolder":
+        return imagefolder.load(params)
+    raise DataSourceError(f"data.source {params.source!r} is not implemented")
+
+
+def check_quarantine(source: SourceData, max_bad_fraction: float) -> None:
+    """Fail when more than ``max_bad_fraction`` (data.max_bad_fraction) of the files seen
+    were quarantined; the message names the counts and the first few files."""
+    bad, seen = len(source.quarantined), source.files_seen
+    if bad == 0 or seen == 0 or bad / seen <= max_bad_fraction:
+        return
+    examples = "; ".join(f"{q.path}: {q.reason}" for q in source.quarantined[:3])
+    more = f"; and {bad - 3} more" if bad > 3 else ""
+    raise DataSourceError(
+        f"{bad} of {seen} files quarantined ({bad / seen:.1%}) exceeds data.max_bad_fraction="
+        f"{max_bad_fraction:g} ({examples}{more}); fix or remove them, or raise the limit"
+    )

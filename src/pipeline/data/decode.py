@@ -1,0 +1,164 @@
+"""Image decoding that runs inside pool workers: Pillow and numpy only, no torch.
+
+Each function takes a chunk of absolute paths and never raises for a bad file: it returns the
+reason instead, so the parent can quarantine it. Formats are allow-listed by what Pillow
+detects in the bytes, never by file extension, and ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays
+off, so a truncated file fails to decode instead of yielding a half-grey image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"})
+
+
+class BadImage(Exception):
+    """A file that must be quarantined; the message is the reason recorded in meta.json."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the header says about one file (or why it is unusable), and the file's sha256."""
+
+    sha256: str
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    reason: str | None = None
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's own bomb guard at ``max_pixels``, its warning promoted to an error."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _bomb_reason(pixels: str, max_pixels: int) -> str:
+    return f"decompression-bomb guard: {pixels} exceeds data.max_image_pixels={max_pixels}"
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open from bytes (header only); raise BadImage for empty, unknown, banned or huge files."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{found.group(1)} pixels" if found else str(error)
+        raise BadImage(_bomb_reason(pixels, max_pixels)) from None
+    except UnidentifiedImageError:
+        raise BadImage("not a PNG, JPEG, BMP or WebP image") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BadImage(_bomb_reason(f"{width}x{height} = {width * height} pixels", max_pixels))
+    return image
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise BadImage(f"unreadable ({error.strerror or error})") from None
+
+
+def probe_chunk(start: int, paths: Sequence[str], max_pixels: int) -> list[Probe]:
+    del start  # probes are returned, not written in place
+    probes = []
+    with _pixel_limit(max_pixels):
+        for path in paths:
+            try:
+                data = _read(path)
+            except BadImage as bad:
+                probes.append(Probe(sha256="", reason=str(bad)))
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            try:
+                with _open(data, max_pixels) as image:
+                    probes.append(Probe(digest, image.width, image.height, image.mode))
+            except BadImage as bad:
+                probes.append(Probe(digest, reason=str(bad)))
+            except Exception as error:  # any header-parser failure is the file's fault
+                probes.append(Probe(digest, reason=f"bad header ({_describe(error)})"))
+    return probes
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def decode_one(path: str, max_pixels: int, channels: int, height: int, width: int) -> np.ndarray:
+    """Fully decode one file to uint8 CHW, converted and resized; raise BadImage if unusable."""
+    data = _read(path)
+    try:
+        with _open(data, max_pixels) as image:
+            image.load()  # full decode: truncated or corrupt data fails here
+            converted = image.convert("L" if channels == 1 else "RGB")
+    except (BadImage, MemoryError):
+        raise
+    except Exception as error:  # decoder errors vary by format: OSError, SyntaxError, zlib...
+        raise BadImage(f"cannot decode ({_describe(error)})") from None
+    if converted.size != (width, height):
+        # Stretched to the target (no crop), like torchvision's Resize((h, w)).
+        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(converted, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+# Output arrays registered here before the pool forks are visible to the workers by key; the
+# array's memory is MAP_SHARED (see parallel.shared_empty), so their writes reach the parent.
+_TARGETS: dict[int, np.ndarray] = {}
+
+
+@contextlib.contextmanager
+def target(array: np.ndarray) -> Iterator[int]:
+    """Register ``array`` as a decode target for the duration; yields its key."""
+    key = id(array)
+    _TARGETS[key] = array
+    try:
+        yield key
+    finally:
+        del _TARGETS[key]
+
+
+def decode_into(
+    start: int,
+    paths: Sequence[str],
+    key: int,
+    max_pixels: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> list[tuple[int, str]]:
+    """Decode ``paths`` into rows ``start..`` of the registered target; return failed rows
+    (as offsets from ``start``) with their reasons. Failed rows are left as they were."""
+    out = _TARGETS[key]
+    failures: list[tuple[int, str]] = []
+    with _pixel_limit(max_pixels):
+        for offset, path in enumerate(paths):
+            try:
+                out[start + offset] = decode_one(path, max_pixels, channels, height, width)
+            except BadImage as bad:
+                failures.append((offset, str(bad)))
+    return failures

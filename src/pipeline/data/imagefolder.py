@@ -1,0 +1,180 @@
+"""ImageFolder source: ``data.root/<class name>/.../<image>``, every file fully decoded.
+
+Class names are the sorted sub-folder names; files are taken in sorted order, so the same
+files give byte-identical arrays whatever the worker count. Files that cannot be used (empty,
+unreadable, not an allowed image format, truncated, over ``data.max_image_pixels``) are
+quarantined with their reason; hidden files and folders (``.name``) are skipped.
+
+Two passes over a process pool: a cheap header probe (sha256, size, mode) that fixes the
+output shape, then the full decode, which workers write straight into one preallocated uint8
+array, so memory stays at the size of the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DataParams
+from pipeline.data.decode import GREY_MODES, Probe, decode_into, probe_chunk, target
+from pipeline.data.errors import DataSourceError
+from pipeline.data.parallel import ChunkRunner, chunk_size_for, resolve_workers, shared_empty
+from pipeline.data.progress import Progress
+from pipeline.data.types import LabelledImages, Quarantined, SourceData
+
+
+def _files_under(root: Path, folder: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
+    """Return (class names, relative file paths, labels); one-line errors for bad layouts."""
+    if not root.is_dir():
+        raise DataSourceError(
+            f"data.root {str(root)!r} is not a folder: for data.source imagefolder put one "
+            "folder of images per class there"
+        )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataSourceError(f"no class folders in {str(root)!r}: expected <root>/<class>/<image>")
+    files: list[str] = []
+    labels: list[int] = []
+    empty = []
+    for label, name in enumerate(classes):
+        found = _files_under(root, root / name)
+        if not found:
+            empty.append(name)
+        files += found
+        labels += [label] * len(found)
+    if empty:
+        raise DataSourceError(f"empty class folder(s) in {str(root)!r}: {', '.join(empty)}")
+    if len(classes) < 2:
+        raise DataSourceError(
+            f"only one class folder in {str(root)!r} ({classes[0]}): need at least 2 classes"
+        )
+    return classes, files, labels
+
+
+def folder_hash(files: list[str], probes: list[Probe]) -> str:
+    """One sha256 over the sorted (relative path, file sha256) pairs: any change shows."""
+    digest = hashlib.sha256()
+    for path, sha in sorted(zip(files, (p.sha256 or "unreadable" for p in probes), strict=True)):
+        digest.update(f"{path}\t{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def choose_layout(
+    params: DataParams, files: list[str], probes: list[Probe], good: list[int]
+) -> tuple[int, int, int]:
+    """(channels, height, width): the params when set, else 1 channel only if every usable
+    image is greyscale, and the images' common size (refused when sizes differ)."""
+    channels = params.channels or (1 if all(probes[i].mode in GREY_MODES for i in good) else 3)
+    if params.image_size is not None:
+        return channels, params.image_size, params.image_size
+    sizes: dict[tuple[int, int], str] = {}
+    for i in good:
+        sizes.setdefault((probes[i].width, probes[i].height), files[i])
+    if len(sizes) > 1:
+        (a, file_a), (b, file_b) = list(sizes.items())[:2]
+        raise DataSourceError(
+            f"images differ in size ({len(sizes)} sizes, e.g. {file_a} is {a[0]}x{a[1]} and "
+            f"{file_b} is {b[0]}x{b[1]}): set data.image_size to resize them to one square side"
+        )
+    ((width, height),) = sizes
+    return channels, height, width
+
+
+def _compact(images: np.ndarray, keep: list[int]) -> np.ndarray:
+    """Move kept rows to the front in place (no second full-size array), then slice."""
+    for dst, src in enumerate(keep):
+        if dst != src:
+            images[dst] = images[src]
+    return images[: len(keep)]
+
+
+def _check_classes(root: Path, classes: list[str], labels: np.ndarray, files_seen: int) -> None:
+    if len(labels) == 0:
+        raise DataSourceError(
+            f"no usable images in {str(root)!r}: all {files_seen} files quarantined"
+        )
+    counts = np.bincount(labels, minlength=len(classes))
+    hollow = [name for name, count in zip(classes, counts, strict=True) if count == 0]
+    if hollow:
+        raise DataSourceError(
+            f"class folder(s) in {str(root)!r} with no usable image (all quarantined): "
+            + ", ".join(hollow)
+        )
+
+
+def _probe_all(workers: int, paths: list[str], chunk: int, max_pixels: int) -> list[Probe]:
+    probes: list[Probe] = [Probe("")] * len(paths)
+    with ChunkRunner(workers) as runner, Progress(len(paths), "imagefolder probe") as bar:
+        for start, found in runner.map(partial(probe_chunk, max_pixels=max_pixels), paths, chunk):
+            probes[start : start + len(found)] = found
+            bar.update(len(found))
+    return probes
+
+
+def _decode_all(
+    workers: int, paths: list[str], chunk: int, max_pixels: int, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode into one preallocated array, filled in place by the workers; failed rows listed."""
+    channels, height, width = shape
+    images = shared_empty((len(paths), channels, height, width), shared=workers > 1)
+    failed: dict[int, str] = {}
+    # The target is registered before the pool forks, so the workers inherit it.
+    with target(images) as key, ChunkRunner(workers) as runner:
+        decode = partial(
+            decode_into,
+            key=key,
+            max_pixels=max_pixels,
+            channels=channels,
+            height=height,
+            width=width,
+        )
+        with Progress(len(paths), "imagefolder decode", unit="image") as bar:
+            for start, bad in runner.map(decode, paths, chunk):
+                failed.update((start + offset, reason) for offset, reason in bad)
+                bar.update(min(chunk, len(paths) - start))
+    return images, failed
+
+
+def load(params: DataParams) -> SourceData:
+    root = Path(params.root)
+    classes, files, labels = scan(root)
+    paths = [str(root / f) for f in files]
+    workers = resolve_workers(params.workers)
+    chunk = chunk_size_for(len(paths), workers)
+    workers = min(workers, -(-len(paths) // chunk))  # no idle processes for small folders
+    probes = _probe_all(workers, paths, chunk, params.max_image_pixels)
+    reasons = {i: p.reason for i, p in enumerate(probes) if p.reason}
+    good = [i for i in range(len(paths)) if i not in reasons]
+    if not good:
+        _check_classes(root, classes, np.zeros(0, np.int64), len(files))
+    shape = choose_layout(params, files, probes, good)
+    images, failed = _decode_all(
+        workers, [paths[i] for i in good], chunk, params.max_image_pixels, shape
+    )
+    reasons.update((good[k], reason) for k, reason in failed.items())
+    keep = [k for k in range(len(good)) if k not in failed]
+    images = _compact(images, keep) if failed else images
+    label_array = np.array([labels[good[k]] for k in keep], dtype=np.int64)
+    _check_classes(root, classes, label_array, len(files))
+    return SourceData(
+        name="imagefolder",
+        pools={"all": LabelledImages(images, label_array)},
+        class_names=classes,
+        input_hashes={"imagefolder": folder_hash(files, probes)},
+        quarantined=[Quarantined(files[i], reasons[i]) for i in sorted(reasons)],
+        files_seen=len(files),
+    )
