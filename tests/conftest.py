@@ -13,9 +13,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a fresh clone holds: everything git tracks or would track, without outputs or caches.
-COPIED = ["src", "stages", ".dvc/config", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml",
-          "data/raw/.gitkeep",
-          "pyproject.toml"]
+COPIED = [
+    "src",
+    "stages",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+    "dvc.yaml",
+    "params.yaml",
+    "data/raw/.gitkeep",
+    "pyproject.toml",
+]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -84,3 +92,11 @@ FAST_PARAMS = {
     "benchmark.min_seconds": 0.0,
     "benchmark.warmup": 2,
 }
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_determinism():
+    """A deterministic training run switches a process-wide flag; keep tests independent."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)

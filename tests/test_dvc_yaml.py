@@ -28,10 +28,21 @@ def test_every_stage_is_a_thin_script_without_arguments():
 def test_outputs_match_paths_module():
     all_outputs = set().union(*(declared_outputs(s) for s in stages().values()))
     written = {
-        paths.PARAMS_CHECK, paths.PREPARED_DIR, paths.MODEL_WEIGHTS, paths.MODEL_CARD, paths.ONNX_DIR,
-        paths.DATA_METRICS, paths.TRAIN_METRICS, paths.TRAIN_LIVE_DIR, paths.EVAL_METRICS,
-        paths.CONFUSION_PLOT, paths.EXPORT_METRICS, paths.BENCHMARK_METRICS,
-        paths.BENCHMARK_TABLE, paths.BENCHMARK_REPORT,
+        paths.PARAMS_CHECK,
+        paths.PREPARED_DIR,
+        paths.CHECKPOINT_DIR,
+        paths.MODEL_WEIGHTS,
+        paths.MODEL_CARD,
+        paths.ONNX_DIR,
+        paths.DATA_METRICS,
+        paths.TRAIN_METRICS,
+        paths.TRAIN_LIVE_DIR,
+        paths.EVAL_METRICS,
+        paths.CONFUSION_PLOT,
+        paths.EXPORT_METRICS,
+        paths.BENCHMARK_METRICS,
+        paths.BENCHMARK_TABLE,
+        paths.BENCHMARK_REPORT,
     }
     assert {str(p) for p in written} <= all_outputs
 

@@ -8,10 +8,20 @@ import yaml
 from conftest import FAST_PARAMS, dvc, make_project_copy, run
 
 OUTPUTS = [
-    "data/prepared/train.safetensors", "data/prepared/meta.json", "models/model.safetensors",
-    "models/model.json", "models/onnx/model.onnx", "metrics/data.json", "metrics/train.json",
-    "metrics/eval.json", "metrics/export.json", "metrics/benchmark.json", "metrics/benchmark.csv",
-    "metrics/benchmark.md", "metrics/confusion.csv", "metrics/train/plots/metrics/val_accuracy.tsv",
+    "data/prepared/train.safetensors",
+    "data/prepared/meta.json",
+    "models/model.safetensors",
+    "models/model.json",
+    "models/onnx/model.onnx",
+    "metrics/data.json",
+    "metrics/train.json",
+    "metrics/eval.json",
+    "metrics/export.json",
+    "metrics/benchmark.json",
+    "metrics/benchmark.csv",
+    "metrics/benchmark.md",
+    "metrics/confusion.csv",
+    "metrics/train/plots/metrics/val_accuracy.tsv",
 ]
 
 
@@ -106,7 +116,9 @@ def test_experiment_with_set_param_shows_in_exp_show(project):
     dvc(project, "exp", "run", "-S", "train.epochs=3", "--name", "three-epochs")
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     experiments = [
-        exp for entry in shown for group in (entry.get("experiments") or [])
+        exp
+        for entry in shown
+        for group in (entry.get("experiments") or [])
         for exp in group["revs"]
     ]
     found = [exp for exp in experiments if exp.get("name") == "three-epochs"]

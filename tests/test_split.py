@@ -42,10 +42,12 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
 
 def test_official_test_split_is_kept():
     rng = np.random.default_rng(0)
-    train = LabelledImages(rng.integers(0, 255, (100, 1, 4, 4), dtype=np.uint8),
-                           np.repeat(np.arange(4), 25))
-    test = LabelledImages(rng.integers(0, 255, (8, 1, 4, 4), dtype=np.uint8),
-                          np.repeat(np.arange(4), 2))
+    train = LabelledImages(
+        rng.integers(0, 255, (100, 1, 4, 4), dtype=np.uint8), np.repeat(np.arange(4), 25)
+    )
+    test = LabelledImages(
+        rng.integers(0, 255, (8, 1, 4, 4), dtype=np.uint8), np.repeat(np.arange(4), 2)
+    )
     parts = split(SourceData("x", {"train": train, "test": test}, list("abcd")), 0.2, 0.1, 0)
     assert parts["test"] is test
     assert len(parts["train"]) == 80 and len(parts["val"]) == 20
@@ -76,7 +78,10 @@ def test_prepare_writes_the_contract(tmp_path):
     report = prepare(Params(data=DataParams()), root=tmp_path)
     prepared = tmp_path / "data/prepared"
     assert sorted(p.name for p in prepared.iterdir()) == [
-        "meta.json", "test.safetensors", "train.safetensors", "val.safetensors"
+        "meta.json",
+        "test.safetensors",
+        "train.safetensors",
+        "val.safetensors",
     ]
     assert report["quarantined_count"] == 0
     assert sum(report["counts"].values()) == 1797

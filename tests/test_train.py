@@ -8,7 +8,7 @@ from pipeline.model_io import ModelFileError, load_trained, make_card, save_trai
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.registry import UnknownModelError
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.loop import fit
+from pipeline.train.loop import Trainer
 from pipeline.train.policy import DeviceError, choose_precision, resolve_device
 
 
@@ -58,28 +58,35 @@ def digits_tensors(seed=0):
     return as_tensors("train"), as_tensors("val"), mean, std
 
 
-def test_fit_learns_digits_on_cpu():
+def make_trainer(precision="fp32", width=16, **train):
     torch.manual_seed(0)
-    train, val, mean, std = digits_tensors()
-    model = WithPreprocessing(build_model(ModelSpec("small_cnn", 1, 8, 10, width=16)), mean, std)
-    params = TrainParams(epochs=3, batch_size=64, lr=0.003)
-    precision = choose_precision("fp32", "cpu", None)
+    train_data, val, mean, std = digits_tensors()
+    model = WithPreprocessing(build_model(ModelSpec("small_cnn", 1, 8, 10, width=width)), mean, std)
+    params = TrainParams(**{"epochs": 3, "batch_size": 64, "lr": 0.003, **train})
+    return Trainer(
+        model,
+        train_data,
+        val,
+        params,
+        torch.device("cpu"),
+        choose_precision(precision, "cpu", None),
+        seed=0,
+    )
+
+
+def test_fit_learns_digits_on_cpu():
+    trainer = make_trainer()
     seen = []
-    result = fit(model, train, val, params, torch.device("cpu"), precision, 0, on_epoch=seen.append)
-    assert len(result.history) == 3 == len(seen)
-    assert result.history[-1].train_loss < result.history[0].train_loss
-    assert result.history[-1].val_accuracy > 0.8
-    assert result.images_seen == 3 * (len(train[0]) // 64) * 64
+    state = trainer.fit(on_epoch=seen.append)
+    assert len(state.history) == 3 == len(seen)
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
+    assert state.history[-1]["val_accuracy"] > 0.8
+    assert state.images_seen == 3 * (len(trainer.batches.images) // 64) * 64
 
 
 def test_bf16_autocast_runs_on_cpu_with_finite_improving_loss():
-    torch.manual_seed(0)
-    train, val, mean, std = digits_tensors()
-    model = WithPreprocessing(build_model(ModelSpec("small_cnn", 1, 8, 10, width=8)), mean, std)
-    params = TrainParams(epochs=2, batch_size=128)
-    precision = choose_precision("bf16", "cpu", None)
-    result = fit(model, train, val, params, torch.device("cpu"), precision, 0)
-    losses = [s.train_loss for s in result.history]
+    state = make_trainer("bf16", width=8, epochs=2, batch_size=128).fit()
+    losses = [epoch["train_loss"] for epoch in state.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[1] < losses[0]
 
@@ -87,8 +94,12 @@ def test_bf16_autocast_runs_on_cpu_with_finite_improving_loss():
 def test_model_round_trip_and_nonfinite_weights_refused(tmp_path):
     spec = ModelSpec("small_cnn", 1, 8, 10, width=8)
     model = build_model(spec).eval()
-    meta = {"class_names": list("0123456789"), "input_shape": [1, 8, 8], "mean": [0.3],
-            "std": [0.4]}
+    meta = {
+        "class_names": list("0123456789"),
+        "input_shape": [1, 8, 8],
+        "mean": [0.3],
+        "std": [0.4],
+    }
     card = make_card(spec, meta, {"width": 8, "dropout": 0.1})
     save_trained(tmp_path, model, card)
     loaded, loaded_card = load_trained(tmp_path)

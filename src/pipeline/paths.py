@@ -12,6 +12,7 @@ PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
 MODEL_WEIGHTS = MODELS_DIR / "model.safetensors"
 MODEL_CARD = MODELS_DIR / "model.json"
+CHECKPOINT_DIR = MODELS_DIR / "checkpoints"
 ONNX_DIR = MODELS_DIR / "onnx"
 ONNX_MODEL = ONNX_DIR / "model.onnx"
 

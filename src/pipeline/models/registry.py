@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from pipeline.errors import PipelineError
+from pipeline.models.resnet_cifar import ResNetCifar
 from pipeline.models.small_cnn import SmallCNN
+from pipeline.models.torchvision_models import build_torchvision
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,30 @@ def _small_cnn(spec: ModelSpec) -> nn.Module:
     return SmallCNN(spec.in_channels, spec.num_classes, spec.width, spec.dropout)
 
 
-_REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {"small_cnn": _small_cnn}
+def _resnet_cifar(spec: ModelSpec) -> nn.Module:
+    return ResNetCifar(spec.in_channels, spec.num_classes, spec.width, spec.dropout)
+
+
+_REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "small_cnn": _small_cnn,
+    "resnet_cifar": _resnet_cifar,
+}
+TORCHVISION_PREFIX = "torchvision:"
 
 
 def available_archs() -> list[str]:
-    return sorted(_REGISTRY)
+    return [*sorted(_REGISTRY), f"{TORCHVISION_PREFIX}<name>"]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.arch.startswith(TORCHVISION_PREFIX):
+        name = spec.arch.removeprefix(TORCHVISION_PREFIX)
+        try:
+            return build_torchvision(name, spec.in_channels, spec.num_classes)
+        except KeyError:
+            raise UnknownModelError(
+                f"model.arch {spec.arch!r}: torchvision has no classification model {name!r}"
+            ) from None
     try:
         constructor = _REGISTRY[spec.arch]
     except KeyError:

@@ -1,7 +1,12 @@
-"""Feeding batches from uint8 tensors that already sit on the training device.
+"""Feeding shuffled mini-batches of (uint8 images, int64 labels) to the training device.
 
-The datasets this pipeline prepares are stored as uint8, so even large ones fit in GPU memory;
-keeping them there removes the host->device copy and the DataLoader from every step.
+``DeviceBatches`` keeps the whole uint8 dataset on the device: prepared datasets are uint8, so
+even large ones fit in GPU memory, and a step then has no host->device copy and no DataLoader.
+``HostBatches`` is the fallback for data that does not fit: pinned host memory, DataLoader
+workers and asynchronous copies.
+
+Both shard every epoch across processes: all ranks draw the same permutation from the same
+seeded generator, and rank r takes positions r, r + world, r + 2 * world, ...
 """
 
 from __future__ import annotations
@@ -9,11 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def epoch_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's disjoint share of a permutation; equal shares, the remainder dropped."""
+    usable = len(order) - len(order) % world_size
+    return order[:usable][rank::world_size]
 
 
 class DeviceBatches:
-    """Shuffled mini-batches of (uint8 images, int64 labels) on ``device``."""
-
     def __init__(
         self,
         images: torch.Tensor,
@@ -21,21 +31,94 @@ class DeviceBatches:
         batch_size: int,
         device: torch.device,
         seed: int,
-        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.batch_size = min(batch_size, len(images))
-        self.drop_last = drop_last
-        # A generator on the CPU keeps the shuffle order identical on every device.
+        self.rank, self.world_size = rank, world_size
+        self.shard_size = len(images) // world_size
+        self.batch_size = min(batch_size, self.shard_size)
+        # The shuffle generator lives on the CPU: same order on every device, cheap to save.
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.images), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return self.shard_size // self.batch_size  # full batches only: steady shapes, no recompiles
+
+    def epoch_indices(self) -> torch.Tensor:
+        order = torch.randperm(len(self.images), generator=self.generator)
+        return epoch_shard(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
+        shard = self.epoch_indices().to(self.images.device)
         for step in range(len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            index = shard[step * self.batch_size : (step + 1) * self.batch_size]
             yield self.images[index], self.labels[index]
+
+
+class _Indexed(Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+
+class _ShardSampler(torch.utils.data.Sampler):
+    def __init__(self, batches: HostBatches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.batches.batch_size
+
+    def __iter__(self):
+        shard = self.batches.epoch_indices()[: len(self)]
+        return iter(shard.tolist())
+
+
+class HostBatches(DeviceBatches):
+    """Same order as DeviceBatches, fed by DataLoader workers from pinned host memory."""
+
+    def __init__(self, images, labels, batch_size, device, seed, rank=0, world_size=1, workers=2):
+        self.device = device
+        self.images, self.labels = images, labels
+        self.rank, self.world_size = rank, world_size
+        self.shard_size = len(images) // world_size
+        self.batch_size = min(batch_size, self.shard_size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(
+            _Indexed(images, labels),
+            batch_size=self.batch_size,
+            sampler=_ShardSampler(self),
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            drop_last=True,
+        )
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            # non_blocking copies from pinned memory overlap with the previous step's compute.
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+
+
+def dataset_fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
+    """CPU: the tensors are already in memory. CUDA: under half the free memory."""
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() < free // 2
+
+
+def make_batches(
+    images, labels, batch_size, device, seed, on_device, rank=0, world_size=1, workers=2
+) -> DeviceBatches:
+    if on_device:
+        return DeviceBatches(images, labels, batch_size, device, seed, rank, world_size)
+    return HostBatches(images, labels, batch_size, device, seed, rank, world_size, workers)

@@ -1,17 +1,32 @@
-"""The training loop: one precision path, no host sync inside an epoch."""
+"""The training loop: one precision path, device-side running sums, few host syncs.
+
+Host<->device synchronisation points are marked ``# sync``; there is none inside a step.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import TrainParams
-from pipeline.train.batches import DeviceBatches
+from pipeline.errors import PipelineError
+from pipeline.train.augment import Augment
+from pipeline.train.batches import make_batches
 from pipeline.train.policy import Precision
+from pipeline.train.schedule import make_scheduler
+
+NONFINITE_CHECK_EVERY = 50  # steps between reads of the non-finite counter (each read syncs)
+
+
+class NonFiniteLossError(PipelineError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -30,122 +45,277 @@ class EpochStats:
 
 
 @dataclass
-class TrainResult:
-    history: list[EpochStats] = field(default_factory=list)
+class TrainState:
+    """Progress a checkpoint must carry besides the tensors."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
     images_seen: int = 0
     train_seconds: float = 0.0  # optimiser steps only, validation excluded
+    best_val_accuracy: float = -1.0
+    epochs_since_best: int = 0
+    target_epoch: int | None = None
+    seconds_to_target: float | None = None
+    nonfinite_steps: int = 0
+    skipped_steps: int = 0
+    stopped_early: bool = False
 
 
-def make_optimizer(model: nn.Module, params: TrainParams, device: torch.device):
-    # The fused kernel does one launch for all parameters on CUDA; foreach is the CPU equivalent.
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    # Fused AdamW: one kernel for all parameters, and it takes GradScaler's inf check without a
+    # host sync (non-fused optimizers make scaler.step() read found_inf on the host every step).
     return torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **fast
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True
     )
 
 
-def make_scheduler(optimizer, params: TrainParams, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=params.lr, total_steps=params.epochs * steps_per_epoch, pct_start=0.25
-    )
+def make_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
+    """fp16 needs loss scaling. Other precisions get a fixed scale of 1 that never grows: the
+    scaler then only serves to skip steps whose gradients are not finite, without a sync."""
+    if precision.use_grad_scaler:
+        return torch.amp.GradScaler(device.type)
+    return torch.amp.GradScaler(device.type, init_scale=1.0, growth_interval=2**30)
 
 
-def _autocast(device: torch.device, precision: Precision):
-    return torch.autocast(
-        device_type=device.type,
-        dtype=precision.autocast_dtype or torch.float32,
-        enabled=precision.autocast_enabled,
-    )
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
-def _as_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+class Trainer:
+    """Owns model, optimiser, schedule, scaler, EMA and data order; checkpointable as a whole."""
 
-
-def train_one_epoch(
-    model, batches, optimizer, scheduler, scaler, loss_fn, device, precision, channels_last
-):
-    """Returns (mean loss, accuracy, images) for the epoch."""
-    model.train()
-    # Running sums stay on the device: reading them every step would stall the GPU queue.
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for images, labels in batches:
-        with _autocast(device, precision):
-            logits = model(_as_input(images, channels_last))
-            loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-    # One host sync per epoch.
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen
-
-
-@torch.inference_mode()
-def evaluate_split(model, images, labels, batch_size, device, precision, channels_last):
-    """(mean loss, accuracy) of ``model`` over uint8 images already on ``device``."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(images), batch_size):
-        batch, target = images[start : start + batch_size], labels[start : start + batch_size]
-        with _autocast(device, precision):
-            logits = model(_as_input(batch, channels_last)).float()
-        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
-        correct += (logits.argmax(1) == target).sum()
-    return loss_sum.item() / len(images), correct.item() / len(images)
-
-
-def fit(
-    model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    params: TrainParams,
-    device: torch.device,
-    precision: Precision,
-    seed: int,
-    channels_last: bool = True,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-) -> TrainResult:
-    batches = DeviceBatches(*train, batch_size=params.batch_size, device=device, seed=seed)
-    val_images, val_labels = val[0].to(device), val[1].to(device)
-    model.to(
-        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
-    optimizer = make_optimizer(model, params, device)
-    scheduler = make_scheduler(optimizer, params, len(batches))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-    result = TrainResult()
-    for epoch in range(1, params.epochs + 1):
-        started = time.perf_counter()
-        lr = scheduler.get_last_lr()[0]
-        train_loss, train_acc, seen = train_one_epoch(
-            model, batches, optimizer, scheduler, scaler, loss_fn, device, precision, channels_last
+    def __init__(
+        self,
+        model: nn.Module,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        params: TrainParams,
+        device: torch.device,
+        precision: Precision,
+        seed: int,
+        channels_last: bool = True,
+        data_on_device: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    ) -> None:
+        self.params, self.device, self.precision = params, device, precision
+        self.channels_last, self.all_reduce = channels_last, all_reduce
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=layout)
+        self.forward = torch.compile(self.model) if params.compile else self.model
+        self.batches = make_batches(
+            *train,
+            params.batch_size,
+            device,
+            seed,
+            data_on_device,
+            rank,
+            world_size,
+            params.num_workers,
         )
-        step_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate_split(
-            model, val_images, val_labels, params.batch_size * 4, device, precision, channels_last
+        self.val = self._val_shard(val, rank, world_size)
+        self.augment = Augment(params.augment, train[0].shape[-1], device, seed + 1)
+        self.optimizer = make_optimizer(self.model, params)
+        self.scheduler = make_scheduler(self.optimizer, params, len(self.batches))
+        self.scaler = make_scaler(device, precision)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+        self.ema = (
+            AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(params.ema), use_buffers=True
+            )
+            if params.ema
+            else None
         )
-        stats = EpochStats(
-            epoch,
-            train_loss,
-            train_acc,
-            val_loss,
-            val_acc,
-            lr,
-            time.perf_counter() - started,
-            seen / step_seconds,
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.state = TrainState()
+        self._reset_counters()
+
+    def _val_shard(self, val, rank: int, world_size: int):
+        """Contiguous, disjoint slices: every validation image is counted exactly once."""
+        bounds = [len(val[0]) * r // world_size for r in range(world_size + 1)]
+        images, labels = (
+            val[0][bounds[rank] : bounds[rank + 1]],
+            val[1][bounds[rank] : bounds[rank + 1]],
         )
-        result.history.append(stats)
-        result.images_seen += seen
-        result.train_seconds += step_seconds
-        if on_epoch is not None:
-            on_epoch(stats)
-    return result
+        return images.to(self.device), labels.to(self.device)
+
+    def _reset_counters(self) -> None:
+        zeros = {"device": self.device}
+        self.loss_sum = torch.zeros((), **zeros)
+        self.correct = torch.zeros((), dtype=torch.long, **zeros)
+        self.nonfinite = torch.zeros((), dtype=torch.long, **zeros)
+        self.skipped = torch.zeros((), dtype=torch.long, **zeros)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        )
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=self.precision.autocast_dtype or torch.float32,
+            enabled=self.precision.autocast_enabled,
+        )
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.augment.active:
+            images = self.augment(images)
+        with self._autocast():
+            logits = self.forward(self._input(images))
+            loss = self.loss_fn(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        scaled = self.scaler.scale(loss)
+        scale_before = self.scaler._scale.clone()  # no public tensor accessor; get_scale() syncs
+        scaled.backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        finite = torch.isfinite(loss.detach())
+        self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(labels)
+        self.nonfinite += (~finite).long()
+        self.skipped += (self.scaler._scale < scale_before).long()
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.state.step += 1
+
+    def _check_finite(self, epoch: int, step: int) -> None:
+        bad = int(self.nonfinite.item())  # sync, every NONFINITE_CHECK_EVERY steps
+        if bad > self.params.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"loss was NaN/inf in {self.state.nonfinite_steps + bad} step(s), more than "
+                f"train.max_nonfinite_steps={self.params.max_nonfinite_steps} (epoch {epoch}, "
+                f"step {step}); lower train.lr or try train.precision: fp32"
+            )
+
+    def run_epoch(self) -> tuple[float, float, int]:
+        self.model.train()
+        self._reset_counters()
+        epoch = self.state.epoch + 1
+        seen = 0
+        for index, (images, labels) in enumerate(self.batches, start=1):
+            self.train_step(images, labels)
+            seen += len(labels)
+            if index % NONFINITE_CHECK_EVERY == 0:
+                self._check_finite(epoch, index)
+        self._check_finite(epoch, len(self.batches))
+        totals = self.all_reduce(
+            torch.stack(
+                [self.loss_sum, self.correct.float(), torch.tensor(float(seen), device=self.device)]
+            )
+        )
+        self.state.nonfinite_steps += int(self.nonfinite.item())  # sync
+        self.state.skipped_steps += int(self.skipped.item())
+        loss_sum, correct, total = totals.tolist()  # sync: once per epoch
+        return loss_sum / max(total, 1), correct / max(total, 1), int(total)
+
+    @torch.inference_mode()
+    def validate(self, batch_size: int) -> tuple[float, float]:
+        model = self.eval_model.eval()
+        images, labels = self.val
+        sums = torch.zeros(3, device=self.device)
+        for start in range(0, len(images), batch_size):
+            batch, target = images[start : start + batch_size], labels[start : start + batch_size]
+            with self._autocast():
+                logits = model(self._input(batch)).float()
+            sums[0] += nn.functional.cross_entropy(logits, target, reduction="sum")
+            sums[1] += (logits.argmax(1) == target).sum()
+        sums[2] = len(images)
+        loss_sum, correct, count = self.all_reduce(sums).tolist()  # sync
+        return loss_sum / count, correct / count
+
+    def _record(self, stats: EpochStats, seen: int, step_seconds: float) -> None:
+        state = self.state
+        state.epoch = stats.epoch
+        state.history.append(stats.as_dict())
+        state.images_seen += seen
+        state.train_seconds += step_seconds
+        target = self.params.target_accuracy
+        if target is not None and state.target_epoch is None and stats.val_accuracy >= target:
+            state.target_epoch, state.seconds_to_target = stats.epoch, state.train_seconds
+        if stats.val_accuracy > state.best_val_accuracy:
+            state.best_val_accuracy, state.epochs_since_best = stats.val_accuracy, 0
+            if self.params.patience:
+                self.best_weights = copy.deepcopy(self.final_state_dict())
+        else:
+            state.epochs_since_best += 1
+        patience = self.params.patience
+        state.stopped_early = bool(patience) and state.epochs_since_best >= patience
+
+    def fit(
+        self,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+    ) -> TrainState:
+        while self.state.epoch < self.params.epochs and not self.state.stopped_early:
+            started = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]
+            train_loss, train_acc, seen = self.run_epoch()
+            step_seconds = time.perf_counter() - started
+            val_loss, val_acc = self.validate(self.params.batch_size * 4)
+            stats = EpochStats(
+                self.state.epoch + 1,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                lr,
+                time.perf_counter() - started,
+                seen / step_seconds,
+            )
+            self._record(stats, seen, step_seconds)
+            # Checkpoint first: once an epoch is reported, a kill can no longer lose it.
+            if on_checkpoint is not None:
+                on_checkpoint(self)
+            if on_epoch is not None:
+                on_epoch(stats)
+        return self.state
+
+    def final_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights to ship: the EMA's when EMA is on, else the model's."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
+
+    def shipped_weights(self) -> dict[str, torch.Tensor]:
+        """With early stopping, the best epoch's weights; otherwise the last epoch's."""
+        return self.best_weights if self.best_weights is not None else self.final_state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "best_weights": self.best_weights,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": cuda_rng,
+                "batches": self.batches.generator.get_state(),
+                "augment": self.augment.generator.get_state(),
+            },
+            "state": asdict(self.state),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved["ema"] is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.best_weights = saved["best_weights"]
+        rng = saved["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.batches.generator.set_state(rng["batches"])
+        self.augment.generator.set_state(rng["augment"])
+        self.state = TrainState(**saved["state"])

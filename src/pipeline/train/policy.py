@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import torch
 
+from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.train.batches import dataset_fits_on_device
 
 
 class DeviceError(PipelineError):
@@ -38,10 +41,10 @@ def resolve_device(requested: str) -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"train.device {requested!r}: CUDA is not available on this machine")
+            raise DeviceError(f"device {requested!r}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(
-                f"train.device {requested!r}: only {torch.cuda.device_count()} GPU(s) visible"
+                f"device {requested!r}: only {torch.cuda.device_count()} GPU(s) are visible"
             )
     return device
 
@@ -66,21 +69,46 @@ class Policy:
     device_name: str
     precision: str
     channels_last: bool
+    data_on_device: bool
+    compile: bool
+    deterministic: bool
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def resolve_policy(
-    device_request: str, precision_request: str
-) -> tuple[torch.device, Precision, Policy]:
-    device = resolve_device(device_request)
+def make_deterministic() -> None:
+    """Same inputs, same weights. cuBLAS reads its workspace setting when CUDA starts."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def tune_cuda() -> None:
+    # Let cuDNN pick the fastest kernels for our fixed shapes, and use TF32 tensor cores.
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+
+
+def resolve_policy(params: TrainParams, train_images: torch.Tensor | None = None):
+    """(device, precision, policy); data_on_device=auto asks whether ``train_images`` fit."""
+    if params.deterministic:
+        make_deterministic()
+    device = resolve_device(params.device)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    precision = choose_precision(precision_request, device.type, capability)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    if device.type == "cuda":
-        # Let cuDNN pick the fastest kernels for our fixed shapes, and use TF32 tensor cores.
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    policy = Policy(str(device), name, precision.name, channels_last=True)
+    precision = choose_precision(params.precision, device.type, capability)
+    if device.type == "cuda" and not params.deterministic:
+        tune_cuda()
+    on_device = params.data_on_device
+    if on_device == "auto":
+        on_device = train_images is None or dataset_fits_on_device(train_images, device)
+    policy = Policy(
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        precision=precision.name,
+        channels_last=params.channels_last,
+        data_on_device=bool(on_device),
+        compile=params.compile,
+        deterministic=params.deterministic,
+    )
     return device, precision, policy

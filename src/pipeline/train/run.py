@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import random
 import sys
@@ -13,14 +15,19 @@ import numpy as np
 import torch
 
 from pipeline import paths
+from pipeline.bench.peak import flops_per_image
 from pipeline.config import Params
 from pipeline.data.storage import read_meta, read_split_tensors
-from pipeline.io import write_json
+from pipeline.energy import meter_from_params
+from pipeline.errors import PipelineError
+from pipeline.io import sha256_file, write_json
 from pipeline.model_io import make_card, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.loop import EpochStats, TrainResult, fit
+from pipeline.train.checkpoint import find_resume, report, save_checkpoint
+from pipeline.train.loop import EpochStats, Trainer
 from pipeline.train.policy import resolve_policy
+from pipeline.train.resources import compute_report, peak_memory, reset_peak_memory
 
 
 def seed_everything(seed: int) -> None:
@@ -29,10 +36,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress_line(total_epochs: int, started: float):
-    def report(stats: EpochStats) -> None:
+def fingerprint(params: Params, batch_size: int, prepared: Path) -> str:
+    """What a checkpoint must match to be resumed: the math of the run and the data it saw."""
+    train = params.train.model_dump(exclude={"checkpoint_every", "num_workers", "auto_batch_size"})
+    train["batch_size"] = batch_size
+    data = {name: sha256_file(prepared / f"{name}.safetensors") for name in ("train", "val")}
+    payload = {
+        "seed": params.seed,
+        "train": train,
+        "model": params.model.model_dump(),
+        "data": data,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def progress_line(total_epochs: int):
+    started = time.perf_counter()
+
+    def show(stats: EpochStats) -> None:
         elapsed = time.perf_counter() - started
-        eta = elapsed / stats.epoch * (total_epochs - stats.epoch)
+        eta = elapsed / max(stats.epoch, 1) * (total_epochs - stats.epoch)
         print(
             f"epoch {stats.epoch:>3}/{total_epochs}  loss {stats.train_loss:.4f}  "
             f"acc {stats.train_accuracy:.4f}  val_loss {stats.val_loss:.4f}  "
@@ -41,78 +64,177 @@ def _progress_line(total_epochs: int, started: float):
             flush=True,
         )
 
-    return report
+    return show
 
 
-def _live_logger(live):
-    def log(stats: EpochStats) -> None:
-        for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
-            live.log_metric(name, getattr(stats, name), plot=True)
-        live.next_step()
-
-    return log
+def log_live(live, stats: dict) -> None:
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+        live.log_metric(name, stats[name])
+    live.next_step()
 
 
-def _chain(*callbacks):
-    def call(stats: EpochStats) -> None:
-        for callback in callbacks:
-            callback(stats)
+def checkpointer(folder: Path, every: int, fingerprint_value: str, is_writer: bool):
+    def save(trainer: Trainer) -> None:
+        epoch = trainer.state.epoch
+        if is_writer and every and (epoch % every == 0 or epoch == trainer.params.epochs):
+            save_checkpoint(
+                folder,
+                epoch,
+                {**trainer.state_dict(), "epoch": epoch, "fingerprint": fingerprint_value},
+            )
 
-    return call
+    return save
 
 
-def train_metrics(result: TrainResult, policy: dict, wall_seconds: float) -> dict[str, Any]:
-    last = result.history[-1]
+def out_of_memory_message(batch_size: int) -> str:
+    return (
+        f"CUDA out of memory at train.batch_size={batch_size}; try train.batch_size="
+        f"{max(1, batch_size // 2)}, or set train.auto_batch_size: true"
+    )
+
+
+def build_trainer(
+    params: Params,
+    spec: ModelSpec,
+    meta: dict,
+    data,
+    batch_size: int,
+    device,
+    precision,
+    policy,
+    group,
+) -> Trainer:
+    seed_everything(params.seed)
+    model = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
+    train_params = params.train.model_copy(update={"batch_size": batch_size})
+    return Trainer(
+        model,
+        data["train"],
+        data["val"],
+        train_params,
+        device,
+        precision,
+        params.seed,
+        channels_last=policy.channels_last,
+        data_on_device=policy.data_on_device,
+        rank=group.rank,
+        world_size=group.world_size,
+        all_reduce=group.all_reduce,
+    )
+
+
+def train_once(
+    params: Params, root: Path, trainer: Trainer, print_fingerprint: str, live, group
+) -> Trainer:
+    """Resume if a matching checkpoint exists, then train to the end, checkpointing."""
+    folder = root / paths.CHECKPOINT_DIR
+    resume = find_resume(folder, print_fingerprint)
+    if group.is_writer:
+        report(resume.message)
+    if resume.state is not None:
+        trainer.load_state_dict(resume.state)
+    for past in trainer.state.history:
+        log_live(live, past)  # curves stay whole across a resume
+    show = progress_line(params.train.epochs)
+
+    def on_epoch(stats: EpochStats) -> None:
+        if group.is_writer:
+            show(stats)
+            log_live(live, stats.as_dict())
+
+    save = checkpointer(folder, params.train.checkpoint_every, print_fingerprint, group.is_writer)
+    trainer.fit(on_epoch=on_epoch, on_checkpoint=save)
+    return trainer
+
+
+def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[str, Any]:
+    state = trainer.state
+    last = state.history[-1]
+    images_per_s = state.images_seen / state.train_seconds
     return {
-        "train_loss": last.train_loss,
-        "train_accuracy": last.train_accuracy,
-        "val_loss": last.val_loss,
-        "val_accuracy": last.val_accuracy,
-        "best_val_accuracy": max(s.val_accuracy for s in result.history),
-        "epochs": len(result.history),
-        "images_per_s": result.images_seen / result.train_seconds,
-        "seconds_per_epoch": result.train_seconds / len(result.history),
+        **{k: last[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
+        "best_val_accuracy": state.best_val_accuracy,
+        "epochs": state.epoch,
+        "stopped_early": state.stopped_early,
+        "images_per_s": images_per_s * group.world_size,
+        "seconds_per_epoch": state.train_seconds / state.epoch,
         "wall_seconds": wall_seconds,
-        "policy": policy,
+        "target_accuracy": trainer.params.target_accuracy,
+        "target_epoch": state.target_epoch,
+        "seconds_to_target": state.seconds_to_target,
+        "batch_size": trainer.params.batch_size,
+        "global_batch_size": trainer.params.batch_size * group.world_size,
+        "world_size": group.world_size,
+        "nonfinite_steps": state.nonfinite_steps,
+        "skipped_steps": state.skipped_steps,
+        "policy": policy.as_dict(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
 
 
-def run_training(params: Params, root: Path = Path(".")) -> dict[str, Any]:
+def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any]:
     from dvclive import Live  # heavy import; only the train stage needs it
 
+    from pipeline.train.distributed import SINGLE
+
+    group = group or SINGLE
     started = time.perf_counter()
-    seed_everything(params.seed)
-    meta = read_meta(root / paths.PREPARED_DIR)
-    train = read_split_tensors(root / paths.PREPARED_DIR, "train")
-    val = read_split_tensors(root / paths.PREPARED_DIR, "val")
-    device, precision, policy = resolve_policy(params.train.device, params.train.precision)
+    prepared = root / paths.PREPARED_DIR
+    meta = read_meta(prepared)
+    data = {name: read_split_tensors(prepared, name) for name in ("train", "val")}
+    device, precision, policy = resolve_policy(params.train, data["train"][0])
+    channels, size = meta["input_shape"][0], meta["input_shape"][1]
     spec = ModelSpec(
-        arch=params.model.arch,
-        in_channels=meta["input_shape"][0],
-        image_size=meta["input_shape"][1],
-        num_classes=meta["num_classes"],
-        width=params.model.width,
-        dropout=params.model.dropout,
+        params.model.arch,
+        channels,
+        size,
+        meta["num_classes"],
+        params.model.width,
+        params.model.dropout,
     )
-    model = build_model(spec)
-    wrapped = WithPreprocessing(model, meta["mean"], meta["std"])
-    print(f"training {spec.arch} on {policy.device_name} ({policy.precision})", file=sys.stderr)
-    with Live(str(root / paths.TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False) as live:
-        result = fit(
-            wrapped,
-            train,
-            val,
-            params.train,
-            device,
-            precision,
-            params.seed,
-            channels_last=policy.channels_last,
-            on_epoch=_chain(_progress_line(params.train.epochs, started), _live_logger(live)),
+    forward_flops = flops_per_image(build_model(spec), torch.zeros(1, *meta["input_shape"]))
+    if group.is_writer:
+        print(
+            f"train: {spec.arch} on {policy.device_name}, {policy.precision}, "
+            f"world size {group.world_size}",
+            file=sys.stderr,
         )
-    card = make_card(spec, meta, params.model.model_dump(exclude={"arch"}))
-    save_trained(root / paths.MODELS_DIR, model.to("cpu"), card)
-    metrics = train_metrics(result, policy.as_dict(), time.perf_counter() - started)
-    write_json(root / paths.TRAIN_METRICS, metrics)
+    meter = meter_from_params(params.energy, str(device))
+    reset_peak_memory(device)
+    batch_size = params.train.batch_size
+    meter.start()
+    while True:
+        run_fingerprint = fingerprint(params, batch_size, prepared)
+        trainer = build_trainer(
+            params, spec, meta, data, batch_size, device, precision, policy, group
+        )
+        try:
+            with Live(
+                str(root / paths.TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=False
+            ) as live:
+                train_once(params, root, trainer, run_fingerprint, live, group)
+            break
+        except torch.OutOfMemoryError:
+            del trainer
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if not params.train.auto_batch_size or batch_size == 1:
+                raise PipelineError(out_of_memory_message(batch_size)) from None
+            batch_size //= 2
+            print(f"train: out of memory; retrying with batch size {batch_size}", file=sys.stderr)
+    reading = meter.stop()
+    metrics = train_metrics(trainer, policy, group, time.perf_counter() - started)
+    metrics["memory_peak"] = peak_memory(device)
+    metrics["compute"] = compute_report(
+        forward_flops, metrics["images_per_s"] / group.world_size, device, precision.autocast_dtype
+    )
+    metrics["energy"] = reading.to_dict(images=trainer.state.images_seen * group.world_size)
+    if group.is_writer:
+        shipped = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
+        shipped.load_state_dict(trainer.shipped_weights())
+        card = make_card(spec, meta, params.model.model_dump(exclude={"arch"}))
+        save_trained(root / paths.MODELS_DIR, shipped.model, card)
+        write_json(root / paths.TRAIN_METRICS, metrics)
+    group.barrier()
     return metrics

@@ -1,0 +1,297 @@
+"""pipeline-pareto: which experiments buy their accuracy with the least energy, or time.
+
+Reads ``dvc exp show --json`` (from ``--json FILE``, or by running it). Its DVC 3.x shape, as
+dvc 3.67 writes it::
+
+    [{"rev": "workspace", "name": null, "data": DATA, "experiments": null},
+     {"rev": "<sha>", "name": "main", "data": DATA,          # a baseline commit
+      "experiments": [{"name": "bf16", "executor": null | {"state": "queued" | "running" |
+                                                             "failed" | ...},
+                       "revs": [{"rev": "<sha>", "name": "bf16", "data": DATA}]}]}]
+    DATA = {"params": {"params.yaml": {"data": {...}}},
+            "metrics": {"metrics/eval.json": {"data": {...}} | {"error": {...}}}, ...}
+
+Test accuracy is ``accuracy`` in the eval metrics, energy ``energy.joules_per_image`` in the
+train metrics (flat, or nested as :meth:`pipeline.energy.EnergyReading.to_dict` writes it), time
+``wall_seconds`` there too. A run without an energy figure is listed as "energy unavailable" and
+kept off the energy front: it is never given a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline import paths
+
+Kind = Literal["workspace", "baseline", "experiment"]
+ALWAYS_SHOWN_PARAMS = ("train.precision", "train.batch_size")
+TARGET_PARAM = "train.target_accuracy"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of ``dvc exp show``: the workspace, a baseline commit or an experiment."""
+
+    name: str
+    rev: str
+    kind: Kind
+    state: str | None  # executor state (queued, running, failed...); None once finished
+    params: dict[str, Any]  # flattened: {"train.precision": "bf16", ...}
+    accuracy: float | None
+    joules_per_image: float | None
+    energy_method: str | None
+    wall_seconds: float | None
+
+    @property
+    def target_accuracy(self) -> float | None:
+        return _number(self.params.get(TARGET_PARAM))
+
+
+# --- reading dvc exp show ---------------------------------------------------------------------
+
+
+def run_exp_show(repo: Path | None = None) -> list[dict[str, Any]]:
+    """``dvc exp show --json`` in ``repo``, run by this interpreter's DVC (no shell)."""
+    command = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"dvc exp show failed ({done.returncode}): {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def runs_from_exp_show(
+    document: Sequence[Mapping[str, Any]],
+    eval_metrics: str = paths.EVAL_METRICS.as_posix(),
+    train_metrics: str = paths.TRAIN_METRICS.as_posix(),
+) -> list[Run]:
+    """Every workspace, baseline and experiment entry of the document, in its order."""
+    runs = []
+    for entry in document:
+        is_workspace = entry.get("rev") == "workspace"
+        kind: Kind = "workspace" if is_workspace else "baseline"
+        runs.append(_run(entry, kind, None, eval_metrics, train_metrics))
+        for experiment in entry.get("experiments") or []:
+            tip = (experiment.get("revs") or [{}])[0]  # DVC 3 keeps one rev per experiment
+            state = (experiment.get("executor") or {}).get("state")
+            named = {**tip, "name": experiment.get("name") or tip.get("name")}
+            runs.append(_run(named, "experiment", state, eval_metrics, train_metrics))
+    return runs
+
+
+def _run(
+    entry: Mapping[str, Any], kind: Kind, state: str | None, eval_path: str, train_path: str
+) -> Run:
+    data = entry.get("data") or {}
+    metrics = data.get("metrics") or {}
+    evaluation = _file_data(metrics, eval_path)
+    training = _file_data(metrics, train_path)
+    rev = str(entry.get("rev") or "")
+    return Run(
+        name=entry.get("name") or ("workspace" if kind == "workspace" else rev[:7]),
+        rev=rev,
+        kind=kind,
+        state=state,
+        params=_flat_params(data.get("params") or {}),
+        accuracy=_number(_lookup(evaluation, "accuracy")),
+        joules_per_image=_number(_lookup(training, "energy.joules_per_image")),
+        energy_method=_text_or_none(_lookup(training, "energy.method")),
+        wall_seconds=_number(_lookup(training, "wall_seconds")),
+    )
+
+
+def _file_data(section: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """The ``data`` of one params/metrics file; {} when missing or when DVC reports an error."""
+    return (section.get(path) or {}).get("data") or {}
+
+
+def _flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """params.yaml keys as ``train.precision``; other params files as ``file:key``."""
+    flat: dict[str, Any] = {}
+    for file, content in params.items():
+        prefix = "" if file == paths.PARAMS.as_posix() else f"{file}:"
+        for key, value in _flatten((content or {}).get("data") or {}):
+            flat[prefix + key] = value
+    return flat
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
+    """A flat ``a.b`` key if present, else the nested ``data[a][b]``; None when absent."""
+    if dotted in data:
+        return data[dotted]
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _number(value: Any) -> float | None:
+    """Only real, finite numbers count: null, NaN, text and booleans are 'no figure'."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def without_workspace_copy(runs: Sequence[Run]) -> list[Run]:
+    """Drop the workspace when it only repeats another run (after `dvc exp run` it holds the
+    last experiment's params and metrics); a workspace with results of its own stays."""
+
+    def figures(run: Run) -> tuple[Any, ...]:
+        return (run.params, run.accuracy, run.joules_per_image, run.wall_seconds)
+
+    others = [figures(run) for run in runs if run.kind != "workspace"]
+    return [run for run in runs if run.kind != "workspace" or figures(run) not in others]
+
+
+# --- choosing ---------------------------------------------------------------------------------
+
+
+def pareto_front(runs: Sequence[Run], cost: Callable[[Run], float | None]) -> list[Run]:
+    """Runs no other run beats on both accuracy (higher) and cost (lower), cheapest first.
+
+    Runs without accuracy or without a cost are not candidates; ties are all kept.
+    """
+    scored = [
+        (run, run.accuracy, price)
+        for run in runs
+        if run.accuracy is not None and (price := cost(run)) is not None
+    ]
+    front = [
+        (run, accuracy, price)
+        for run, accuracy, price in scored
+        if not any(_dominates(a, p, accuracy, price) for _, a, p in scored)
+    ]
+    return [run for run, _, _ in sorted(front, key=lambda item: item[2])]
+
+
+def _dominates(accuracy: float, cost: float, other_accuracy: float, other_cost: float) -> bool:
+    no_worse = accuracy >= other_accuracy and cost <= other_cost
+    return no_worse and (accuracy > other_accuracy or cost < other_cost)
+
+
+def least_energy_meeting_target(runs: Sequence[Run], target: float | None) -> Run | None:
+    """The run with the fewest joules per image among those at or above their target.
+
+    ``target`` (from --target) applies to every run; without it each run's own
+    ``train.target_accuracy`` param does, and runs without one are not candidates.
+    """
+    candidates = [
+        run
+        for run in runs
+        if run.joules_per_image is not None
+        and run.accuracy is not None
+        and (goal := target if target is not None else run.target_accuracy) is not None
+        and run.accuracy >= goal
+    ]
+    return min(candidates, key=lambda run: run.joules_per_image or 0.0, default=None)
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+
+def shown_params(runs: Sequence[Run]) -> list[str]:
+    """Precision and batch size, plus every other param that differs between runs."""
+    keys = sorted({key for run in runs for key in run.params})
+    varying = [k for k in keys if len({repr(run.params.get(k)) for run in runs}) > 1]
+    return [*ALWAYS_SHOWN_PARAMS, *(k for k in varying if k not in ALWAYS_SHOWN_PARAMS)]
+
+
+def format_table(runs: Sequence[Run], params: Sequence[str], marked: Run | None = None) -> str:
+    header = ["", "name", "rev", *params, "accuracy", "J/image", "energy method", "seconds"]
+    rows = [header] + [
+        [
+            "*" if run is marked else "",
+            run.name,
+            run.rev[:7] if run.kind != "workspace" else "",
+            *(_cell(run.params.get(key)) for key in params),
+            _cell(run.accuracy, ".4f"),
+            _cell(run.joules_per_image, ".4g"),
+            run.energy_method or ("-" if run.joules_per_image is None else "?"),
+            _cell(run.wall_seconds, ".4g"),
+        ]
+        for run in runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _cell(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if spec else str(value)
+
+
+def report(runs: Sequence[Run], target: float | None) -> str:
+    """The two fronts, the runs left off them, and the least-energy run meeting the target."""
+    params = shown_params(runs)
+    best = least_energy_meeting_target(runs, target)
+    energy_front = pareto_front(runs, lambda run: run.joules_per_image)
+    time_front = pareto_front(runs, lambda run: run.wall_seconds)
+    no_accuracy = [run for run in runs if run.accuracy is None]
+    no_energy = [run for run in runs if run.accuracy is not None and run.joules_per_image is None]
+    lines = [
+        "Pareto front: accuracy (max) vs energy per image (min)",
+        format_table(energy_front, params, best),
+        "",
+        "Pareto front: accuracy (max) vs wall seconds (min)",
+        format_table(time_front, params, best),
+    ]
+    if no_energy:
+        lines += ["", "Energy unavailable (kept off the energy front):"]
+        lines.append(format_table(no_energy, params))
+    if no_accuracy:
+        states = ", ".join(f"{run.name} ({run.state or 'no metrics'})" for run in no_accuracy)
+        lines += ["", f"No accuracy yet: {states}"]
+    lines += ["", _target_line(best, target)]
+    return "\n".join(lines)
+
+
+def _target_line(best: Run | None, target: float | None) -> str:
+    source = f"--target {target:g}" if target is not None else TARGET_PARAM
+    if best is None:
+        return f"* no run with an energy figure meets its target accuracy ({source})"
+    return (
+        f"* least energy meeting the target ({source}): {best.name} "
+        f"({best.joules_per_image:.4g} J/image, accuracy {best.accuracy:.4f})"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline-pareto", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="saved `dvc exp show --json` output")
+    parser.add_argument("--repo", type=Path, help="run `dvc exp show` in this folder")
+    parser.add_argument("--target", type=float, help=f"accuracy goal (default: {TARGET_PARAM})")
+    args = parser.parse_args(argv)
+    if args.json is not None:
+        document = json.loads(args.json.read_text(encoding="utf-8"))
+    else:
+        document = run_exp_show(args.repo)
+    print(report(without_workspace_copy(runs_from_exp_show(document)), args.target))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

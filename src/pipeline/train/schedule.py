@@ -1,0 +1,29 @@
+"""Learning-rate schedules, stepped once per optimiser step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipeline.config import TrainParams
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Multiplier of the peak LR: linear warm-up from ~0, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer, params: TrainParams, steps_per_epoch: int):
+    total = params.epochs * steps_per_epoch
+    if params.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=params.lr, total_steps=total, pct_start=0.25
+        )
+    warmup = int(round(params.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total, warmup)
+    )

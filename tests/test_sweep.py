@@ -1,0 +1,354 @@
+"""pipeline-pareto on crafted and on real `dvc exp show --json`; pipeline-queue-gpus."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import dvc, run
+
+from pipeline import gpu_queue
+from pipeline.sweep import (
+    least_energy_meeting_target,
+    main,
+    pareto_front,
+    report,
+    run_exp_show,
+    runs_from_exp_show,
+    without_workspace_copy,
+)
+
+# --- a crafted document, in the shape dvc 3.x writes --------------------------------------------
+
+
+def data(params: dict[str, Any], evaluation: dict | None, training: dict | None) -> dict:
+    metrics: dict[str, Any] = {}
+    for path, content in (("metrics/eval.json", evaluation), ("metrics/train.json", training)):
+        metrics[path] = (
+            {"data": content}
+            if content is not None
+            else {"error": {"type": "FileNotFoundError", "msg": "No such file"}}
+        )
+    return {"rev": "x", "params": {"params.yaml": {"data": params}}, "metrics": metrics}
+
+
+def experiment(name: str, precision: str, accuracy: float | None, train: dict | None,
+               state: str | None = None) -> dict:
+    params = {"train": {"precision": precision, "batch_size": 64, "target_accuracy": 0.96}}
+    evaluation = None if accuracy is None else {"accuracy": accuracy}
+    executor = None if state is None else {"state": state, "name": "dvc-task", "local": {}}
+    rev = f"{abs(hash(name)):040x}"[:40]
+    return {
+        "revs": [{"rev": rev, "name": name, "data": data(params, evaluation, train), "error": None,
+                  "experiments": None}],
+        "executor": executor,
+        "name": name,
+    }
+
+
+def energy(joules_per_image: float | None, seconds: float | None = None) -> dict:
+    train: dict[str, Any] = {"energy": {"joules_per_image": joules_per_image, "method": "rapl"}}
+    if seconds is not None:
+        train["wall_seconds"] = seconds
+    return train
+
+
+@pytest.fixture
+def document() -> list[dict]:
+    base_params = {"train": {"precision": "fp32", "batch_size": 64}}
+    return [
+        {"rev": "workspace", "name": None, "error": None, "experiments": None,
+         "data": data(base_params, {"accuracy": 0.80}, energy(2.0, 50.0))},
+        {"rev": "c0ffee" + "0" * 34, "name": "main", "error": None,
+         "data": data(base_params, None, None),
+         "experiments": [
+             experiment("cheap", "bf16", 0.95, energy(0.5, 10.0)),
+             experiment("best", "fp32", 0.97, energy(0.8, 20.0)),
+             experiment("dominated", "fp16", 0.90, energy(0.6, 5.0)),
+             experiment("no-energy", "fp32", 0.99, {"wall_seconds": 30.0}),
+             experiment("null-energy", "fp32", 0.98, energy(None, 25.0)),
+             experiment("flat-key", "bf16", 0.93,
+                        {"energy.joules_per_image": 0.4, "wall_seconds": 12.0}),
+             experiment("waiting", "bf16", None, None, state="queued"),
+         ]},
+    ]
+
+
+def names(runs) -> list[str]:
+    return [run.name for run in runs]
+
+
+def test_every_entry_becomes_a_run_with_its_figures(document: list[dict]) -> None:
+    runs = {run.name: run for run in runs_from_exp_show(document)}
+
+    assert set(runs) == {"workspace", "main", "cheap", "best", "dominated", "no-energy",
+                         "null-energy", "flat-key", "waiting"}
+    cheap = runs["cheap"]
+    assert (cheap.kind, cheap.accuracy, cheap.joules_per_image, cheap.wall_seconds) == (
+        "experiment", 0.95, 0.5, 10.0)
+    assert cheap.params["train.precision"] == "bf16"
+    assert cheap.energy_method == "rapl"
+    assert runs["flat-key"].joules_per_image == 0.4
+    assert runs["no-energy"].joules_per_image is None
+    assert runs["null-energy"].joules_per_image is None
+    assert runs["main"].kind == "baseline" and runs["main"].accuracy is None
+    assert runs["waiting"].state == "queued"
+    assert runs["workspace"].kind == "workspace"
+
+
+def test_energy_front_keeps_only_undominated_runs_cheapest_first(document: list[dict]) -> None:
+    front = pareto_front(runs_from_exp_show(document), lambda run: run.joules_per_image)
+    # dominated (0.90 at 0.6 J) loses to cheap (0.95 at 0.5 J); no-energy is never a candidate.
+    assert names(front) == ["flat-key", "cheap", "best"]
+
+
+def test_time_front_is_separate(document: list[dict]) -> None:
+    front = pareto_front(runs_from_exp_show(document), lambda run: run.wall_seconds)
+    assert names(front) == ["dominated", "cheap", "best", "null-energy", "no-energy"]
+
+
+def test_identical_runs_both_stay_on_the_front(document: list[dict]) -> None:
+    runs = runs_from_exp_show(document)
+    twin = next(run for run in runs if run.name == "cheap")
+    front = pareto_front([*runs, twin], lambda run: run.joules_per_image)
+    assert names(front).count("cheap") == 2
+
+
+def test_equal_accuracy_at_higher_cost_is_dominated() -> None:
+    entry = {"rev": "c0ffee" + "0" * 34, "name": "main", "data": data({}, None, None),
+             "experiments": [experiment("lean", "bf16", 0.95, energy(0.5)),
+                             experiment("dear", "fp32", 0.95, energy(0.7)),
+                             experiment("truthy", "fp32", True, energy(0.1))]}
+    runs = runs_from_exp_show([entry])
+    assert names(pareto_front(runs, lambda run: run.joules_per_image)) == ["lean"]
+    assert next(run for run in runs if run.name == "truthy").accuracy is None  # not a number
+
+
+def test_least_energy_meeting_target(document: list[dict]) -> None:
+    runs = runs_from_exp_show(document)
+    assert least_energy_meeting_target(runs, 0.95).name == "cheap"
+    assert least_energy_meeting_target(runs, 0.92).name == "flat-key"
+    # Without --target each experiment's train.target_accuracy (0.96) applies.
+    assert least_energy_meeting_target(runs, None).name == "best"
+    # no-energy reaches 0.99 but has no figure: it cannot be chosen.
+    assert least_energy_meeting_target(runs, 0.985) is None
+
+
+def test_report_lists_runs_without_energy_and_never_gives_them_a_number(
+    document: list[dict],
+) -> None:
+    text = report(runs_from_exp_show(document), 0.95)
+    unavailable = text.split("Energy unavailable")[1].split("\n\n")[0]
+
+    assert "no-energy" in unavailable and "null-energy" in unavailable
+    header, *rows = unavailable.splitlines()[1:]
+    column = header.index("J/image")
+    assert [row[column:].split()[0] for row in rows] == ["-", "-"]
+    assert re.search(r"^\*\s+cheap\s", text, re.MULTILINE)
+    assert "least energy meeting the target (--target 0.95): cheap (0.5 J/image" in text
+    assert "waiting (queued)" in text
+
+
+def test_main_reads_a_saved_json(document: list[dict], tmp_path: Path, capsys) -> None:
+    saved = tmp_path / "exps.json"
+    saved.write_text(json.dumps(document))
+
+    assert main(["--json", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "(train.target_accuracy): best (0.8 J/image, accuracy 0.9700)" in out
+
+
+# --- the real thing: two experiments in a throwaway git+DVC repo --------------------------------
+
+STAGE = """\
+import json, os, yaml
+train = yaml.safe_load(open("params.yaml"))["train"]
+os.makedirs("metrics", exist_ok=True)
+fp32 = train["precision"] == "fp32"
+json.dump({"accuracy": 0.97 if fp32 else 0.95}, open("metrics/eval.json", "w"))
+energy = {"joules_per_image": 0.02 * train["batch_size"] / 64, "method": "rapl"} if fp32 else None
+json.dump({"wall_seconds": 640 / train["batch_size"], "energy": energy},
+          open("metrics/train.json", "w"))
+"""
+
+
+def make_repo(root: Path, stage: str, metrics: list[str], params: str) -> Path:
+    root.mkdir(parents=True)
+    run(root, "git", "init", "-q", "-b", "main")
+    run(root, "git", "config", "user.name", "test")  # the queue's workers commit too
+    run(root, "git", "config", "user.email", "test@example.com")
+    dvc(root, "init", "-q")
+    (root / "stage.py").write_text(stage)
+    (root / "params.yaml").write_text(params)
+    outs = "".join(f"      - {path}:\n          cache: false\n" for path in metrics)
+    (root / "dvc.yaml").write_text(
+        f"stages:\n  train:\n    cmd: {sys.executable} stage.py\n    deps: [stage.py]\n"
+        f"    params: [train]\n    metrics:\n{outs}"
+    )
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "initial")
+    return root
+
+
+def test_pareto_on_real_dvc_experiments(tmp_path: Path, capsys) -> None:
+    repo = make_repo(tmp_path / "repo", STAGE, ["metrics/eval.json", "metrics/train.json"],
+                     "train:\n  precision: fp32\n  batch_size: 64\n")
+    dvc(repo, "exp", "run", "-n", "half", "-S", "train.precision=bf16")
+    dvc(repo, "exp", "run", "-n", "big", "-S", "train.precision=fp32", "-S", "train.batch_size=32")
+
+    runs = {run.name: run for run in runs_from_exp_show(run_exp_show(repo))}
+
+    assert {"half", "big"} <= set(runs)
+    half, big = runs["half"], runs["big"]
+    assert (half.params["train.precision"], half.accuracy, half.joules_per_image) == (
+        "bf16", 0.95, None)
+    assert (big.params["train.batch_size"], big.accuracy) == (32, 0.97)
+    assert big.joules_per_image == pytest.approx(0.01)
+    assert big.wall_seconds == pytest.approx(20.0)
+    assert runs["main"].kind == "baseline"
+
+    assert main(["--repo", str(repo), "--target", "0.96"]) == 0
+    out = capsys.readouterr().out
+    assert "least energy meeting the target (--target 0.96): big (0.01 J/image" in out
+    assert "half" in out.split("Energy unavailable")[1]
+    assert "workspace" not in out  # it only repeated "big", the last experiment run
+
+
+def test_workspace_with_results_of_its_own_stays(document: list[dict]) -> None:
+    runs = without_workspace_copy(runs_from_exp_show(document))
+    assert "workspace" in names(runs)
+    copy = [entry for entry in document if entry["rev"] != "workspace"]
+    copy.insert(0, {**document[1]["experiments"][0]["revs"][0], "rev": "workspace"})
+    assert "workspace" not in names(without_workspace_copy(runs_from_exp_show(copy)))
+
+
+# --- pipeline-queue-gpus ----------------------------------------------------------------------
+
+
+class FakeDvc:
+    """Stands in for `dvc queue status/start`: workers appear a couple of polls after a start."""
+
+    def __init__(self, queued: bool = True, workers: int = 0, lag: int = 2) -> None:
+        self.queued, self.workers, self.lag = queued, workers, lag
+        self.calls: list[tuple[list[str], dict | None]] = []
+        self._pending: list[int] = []
+
+    def __call__(self, command: list[str], *, stdout: io.TextIOBase, env=None, **_: Any):
+        args = command[3:]  # after python -m dvc
+        self.calls.append((args, env))
+        if args[:2] == ["queue", "start"]:
+            self._pending.append(self.lag)
+            stdout.write("Started '1' new experiments task queue worker.\n")
+        else:
+            self._pending = [left - 1 for left in self._pending]
+            self.workers += sum(1 for left in self._pending if left == 0)
+            self._pending = [left for left in self._pending if left > 0]
+            task = "abc1234  exp-1  12:00 AM   Queued\n" if self.queued else ""
+            stdout.write(f"Task  Name  Created  Status\n{task}\n"
+                         f"Worker status: 0 active, {self.workers} idle\n")
+        return subprocess.CompletedProcess(command, 0)
+
+    def starts(self) -> list[tuple[str, str | None]]:
+        return [(args[3], (env or {}).get("CUDA_VISIBLE_DEVICES"))
+                for args, env in self.calls if args[:2] == ["queue", "start"]]
+
+
+def test_one_pinned_worker_per_gpu_started_one_at_a_time() -> None:
+    fake = FakeDvc()
+    messages = gpu_queue.start_gpu_workers(["0", "1", "2"], run=fake, poll_s=0)
+
+    assert fake.starts() == [("1", "0"), ("2", "1"), ("3", "2")]
+    # Each start waits until the worker before it is counted (else -j would duplicate it).
+    kinds = [args[1] for args, _ in fake.calls]
+    assert kinds == ["status", "start", "status", "status",
+                     "start", "status", "status", "start", "status", "status"]
+    assert messages == [f"worker {n}: CUDA_VISIBLE_DEVICES={n - 1}" for n in (1, 2, 3)]
+
+
+def test_without_gpus_one_unpinned_worker() -> None:
+    fake = FakeDvc()
+    messages = gpu_queue.start_gpu_workers([], run=fake, poll_s=0)
+
+    assert fake.starts() == [("1", None)]
+    assert "no GPU visible" in messages[0]
+
+
+def test_refuses_to_add_to_running_workers() -> None:
+    fake = FakeDvc(workers=1)
+    with pytest.raises(SystemExit, match="already running"):
+        gpu_queue.start_gpu_workers(["0"], run=fake)
+    assert fake.starts() == []
+
+
+def test_nothing_queued_starts_nothing() -> None:
+    fake = FakeDvc(queued=False)
+    assert "nothing queued" in gpu_queue.start_gpu_workers(["0"], run=fake)[0]
+    assert fake.starts() == []
+
+
+def test_gives_up_when_a_worker_never_registers() -> None:
+    fake = FakeDvc(lag=10**6)
+    with pytest.raises(SystemExit, match="did not register"):
+        gpu_queue.start_gpu_workers(["0", "1"], run=fake, wait_s=0.05, poll_s=0.01)
+    assert fake.starts() == [("1", "0")]
+
+
+def test_gpu_ids_follow_cuda_visible_devices_else_the_nvml_count() -> None:
+    assert gpu_queue.gpu_ids({"CUDA_VISIBLE_DEVICES": "2, 3"}, count=lambda: 8) == ["2", "3"]
+    assert gpu_queue.gpu_ids({}, count=lambda: 2) == ["0", "1"]
+    assert gpu_queue.gpu_ids({}, count=lambda: 0) == []
+
+
+def test_nvml_gpu_count_is_zero_without_a_driver() -> None:
+    class NoDriver:
+        def nvmlInit(self) -> None:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    assert gpu_queue.nvml_gpu_count(NoDriver()) == 0
+
+
+PINNED_STAGE = """\
+import json, os, time
+os.makedirs("metrics", exist_ok=True)
+time.sleep(2)
+json.dump({"gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")},
+          open("metrics/train.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_real_queue_workers_pass_their_gpu_to_the_experiments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    repo = make_repo(tmp_path / "repo", PINNED_STAGE, ["metrics/train.json"],
+                     "train:\n  batch_size: 1\n")
+    for size in (2, 3, 4):
+        dvc(repo, "exp", "run", "--queue", "-S", f"train.batch_size={size}")
+    try:
+        # Two made-up GPU ids: no GPU is needed to see that each worker's variable arrives.
+        messages = gpu_queue.start_gpu_workers(["7", "9"], repo, poll_s=0.2)
+        assert messages == ["worker 1: CUDA_VISIBLE_DEVICES=7", "worker 2: CUDA_VISIBLE_DEVICES=9"]
+        deadline = time.monotonic() + 120
+        while re.search(r"\s(Queued|Running)\s*$", dvc(repo, "queue", "status").stdout, re.M):
+            assert time.monotonic() < deadline, "queued experiments did not finish"
+            time.sleep(1)
+    finally:
+        dvc(repo, "queue", "stop", check=False)
+
+    experiments = [run for run in runs_from_exp_show(run_exp_show(repo))
+                   if run.kind == "experiment"]
+    assert len(experiments) == 3 and all(run.state == "success" for run in experiments)
+    document = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    gpus = [rev["data"]["metrics"]["metrics/train.json"]["data"]["gpu"]
+            for exp in document[1]["experiments"] for rev in exp["revs"]]
+    assert len(gpus) == 3 and set(gpus) <= {"7", "9"}  # never "unset": the variable arrived
+    assert "7" in gpus  # worker 1 starts first and takes the first experiment
