@@ -1,15 +1,12 @@
-"""Stage benchmark: PyTorch eager against onnxruntime -> metrics/benchmark.{json,csv,md}."""
-
-import platform
-
-import onnxruntime
-import torch
+"""Stage benchmark: PyTorch against onnxruntime, every exported variant and provider asked for
+-> metrics/benchmark.{json,csv,md}."""
 
 from pipeline import paths
 from pipeline.bench.report import write_report
-from pipeline.bench.run import run_benchmark
+from pipeline.bench.run import machine_context, run_benchmark
 from pipeline.config import Params
 from pipeline.data.storage import read_split
+from pipeline.export.variants import variant_path
 from pipeline.model_io import load_trained
 from pipeline.stage import run_stage
 
@@ -17,15 +14,17 @@ from pipeline.stage import run_stage
 def benchmark(params: Params) -> None:
     model, card = load_trained(paths.MODELS_DIR)
     test = read_split(paths.PREPARED_DIR, "test")
-    rows = run_benchmark(params.benchmark, model, card, paths.ONNX_MODEL, test.images, test.labels)
-    context = {
-        "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    variants = {v: variant_path(paths.ONNX_DIR, v) for v in ["fp32", *params.export.variants]}
+    rows, context = run_benchmark(
+        params.benchmark, model, card, variants, test.images, test.labels, params.energy
+    )
     write_report(
-        rows, context, paths.BENCHMARK_METRICS, paths.BENCHMARK_TABLE, paths.BENCHMARK_REPORT
+        rows,
+        machine_context() | context,
+        params.benchmark.max_accuracy_drop,
+        paths.BENCHMARK_METRICS,
+        paths.BENCHMARK_TABLE,
+        paths.BENCHMARK_REPORT,
     )
 
 

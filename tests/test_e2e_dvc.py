@@ -51,6 +51,11 @@ def test_repro_writes_every_output_with_sane_values(project):
     train = read(project, "metrics/train.json")
     assert train["epochs"] == FAST_PARAMS["train.epochs"]
     assert train["policy"]["device"] == "cpu" and train["images_per_s"] > 0
+    energy = train["energy"]
+    assert energy["method"] in ("rapl", "unavailable") and energy["images"] > 0
+    assert (energy["joules_per_image"] is None) == (energy["method"] == "unavailable")
+    if energy["method"] == "unavailable":
+        assert energy["reason"]
     assert read(project, "metrics/eval.json")["accuracy"] > 0.85
     export = read(project, "metrics/export.json")
     assert export["parity"]["top1_agreement"] >= 0.999

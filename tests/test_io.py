@@ -27,3 +27,12 @@ def test_arrays_round_trip_without_pickle(tmp_path):
     save_arrays(tmp_path / "a.safetensors", {"images": images})
     assert (tmp_path / "a.safetensors").read_bytes()[:1] != b"\x80"  # not a pickle stream
     np.testing.assert_array_equal(load_arrays(tmp_path / "a.safetensors")["images"], images)
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    write_json(tmp_path / "m.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask

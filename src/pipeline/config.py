@@ -84,6 +84,43 @@ class ModelParams(Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.1, description="Before the head.")
 
 
+class DistributedParams(Section):
+    """Data-parallel training (DDP) over several processes, started by torch's elastic launcher."""
+
+    nproc_per_node: Literal["auto"] | PositiveInt = Field(
+        1, description="Training processes per node: N, or auto = one per visible GPU (1 on CPU)."
+    )
+    nnodes: PositiveInt = Field(1, description="Nodes; each runs `python stages/train.py`.")
+    rdzv_endpoint: str | None = Field(
+        None,
+        validate_default=True,
+        description="host:port of the c10d rendezvous, the same on every node (needed when "
+        "nnodes > 1); null = localhost on a free port.",
+    )
+    max_restarts: Annotated[int, Field(ge=0)] = Field(
+        0, description="Restart the group this often after a worker dies; resumes from checkpoint."
+    )
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value > 0):
+            return value
+        raise ValueError("must be a positive integer or auto")
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint_is_host_port(cls, endpoint: str | None, info: Any) -> str | None:
+        if endpoint is None:
+            if info.data.get("nnodes", 1) > 1:
+                raise ValueError("nnodes > 1 needs a host:port that every node can reach")
+            return None
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. node0.example.com:29400")
+        return endpoint
+
+
 class TrainParams(Section):
     """Optimisation, and the device and precision policy."""
 
@@ -98,7 +135,48 @@ class TrainParams(Section):
     )
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = Field(5e-4, description="AdamW decay.")
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
-        0.0, description="CE smoothing."
+        0.0, description="Cross-entropy label smoothing."
+    )
+    schedule: Literal["onecycle", "cosine"] = Field(
+        "onecycle", description="LR schedule: one-cycle, or linear warm-up then cosine decay."
+    )
+    warmup_epochs: Annotated[float, Field(ge=0.0)] = Field(
+        1.0, description="Warm-up length of the cosine schedule, in epochs."
+    )
+    augment: Literal["none", "flip", "crop", "crop_flip"] = Field(
+        "none", description="On-device augmentation: random crop (pad 2..4 px) and/or h-flip."
+    )
+    ema: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.0, description="Weight EMA decay per step (e.g. 0.999); 0 turns EMA off."
+    )
+    patience: Annotated[int, Field(ge=0)] = Field(
+        0, description="Stop after this many epochs without a better val accuracy; 0 = never."
+    )
+    target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="Record the time until val accuracy first reaches this."
+    )
+    channels_last: bool = Field(True, description="NHWC memory layout (faster convs on GPU/CPU).")
+    compile: bool = Field(False, description="torch.compile the model (slow start, faster steps).")
+    data_on_device: Literal["auto"] | bool = Field(
+        "auto", description="Keep the uint8 dataset on the device; auto = when it fits."
+    )
+    num_workers: Annotated[int, Field(ge=0)] = Field(
+        2, description="DataLoader workers when the data does not live on the device."
+    )
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+        1, description="Save a resumable checkpoint every N epochs; 0 = never."
+    )
+    deterministic: bool = Field(
+        False, description="Deterministic algorithms: identical weights from identical runs."
+    )
+    max_nonfinite_steps: Annotated[int, Field(ge=0)] = Field(
+        0, description="Stop when more steps than this had a NaN/inf loss (they are skipped)."
+    )
+    auto_batch_size: bool = Field(
+        False, description="On CUDA out-of-memory, halve the batch size and retry."
+    )
+    distributed: DistributedParams = Field(
+        DistributedParams(), description="Multi-process (multi-GPU, multi-node) DDP training."
     )
 
     _device = field_validator("device")(_check_device)
@@ -108,23 +186,89 @@ class EvaluateParams(Section):
     batch_size: PositiveInt = Field(512, description="Images per forward pass.")
 
 
+class ParityGate(Section):
+    """What one exported variant must match of PyTorch fp32, over the whole test split."""
+
+    max_abs_logit_diff: Annotated[float, Field(gt=0.0)] = Field(
+        1e-3, description="Fail export when any logit differs more than this from PyTorch's."
+    )
+    min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.999, description="Fail export when a smaller share of top-1 predictions agree."
+    )
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.001, description="Fail export when top-1 accuracy falls more (0.005 = 0.5 points)."
+    )
+
+
+class ParityGates(Section):
+    """One gate per variant: strict for fp32, looser where fp16 or int8 rounding is expected."""
+
+    fp32: ParityGate = Field(ParityGate(), description="Same arithmetic: only rounding order.")
+    fp16: ParityGate = Field(
+        ParityGate(max_abs_logit_diff=0.1, min_top1_agreement=0.995, max_accuracy_drop=0.005),
+        description="Half-precision weights and activations.",
+    )
+    int8: ParityGate = Field(
+        ParityGate(max_abs_logit_diff=1.0, min_top1_agreement=0.98, max_accuracy_drop=0.01),
+        description="8-bit weights and activations.",
+    )
+
+
+QuantizableOp = Literal[
+    "Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Mul",
+    "Sub", "Relu", "Clip", "Concat", "Reshape", "Flatten", "Transpose", "Resize", "Sigmoid",
+    "Softmax",
+]  # fmt: skip
+
+
+class Int8Params(Section):
+    """Static int8 quantisation (QDQ) for CPUs, calibrated on a seeded sample of the train split."""
+
+    calibration_images: PositiveInt = Field(
+        512, description="Train images in the calibration sample (drawn with the top-level seed)."
+    )
+    activations: Literal["uint8", "int8"] = Field(
+        "uint8",
+        description="uint8 activations x int8 weights (U8S8) take the u8*s8 dot-product path of "
+        "AVX2/VNNI CPUs; int8 (S8S8) is what TensorRT and some NPUs need.",
+    )
+    per_channel: bool = Field(True, description="One weight scale per output channel.")
+    op_types: list[QuantizableOp] = Field(
+        ["Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Add"],
+        min_length=1,
+        description="Operator types to quantise; the rest stay fp32 between DQ/Q pairs.",
+    )
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How activation ranges are calibrated."
+    )
+
+
 class ExportParams(Section):
-    """ONNX export and its parity gate against PyTorch."""
+    """ONNX export: fp32 model.onnx, the variants derived from it, and their parity gates."""
 
     opset: Annotated[int, Field(ge=18, le=23)] = Field(18, description="ONNX opset version.")
     include_preprocessing: bool = Field(
         True, description="Fold normalisation into the graph: the model takes raw uint8 pixels."
     )
-    max_abs_logit_diff: Annotated[float, Field(gt=0.0)] = Field(
-        1e-3, description="Fail export when ONNX logits differ more than this from PyTorch."
+    variants: list[Literal["fp16", "int8"]] = Field(
+        ["fp16", "int8"],
+        description="Derived from the fp32 model (always exported): fp16 for GPUs, int8 for CPUs.",
     )
-    min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        0.999, description="Fail export when fewer predictions agree with PyTorch."
+    int8: Int8Params = Field(Int8Params(), description="How the int8 variant is quantised.")
+    gates: ParityGates = Field(
+        ParityGates(), description="Parity thresholds per variant; a miss fails the stage."
     )
+
+    @field_validator("variants")
+    @classmethod
+    def _no_duplicate_variants(cls, variants: list[str]) -> list[str]:
+        if len(set(variants)) != len(variants):
+            raise ValueError("lists a variant twice")
+        return variants
 
 
 class BenchmarkParams(Section):
-    """Inference timing of PyTorch against onnxruntime."""
+    """Inference timing of PyTorch against onnxruntime, for every exported variant."""
 
     device: str = Field(
         "auto", description="Device of the PyTorch backends: auto | cpu | cuda[:N]."
@@ -141,6 +285,10 @@ class BenchmarkParams(Section):
     threads: Annotated[int, Field(ge=0)] = Field(
         0, description="Intra-op threads for both backends; 0 means physical cores."
     )
+    max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.005,
+        description="The headline's best backend must keep top-1 within this of PyTorch fp32.",
+    )
 
     _device = field_validator("device")(_check_device)
 
@@ -149,7 +297,9 @@ class EnergyParams(Section):
     """Energy measurement (see pipeline.energy for the meters and their order)."""
 
     cpu_watts: Annotated[float, Field(gt=0.0)] | None = Field(
-        None, description="If set, estimate CPU energy from CPU time x this power (labelled)."
+        None,
+        description="CPU package power at full load (W); if set, CPU runs without RAPL get an "
+        "estimate (CPU-seconds / cores x watts), labelled 'estimate'.",
     )
     min_window_s: Annotated[float, Field(ge=0.0)] = Field(
         1.0, description="Benchmark energy windows last at least this long (meters tick slowly)."

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,20 +20,33 @@ from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save as save_torch_bytes
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "wb", check: Callable[[Path], object] | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and move it into place.
 
     A process killed at any moment leaves either the old file or the new one, never half of it.
+    ``check`` sees the complete temporary file first; if it raises, nothing is replaced.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+    os.fchmod(fd, 0o666 & ~_current_umask())
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(Path(tmp_name))
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,17 +1,29 @@
-"""Run every backend at every batch size, with each backend's accuracy on the whole test split."""
+"""Every backend at every batch size: timing, memory, FLOP/s against the measured peak, accuracy."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.bench.backends import OrtBackend, TorchBackend
+from pipeline.bench.backends import GPU_PROVIDERS, OrtBackend, TorchBackend, engine_precision
+from pipeline.bench.memory import memory_probe
+from pipeline.bench.peak import Peak, flops_per_image, peaks_for
+from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import time_call
-from pipeline.config import BenchmarkParams
+from pipeline.config import BenchmarkParams, EnergyParams
+from pipeline.energy import measure_for_at_least, meter_from_params
+from pipeline.export.safety import UnsafeModelError
 from pipeline.train.policy import resolve_device
+
+ACCURACY_BATCH = 256
 
 
 def physical_cores() -> int:
@@ -29,50 +41,229 @@ def batch_of(images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * repeats)[:batch_size])
 
 
-def make_backends(params: BenchmarkParams, model, card, onnx_path, threads: int) -> list:
+@dataclass(frozen=True)
+class Spec:
+    """A backend not built yet: one session alive at a time, so idle thread pools don't compete."""
+
+    name: str
+    variant: str
+    provider: str
+    memory: str  # host | torch_cuda | ort_cuda
+    build: Callable[[], Any]
+
+
+def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path], threads: int):
+    device = resolve_device(params.device)
     norm = card["normalisation"]
-    backends = [TorchBackend(model, resolve_device(params.device))]
-    for provider in params.providers:
-        backends.append(OrtBackend(onnx_path, "fp32", provider, threads, norm["mean"], norm["std"]))
-    return backends
+    max_batch = max([*params.batch_sizes, ACCURACY_BATCH])
+    torch_memory = "torch_cuda" if device.type == "cuda" else "host"
+    specs = [
+        Spec(
+            "pytorch_eager", "fp32", device.type, torch_memory, lambda: TorchBackend(model, device)
+        ),
+        Spec(
+            "pytorch_engine",
+            engine_precision(device).name,
+            device.type,
+            torch_memory,
+            lambda: TorchBackend(model, device, engine=True),
+        ),
+    ]
+    for variant, path in variants.items():
+        for provider in params.providers:
+
+            def build(path=path, variant=variant, provider=provider):
+                return OrtBackend(
+                    path,
+                    variant,
+                    provider,
+                    threads,
+                    norm["mean"],
+                    norm["std"],
+                    card["input_shape"],
+                    max_batch,
+                    device.index or 0,
+                )
+
+            memory = "host" if provider == "cpu" else "ort_cuda"
+            specs.append(Spec(f"onnxruntime_{provider}", variant, provider, memory, build))
+    return specs, device
 
 
-def benchmark_backend(backend, params: BenchmarkParams, images, labels) -> list[dict]:
-    predictions = backend.logits(images).argmax(1)
-    accuracy = float((predictions == labels).mean())
+def _row(spec: Spec, batch_size: int, **values) -> dict[str, Any]:
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(backend=spec.name, variant=spec.variant, provider_requested=spec.provider)
+    row.update(batch_size=batch_size, status="failed", reason="", note="")
+    row.update(values)
+    return row
+
+
+def _why(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def row_energy(call, backend, batch_size: int, energy_params: EnergyParams, device) -> dict:
+    """Joules per image over a window of at least energy.min_window_s of back-to-back calls."""
+    on_gpu = any(name.startswith(("cuda", "CUDA", "Tensorrt")) for name in backend.providers_used)
+    where = f"cuda:{device.index or 0}" if on_gpu else "cpu"
+    window = meter_from_params(energy_params, where)
+    reading, calls = measure_for_at_least(call, energy_params.min_window_s, window, backend.sync)
+    return {
+        "joules_per_image": reading.joules_per(calls * batch_size),
+        "energy_method": reading.method,
+        "energy_reason": reading.reason,
+    }
+
+
+def benchmark_backend(
+    spec: Spec, params: BenchmarkParams, device, images, labels, energy_params=None
+) -> list[dict]:
+    """Rows of one backend; one that cannot be built or run gives `failed` rows, not a crash."""
+    probe = memory_probe(spec.memory, device)
+    started = time.perf_counter()
+    try:
+        backend = spec.build()
+    except UnsafeModelError:
+        raise  # a refused file is an error of the pipeline, not a result
+    except Exception as error:
+        return [_row(spec, size, reason=_why(error)) for size in params.batch_sizes]
+    facts = {
+        "status": backend.status,
+        "reason": backend.reason,
+        "note": backend.note,
+        "providers_used": "+".join(backend.providers_used),
+        "session_create_ms": (time.perf_counter() - started) * 1000.0,
+    }
     rows = []
-    for batch_size in params.batch_sizes:
-        call = backend.bind(batch_of(images, batch_size))
-        timing = time_call(
-            call, backend.sync, params.warmup, params.min_iterations, params.min_seconds
-        )
-        row = {
-            "backend": backend.name,
-            "variant": backend.variant,
-            "provider_requested": backend.provider,
-            "providers_used": "+".join(backend.providers_used),
-            "status": backend.status,
-            "reason": backend.reason,
-            "batch_size": batch_size,
-            **timing.summary(batch_size),
-            "top1_accuracy": accuracy,
-        }
-        rows.append(row)
-        print(
-            f"{backend.name:<24} {backend.variant:<5} batch {batch_size:>4}: "
-            f"{row['images_per_s']:>10,.0f} img/s  p50 {row['latency_ms_p50']:.3f} ms  "
-            f"[{backend.status}]",
-            file=sys.stderr,
-            flush=True,
-        )
+    for size in params.batch_sizes:
+        probe.start_row()
+        try:
+            call = backend.bind(batch_of(images, size))
+            timing = time_call(
+                call, backend.sync, params.warmup, params.min_iterations, params.min_seconds
+            )
+        except Exception as error:
+            rows.append(_row(spec, size, **{**facts, "status": "failed", "reason": _why(error)}))
+            continue
+        summary = timing.summary(size)
+        memory = {"peak_memory_mb": probe.peak_mb(), "memory_method": probe.method}
+        energy = row_energy(call, backend, size, energy_params or EnergyParams(), device)
+        rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
+    # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
+    try:
+        predictions = backend.logits(images).argmax(1)
+        accuracy = float((predictions == labels).mean())
+    except Exception as error:
+        accuracy = None
+        for row in rows:
+            row.update(status="failed", reason=f"accuracy pass: {_why(error)}")
+    for row in rows:
+        row["top1_accuracy"] = accuracy
     return rows
 
 
-def run_benchmark(params: BenchmarkParams, model, card, onnx_path, images, labels) -> list[dict]:
+def _peak_key(row: dict) -> str:
+    """Which measured peak bounds a row: where it ran, and in what arithmetic."""
+    used = row["providers_used"] or ""
+    if not (used.startswith("cuda") or any(name in used for name in GPU_PROVIDERS)):
+        return "cpu"
+    if row["backend"] == "onnxruntime_tensorrt" or row["variant"] in ("fp16", "int8"):
+        return "cuda_fp16"
+    return f"cuda_{row['variant']}"
+
+
+def derive(rows: list[dict], flops: int, peaks: dict[str, Peak]) -> None:
+    """Columns that relate rows: GFLOP/s and share of peak, speed-up and accuracy vs eager."""
+    base = {r["batch_size"]: r for r in rows if (r["backend"], r["variant"]) == BASELINE}
+    for row in rows:
+        row["flops_per_image"] = flops
+        if row["images_per_s"] is None:
+            continue
+        peak = peaks.get(_peak_key(row))
+        row["gflops_per_s"] = flops * row["images_per_s"] / 1e9
+        if peak:
+            row["peak_gflops"] = peak.gflops
+            row["share_of_peak"] = row["gflops_per_s"] / peak.gflops
+        ref = base.get(row["batch_size"])
+        if ref and ref["status"] == "ok" and ref["images_per_s"]:
+            row["speedup_vs_eager"] = row["images_per_s"] / ref["images_per_s"]
+        if ref and ref["top1_accuracy"] is not None and row["top1_accuracy"] is not None:
+            row["top1_delta_vs_pytorch"] = row["top1_accuracy"] - ref["top1_accuracy"]
+
+
+def _print(row: dict) -> None:
+    speed = f"{row['images_per_s']:>10,.0f} img/s" if row["images_per_s"] else " " * 16
+    p50 = f"p50 {row['latency_ms_p50']:.3f} ms" if row["latency_ms_p50"] else ""
+    print(
+        f"{row['backend']:<22} {row['variant']:<5} batch {row['batch_size']:>4}: {speed}  "
+        f"{p50}  [{row['status']}{': ' + row['reason'] if row['reason'] else ''}]",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_benchmark(
+    params: BenchmarkParams,
+    model,
+    card,
+    variants: dict[str, Path],
+    images,
+    labels,
+    energy_params: EnergyParams | None = None,
+) -> tuple[list[dict], dict[str, Any]]:
+    """Rows for every backend x variant x provider x batch size, and the run's context."""
     threads = params.threads or physical_cores()
-    # Same thread count for both backends, or the comparison measures the thread pools.
+    # Same thread count for both frameworks, or the comparison measures the thread pools.
     torch.set_num_threads(threads)
+    specs, device = backend_specs(params, model, card, variants, threads)
+    flops = flops_per_image(model, torch.from_numpy(images[:1]))
+    peaks = peaks_for(device, threads)
     rows = []
-    for backend in make_backends(params, model, card, onnx_path, threads):
-        rows.extend(benchmark_backend(backend, params, images, labels))
-    return rows
+    for spec in specs:
+        for row in benchmark_backend(spec, params, device, images, labels, energy_params):
+            rows.append(row)
+            _print(row)
+    derive(rows, flops, peaks)
+    context = {
+        "threads": threads,
+        "device": str(device),
+        "flops_per_image": flops,
+        "peaks": {key: peak.as_dict() for key, peak in peaks.items()},
+    }
+    return rows, context
+
+
+def _cpu_facts() -> tuple[str, str]:
+    """CPU model name and the vector extensions that decide fp32/int8 kernel speed."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile"]
+    return name, " ".join(flag for flag in wanted if flag in flags) or "unknown"
+
+
+def machine_context() -> dict[str, Any]:
+    import onnxruntime
+
+    name, isa = _cpu_facts()
+    context = {
+        "cpu": name,
+        "cpu_isa": isa,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if torch.cuda.is_available():
+        context["gpu"] = torch.cuda.get_device_name()
+    return context

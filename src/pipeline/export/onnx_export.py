@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.export.safety import check_onnx_file
+from pipeline.io import atomic_open
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -31,7 +30,20 @@ def metadata_props(card: dict[str, Any], include_preprocessing: bool, params_has
         "mean": json.dumps(norm["mean"]),
         "std": json.dumps(norm["std"]),
         "params_hash": params_hash,
+        "variant": "fp32",
     }
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace the model's metadata_props (tools such as the quantiser add their own)."""
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata)
+
+
+def save_checked(proto: onnx.ModelProto, out_path: str | Path) -> None:
+    """Write ``proto`` beside ``out_path`` and move it into place only after it passes checks."""
+    with atomic_open(out_path, "wb", check=check_onnx_file) as handle:
+        handle.write(proto.SerializeToString())
 
 
 def export_onnx(
@@ -41,9 +53,7 @@ def export_onnx(
     opset: int,
     metadata: dict[str, str],
 ) -> None:
-    """Export ``model`` (eval mode, on CPU) and move it into place only after it passes checks."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    """Export ``model`` (eval mode, on CPU) as a checked ONNX file with a dynamic batch axis."""
     model = model.eval().to("cpu")
     # The exporter prints pages of progress; keep the stage log to what a person reads.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -58,15 +68,5 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, metadata)
-    fd, tmp_name = tempfile.mkstemp(
-        suffix=".onnx", dir=out_path.parent, prefix=f".{out_path.name}."
-    )
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp_name)
-        check_onnx_file(tmp_name)
-        os.replace(tmp_name, out_path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+    set_metadata(proto, metadata)
+    save_checked(proto, out_path)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.config import ParityGate
 from pipeline.errors import PipelineError
 
 
@@ -41,16 +43,32 @@ def compare(torch_logits: np.ndarray, onnx_logits: np.ndarray, labels: np.ndarra
     )
 
 
-def enforce(
-    parity: Parity, max_abs_logit_diff: float, min_top1_agreement: float, name: str
-) -> None:
-    if parity.max_abs_logit_diff > max_abs_logit_diff:
-        raise ParityError(
-            f"{name}: max abs logit difference {parity.max_abs_logit_diff:.3g} exceeds "
-            f"export.max_abs_logit_diff {max_abs_logit_diff:g}"
+def problems(parity: Parity, gate: ParityGate, name: str) -> list[str]:
+    """Every threshold of ``export.gates.<name>`` that ``parity`` misses, as readable phrases."""
+    key = f"export.gates.{name}"
+    found = []
+    # NaN compares False with everything: test for it, or a broken model would pass.
+    if not math.isfinite(parity.max_abs_logit_diff):
+        found.append("logits are not finite")
+    elif parity.max_abs_logit_diff > gate.max_abs_logit_diff:
+        found.append(
+            f"max abs logit difference {parity.max_abs_logit_diff:.3g} exceeds "
+            f"{key}.max_abs_logit_diff {gate.max_abs_logit_diff:g}"
         )
-    if parity.top1_agreement < min_top1_agreement:
-        raise ParityError(
-            f"{name}: top-1 agreement {parity.top1_agreement:.4f} is below "
-            f"export.min_top1_agreement {min_top1_agreement:g}"
+    if parity.top1_agreement < gate.min_top1_agreement:
+        found.append(
+            f"top-1 agreement {parity.top1_agreement:.4f} is below "
+            f"{key}.min_top1_agreement {gate.min_top1_agreement:g}"
         )
+    if -parity.accuracy_delta > gate.max_accuracy_drop:
+        found.append(
+            f"top-1 accuracy falls by {-parity.accuracy_delta:.4f}, more than "
+            f"{key}.max_accuracy_drop {gate.max_accuracy_drop:g}"
+        )
+    return found
+
+
+def enforce(parity: Parity, gate: ParityGate, name: str) -> None:
+    found = problems(parity, gate, name)
+    if found:
+        raise ParityError(f"{name}: " + "; ".join(found))

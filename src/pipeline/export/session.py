@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline.export.safety import check_onnx_file
 
@@ -11,6 +18,14 @@ PROVIDER_NAMES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What onnxruntime logs when a provider cannot start, most specific first.
+_FAILURE_PATTERNS = [
+    re.compile(r"with error: (?P<why>[^\n]+)"),
+    re.compile(r"(?P<why>Please install TensorRT libraries[^.\n]*)"),
+    re.compile(r"(?P<why>Failed to create \w+ExecutionProvider[^.\n]*)"),
+    re.compile(r"(?P<why>CUDA failure \d+:[^\n]+)"),
+]
 
 
 def provider_chain(provider: str) -> list[str]:
@@ -19,24 +34,78 @@ def provider_chain(provider: str) -> list[str]:
     return [PROVIDER_NAMES[name] for name in order[order.index(provider) :]]
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int = 0):
+@contextlib.contextmanager
+def native_output_captured() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptors 1 and 2 meanwhile.
+
+    onnxruntime reports why a provider could not start only on its own log (stderr), while the
+    session quietly falls back to the CPU; capturing it turns that into a reason in the report.
+    """
+    lines: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            yield lines
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = _ANSI.sub("", sink.read().decode("utf-8", "replace"))
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def failure_reason(lines: list[str]) -> str:
+    """The most telling line onnxruntime logged about a provider that did not start."""
+    text = "\n".join(lines)
+    for pattern in _FAILURE_PATTERNS:
+        if match := pattern.search(text):
+            return match.group("why").strip()
+    return ""
+
+
+def make_session(
+    path: str | Path,
+    provider: str = "cpu",
+    threads: int = 0,
+    provider_options: dict[str, Any] | None = None,
+    log: list[str] | None = None,
+):
     """An InferenceSession for a model that passed :func:`check_onnx_file`.
 
     ``session.get_providers()`` says what really runs; a GPU provider that could not start
-    leaves only CPUExecutionProvider there.
+    leaves only CPUExecutionProvider there. With ``log``, onnxruntime's own messages from
+    building the session are appended to it instead of going to the terminal.
     """
     import onnxruntime as ort
 
     check_onnx_file(path)
     if provider != "cpu" and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels that PyTorch installs.
-        ort.preload_dlls()
+        with contextlib.suppress(Exception):
+            ort.preload_dlls()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; fallbacks are reported by the caller
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=provider_chain(provider))
+    chain: list[Any] = provider_chain(provider)
+    if provider_options:
+        chain[0] = (chain[0], provider_options)
+    if log is None:
+        return ort.InferenceSession(str(path), sess_options=options, providers=chain)
+    captured: list[str] = []
+    try:
+        with native_output_captured() as captured:
+            return ort.InferenceSession(str(path), sess_options=options, providers=chain)
+    finally:
+        log.extend(captured)  # filled when the capture ends, success or not
 
 
 def session_logits(session, inputs, batch_size: int = 256):

@@ -1,0 +1,111 @@
+"""The physical limit beside each result: model FLOPs, and this machine's measured matmul peak."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+CPU_MATMUL_SIZES = (1024, 2048)  # 2-17 GFLOP a product: compute-bound on any CPU
+GPU_MATMUL_SIZE = 8192
+
+
+def flops_per_image(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Forward FLOPs of ``model`` for one image as PyTorch counts them (a multiply-add is 2)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.eval()(example[:1].to("cpu"))
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Peak:
+    gflops: float
+    method: str
+    candidates: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _best_gflops(run: Callable[[], object], flops: float, repeats: int, sync=lambda: None) -> float:
+    run()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        sync()
+        best = min(best, time.perf_counter() - started)
+    # A peak is a maximum: the fastest repeat is the least disturbed by other work on the machine.
+    return flops / best / 1e9
+
+
+def _ort_matmul(size: int, threads: int) -> Callable[[], object]:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "peak",
+        [value(n, TensorProto.FLOAT, [size, size]) for n in ("a", "b")],
+        [value("c", TensorProto.FLOAT, [size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Built in memory from the three nodes above: no file to vet.
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    feed = {n: rng.standard_normal((size, size), dtype=np.float32) for n in ("a", "b")}
+    return lambda: session.run(None, feed)
+
+
+def cpu_peak(threads: int, sizes: tuple[int, ...] = CPU_MATMUL_SIZES) -> Peak:
+    """fp32 matmul GFLOP/s with ``threads`` threads: the best of PyTorch and onnxruntime (MLAS)
+    over a few sizes, each the fastest of several repeats.
+
+    Taking the best keeps the figure a measured lower bound of the machine's limit, not one
+    library's or one size's shortfall, nor the moment another process took a core.
+    """
+    torch.set_num_threads(threads)
+    candidates = {}
+    for size in sizes:
+        flops = 2.0 * size**3
+        repeats = max(5, int(4e9 // flops))  # about 4 GFLOP of work per candidate
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        candidates[f"torch.matmul fp32 {size}x{size}"] = _best_gflops(
+            lambda a=a, b=b: a @ b, flops, repeats
+        )
+        candidates[f"onnxruntime MatMul fp32 {size}x{size}"] = _best_gflops(
+            _ort_matmul(size, threads), flops, repeats
+        )
+    method = max(candidates, key=candidates.get)
+    return Peak(candidates[method], f"{method}, {threads} threads", candidates)
+
+
+def cuda_peak(device: torch.device, dtype: torch.dtype, size: int = GPU_MATMUL_SIZE) -> Peak:
+    """Matmul GFLOP/s on ``device`` in ``dtype``; timed with device synchronisation."""
+    flops = 2.0 * size**3
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    gflops = _best_gflops(lambda: a @ b, flops, 10, lambda: torch.cuda.synchronize(device))
+    method = f"torch.matmul {str(dtype).removeprefix('torch.')} {size}x{size} on {device}"
+    return Peak(gflops, method, {method: gflops})
+
+
+def peaks_for(device: torch.device, threads: int) -> dict[str, Peak]:
+    """Peaks keyed by where a row runs and its arithmetic: 'cpu', 'cuda_fp32', 'cuda_fp16'..."""
+    peaks = {"cpu": cpu_peak(threads)}
+    if device.type == "cuda":
+        peaks["cuda_fp32"] = cuda_peak(device, torch.float32)
+        peaks["cuda_fp16"] = cuda_peak(device, torch.float16)
+        if torch.cuda.is_bf16_supported():
+            peaks["cuda_bf16"] = cuda_peak(device, torch.bfloat16)
+    return peaks

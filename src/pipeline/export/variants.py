@@ -1,0 +1,170 @@
+"""Variants derived from the checked fp32 ONNX model: fp16 for GPUs, static int8 QDQ for CPUs."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pipeline.config import Int8Params
+from pipeline.export.onnx_export import save_checked, set_metadata
+from pipeline.export.safety import check_onnx_file
+
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+
+
+def variant_path(onnx_dir: str | Path, variant: str) -> Path:
+    return Path(onnx_dir) / VARIANT_FILES[variant]
+
+
+def _metadata(model: onnx.ModelProto, **extra: str) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props} | extra
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    ready = {value.name for value in graph.input} | {init.name for init in graph.initializer}
+    ready.add("")  # an omitted optional input
+    pending, ordered = list(graph.node), []
+    while pending:
+        runnable = [n for n in pending if all(name in ready for name in n.input)]
+        if not runnable:  # a cycle, or an input nothing produces: leave it to the checker
+            ordered += pending
+            break
+        for node in runnable:
+            ordered.append(node)
+            ready.update(node.output)
+        pending = [n for n in pending if n not in runnable]
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def to_fp16(src: str | Path, dst: str | Path) -> dict:
+    """fp16 weights and activations; the inputs and the logits keep their dtype (keep_io_types),
+    so a deployer feeds the same arrays as to the fp32 model."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = check_onnx_file(src)
+    # Ops whose fp16 form loses too much (the library's default block list) stay fp32.
+    fp16 = convert_float_to_float16(model, keep_io_types=True)
+    # It appends the Cast of a float32 graph input after the nodes that read it.
+    _sort_topologically(fp16.graph)
+    set_metadata(fp16, _metadata(model, variant="fp16"))
+    save_checked(fp16, dst)
+    return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
+
+
+def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A fixed sample of ``images``: the same ``seed`` always draws the same images, in order."""
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
+    return np.ascontiguousarray(images[index])
+
+
+def _calibration_reader(input_name: str, images: np.ndarray, batch_size: int = 64):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ArrayReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rewind()
+
+        def get_next(self):
+            return next(self._batches, None)
+
+        def rewind(self) -> None:
+            self._batches = iter(
+                {input_name: images[start : start + batch_size]}
+                for start in range(0, len(images), batch_size)
+            )
+
+    return ArrayReader()
+
+
+def _drop_unused_opsets(model: onnx.ModelProto) -> None:
+    """The quantiser's pre-processing imports every domain it knows; keep the ones in use."""
+    used = {node.domain for node in model.graph.node} | {""}
+    keep = [opset for opset in model.opset_import if opset.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def _output_op_types(model: onnx.ModelProto) -> list[str]:
+    outputs = {value.name for value in model.graph.output}
+    return sorted({node.op_type for node in model.graph.node if set(node.output) & outputs})
+
+
+def _pre_process(quant_pre_process, src, dst) -> str:
+    """onnxruntime's symbolic shape inference trips on some graphs (ReduceMax with axes as an
+    input, for one); ONNX's own inference is enough for fixed-size images."""
+    try:
+        quant_pre_process(str(src), str(dst))
+        return "symbolic"
+    except Exception:  # its failures are bare TypeErrors and the like, deep in its code
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return "onnx"
+
+
+def to_int8(
+    src: str | Path, dst: str | Path, calibration: np.ndarray, settings: Int8Params
+) -> dict:
+    """Static QDQ quantisation calibrated on ``calibration`` (already in the model's input dtype).
+
+    Deterministic: the same model and the same calibration images give the same bytes.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    source = check_onnx_file(src)
+    input_name = source.graph.input[0].name
+    activation = QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[settings.method]
+    with tempfile.TemporaryDirectory(prefix="pipeline-int8.") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
+        # Constant folding and shape inference first, so each Conv's folded weights are
+        # quantised once and every activation has a known shape.
+        shapes = _pre_process(quant_pre_process, src, prepared)
+        # The logits stay float: quantising them adds error, clips any logit beyond the
+        # calibrated range and saves nothing. (The option works per op type: in a CNN that is
+        # the classifier head alone.)
+        output_ops = _output_op_types(onnx.load(str(prepared)))
+        quantize_static(
+            prepared,
+            quantized,
+            _calibration_reader(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=activation,
+            weight_type=QuantType.QInt8,
+            per_channel=settings.per_channel,
+            op_types_to_quantize=list(settings.op_types),
+            calibrate_method=method,
+            extra_options={"OpTypesToExcludeOutputQuantization": output_ops},
+        )
+        model = onnx.load(str(quantized))
+    _drop_unused_opsets(model)
+    described = {
+        "format": "QDQ",
+        "activations": settings.activations,
+        "weights": "int8",
+        "per_channel": settings.per_channel,
+        "op_types": list(settings.op_types),
+        "method": settings.method,
+        "calibration_images": len(calibration),
+        "outputs_not_quantised": output_ops,
+        "shape_inference": shapes,
+    }
+    set_metadata(model, _metadata(source, variant="int8", quantization=json.dumps(described)))
+    save_checked(model, dst)
+    return described

@@ -1,0 +1,126 @@
+"""Benchmark statistics and the report: timing, derived columns, headline, CSV and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from pipeline.bench.peak import Peak
+from pipeline.bench.report import ROW_FIELDS, headline, rows_to_csv, rows_to_markdown
+from pipeline.bench.run import batch_of, derive
+from pipeline.bench.timing import Timing, time_call
+
+
+def test_time_call_warms_up_then_times_at_least_the_asked_iterations():
+    calls, syncs = [], []
+    timing = time_call(lambda: calls.append(1), lambda: syncs.append(1), 4, 7, 0.0)
+    assert timing.warmup == 4 and timing.iterations == 7
+    assert len(calls) == 1 + 4 + 7  # first call, warm-up, timed
+    assert len(syncs) >= 1 + 7  # every timed call waits for the device
+    assert timing.first_call_ms >= 0 and len(timing.latencies_ms) == 7
+
+
+def test_time_call_keeps_going_until_min_seconds():
+    timing = time_call(lambda: None, lambda: None, 0, 1, 0.05)
+    assert timing.iterations > 1
+
+
+def test_timing_summary_statistics():
+    latencies = np.arange(1, 101, dtype=float)  # 1..100 ms
+    summary = Timing(2, 100, 9.0, latencies).summary(batch_size=10)
+    assert summary["latency_ms_mean"] == pytest.approx(50.5)
+    assert summary["latency_ms_p50"] == pytest.approx(50.5)
+    assert summary["latency_ms_p90"] == pytest.approx(90.1)
+    assert summary["latency_ms_p99"] == pytest.approx(99.01)
+    assert summary["ms_per_image"] == pytest.approx(5.05)
+    assert summary["images_per_s"] == pytest.approx(10 * 1000 / 50.5)
+    assert summary["first_call_ms"] == 9.0 and summary["warmup"] == 2
+
+
+def test_batch_of_repeats_a_small_split():
+    images = np.arange(3 * 2).reshape(3, 1, 1, 2).astype(np.uint8)
+    batch = batch_of(images, 7)
+    assert batch.shape == (7, 1, 1, 2) and batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch[3], images[0])
+
+
+def row(
+    backend, variant, batch, ips, acc, status="ok", reason="", providers="CPUExecutionProvider"
+):
+    values = dict.fromkeys(ROW_FIELDS)
+    values.update(
+        backend=backend,
+        variant=variant,
+        batch_size=batch,
+        images_per_s=ips,
+        top1_accuracy=acc,
+        status=status,
+        reason=reason,
+        note="",
+        providers_used=providers,
+    )
+    return values
+
+
+def sample_rows():
+    return [
+        row("pytorch_eager", "fp32", 1, 1000.0, 0.95, providers="cpu"),
+        row("onnxruntime_cpu", "fp32", 1, 5000.0, 0.95),
+        row("onnxruntime_cpu", "int8", 1, 6000.0, 0.90),  # fast, but 5 points worse
+        row("onnxruntime_cuda", "fp32", 1, 9000.0, 0.95, "fallback", "CUDA unavailable"),
+        row("onnxruntime_tensorrt", "fp16", 1, None, None, "failed", "RuntimeError: no engine"),
+        row("pytorch_eager", "fp32", 64, 10000.0, 0.95, providers="cpu"),
+        row("onnxruntime_cpu", "int8", 64, 30000.0, 0.948),
+        row("onnxruntime_cuda", "int8", 64, 90000.0, 0.948, "fallback", "CUDA unavailable"),
+    ]
+
+
+def test_headline_never_crowns_a_fallback_a_failure_or_an_accuracy_loss():
+    top = headline(sample_rows(), max_accuracy_drop=0.005)
+    assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"
+    assert top["batch_1"]["best_variant"] == "fp32"
+    assert top["batch_1"]["speedup_vs_pytorch_eager"] == pytest.approx(5.0)
+    assert top["batch_1"]["rows_not_eligible"] == 3
+    assert top["batch_64"]["best_variant"] == "int8"
+    assert top["batch_64"]["speedup_vs_pytorch_eager"] == pytest.approx(3.0)
+    assert top["batch_64"]["accuracy_delta_vs_pytorch"] == pytest.approx(-0.002)
+    # A looser accuracy budget lets int8 win at batch 1.
+    assert headline(sample_rows(), 0.1)["batch_1"]["best_variant"] == "int8"
+
+
+def test_headline_without_an_eligible_row_says_so():
+    rows = [row("onnxruntime_cuda", "fp32", 1, 9000.0, 0.95, "fallback", "no GPU")]
+    top = headline(rows, 0.005)["batch_1"]
+    assert top["best_backend"] is None and top["speedup_vs_pytorch_eager"] is None
+
+
+def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
+    rows = sample_rows()
+    gpu = row("onnxruntime_cuda", "fp16", 64, 1e6, 0.95, providers="CUDAExecutionProvider")
+    rows.append(gpu)
+    peaks = {"cpu": Peak(100.0, "test", {}), "cuda_fp16": Peak(1000.0, "test", {})}
+    derive(rows, flops=2_000_000, peaks=peaks)
+    cpu_int8 = rows[6]
+    assert cpu_int8["gflops_per_s"] == pytest.approx(60.0)
+    assert cpu_int8["share_of_peak"] == pytest.approx(0.6)
+    assert cpu_int8["speedup_vs_eager"] == pytest.approx(3.0)
+    assert cpu_int8["top1_delta_vs_pytorch"] == pytest.approx(-0.002)
+    assert gpu["peak_gflops"] == 1000.0  # GPU rows are measured against the GPU's peak
+    assert rows[3]["peak_gflops"] == 100.0  # a fallback ran on the CPU: the CPU's peak
+    failed = rows[4]
+    assert failed["gflops_per_s"] is None and failed["flops_per_image"] == 2_000_000
+
+
+def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():
+    rows = sample_rows()
+    derive(rows, 1000, {"cpu": Peak(1.0, "test", {})})
+    parsed = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
+    assert len(parsed) == len(rows) and list(parsed[0]) == ROW_FIELDS
+    assert parsed[4]["status"] == "failed" and parsed[4]["images_per_s"] == ""
+    text = rows_to_markdown(rows, {"threads": 2}, headline(rows, 0.005))
+    assert "| 1 | onnxruntime_cpu fp32 |" in text
+    assert "onnxruntime_tensorrt fp16 (failed): RuntimeError: no engine" in text
+    assert "onnxruntime_cuda fp32 (fallback): CUDA unavailable" in text

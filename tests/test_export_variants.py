@@ -1,0 +1,216 @@
+"""Export: fp32/fp16/int8 files, their parity with PyTorch, and deterministic int8 calibration.
+
+A tiny small_cnn is trained for a few steps on the bundled digits, so parity is measured on a
+model with real, confident predictions; nothing here reads the repo's DVC outputs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pipeline.config import Params, ParamsError, ParityGate, parse_params
+from pipeline.data import digits
+from pipeline.data.split import channel_stats
+from pipeline.export.parity import Parity, ParityError, compare, enforce, problems
+from pipeline.export.run import enforce_gates, export_all
+from pipeline.export.session import make_session, session_logits
+from pipeline.export.variants import calibration_sample, to_int8, variant_path
+from pipeline.io import sha256_file
+from pipeline.model_io import make_card
+from pipeline.models import ModelSpec, build_model
+from pipeline.preprocess import WithPreprocessing
+
+PARAMS = {"export": {"int8": {"calibration_images": 128}}}
+
+
+def tiny_trained_model(seed: int = 0):
+    """small_cnn (width 8) after ~70 AdamW steps on digits: about 90% test accuracy, in a second."""
+    torch.manual_seed(seed)
+    pool = digits.load().pools["all"]
+    train = (pool.images[:1400], pool.labels[:1400])
+    test = (pool.images[1400:], pool.labels[1400:])
+    mean, std = channel_stats(train[0])
+    spec = ModelSpec("small_cnn", in_channels=1, image_size=8, num_classes=10, width=8, dropout=0)
+    model = WithPreprocessing(build_model(spec), mean, std)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    images, labels = torch.from_numpy(train[0]), torch.from_numpy(train[1])
+    model.train()
+    for _ in range(3):
+        for start in range(0, len(images), 64):
+            loss = torch.nn.functional.cross_entropy(
+                model(images[start : start + 64]), labels[start : start + 64]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    meta = {
+        "class_names": [str(i) for i in range(10)],
+        "input_shape": [1, 8, 8],
+        "mean": mean,
+        "std": std,
+    }
+    card = make_card(spec, meta, {"width": 8, "dropout": 0.0})
+    return model.eval(), card, train, test
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model, card, train, test = tiny_trained_model()
+    onnx_dir = tmp_path_factory.mktemp("onnx")
+    params = parse_params(PARAMS)
+    test_tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    metrics = export_all(params, model, card, test_tensors, torch.from_numpy(train[0]), onnx_dir)
+    return {
+        "model": model,
+        "card": card,
+        "train": train,
+        "test": test,
+        "dir": onnx_dir,
+        "metrics": metrics,
+        "params": params,
+    }
+
+
+def test_every_variant_is_written_checked_and_described(exported):
+    metrics = exported["metrics"]
+    assert set(metrics["variants"]) == {"fp16", "int8"}
+    records = {"fp32": metrics, **metrics["variants"]}
+    for name, record in records.items():
+        path = variant_path(exported["dir"], name)
+        assert path.is_file() and record["file"] == str(path)
+        assert record["sha256"] == sha256_file(path) and record["size_bytes"] == path.stat().st_size
+        assert record["passed"], (name, record["problems"])
+        assert record["parity"]["samples"] == len(exported["test"][1])
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert props["variant"] == name and json.loads(props["class_names"])[0] == "0"
+    sizes = {name: record["size_bytes"] for name, record in records.items()}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    assert metrics["variants"]["int8"]["quantization"]["calibration_seed"] == 42
+    enforce_gates(metrics)  # nothing raised
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
+def test_parity_per_variant_on_cpu(exported, variant):
+    """Each file, run by onnxruntime on the CPU, against PyTorch fp32 on the whole test split."""
+    images, labels = exported["test"]
+    session = make_session(variant_path(exported["dir"], variant))
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    # Same input and output types for every variant: uint8 pixels in, float32 logits out.
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+    torch_logits = exported["model"](torch.from_numpy(images)).detach().numpy()
+    parity = compare(torch_logits, session_logits(session, images), labels)
+    gate = getattr(exported["params"].export.gates, variant)
+    assert problems(parity, gate, variant) == []
+    assert parity.torch_accuracy > 0.8
+    if variant == "fp32":
+        assert parity.max_abs_logit_diff < 1e-4 and parity.top1_agreement == 1.0
+
+
+def test_included_preprocessing_takes_raw_uint8_like_pytorch_on_normalised_input(exported):
+    images, _ = exported["test"]
+    model = exported["model"]
+    with torch.inference_mode():
+        normalised = model.normalize(torch.from_numpy(images))
+        expected = model.model(normalised).numpy()
+    session = make_session(variant_path(exported["dir"], "fp32"))
+    got = session_logits(session, images)
+    assert images.dtype == np.uint8
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_int8_calibration_is_deterministic_under_the_seed(exported, tmp_path):
+    train_images = exported["train"][0]
+    first = calibration_sample(train_images, 128, seed=7)
+    np.testing.assert_array_equal(first, calibration_sample(train_images, 128, seed=7))
+    assert not np.array_equal(first, calibration_sample(train_images, 128, seed=8))
+    settings = exported["params"].export.int8
+    fp32 = variant_path(exported["dir"], "fp32")
+    for name in ("a.onnx", "b.onnx"):
+        to_int8(fp32, tmp_path / name, first, settings)
+    assert sha256_file(tmp_path / "a.onnx") == sha256_file(tmp_path / "b.onnx")
+
+
+def _int8_facts(path) -> tuple[set[int], list[int]]:
+    """Activation zero-point types, and the number of scales of each weight's DequantizeLinear."""
+    graph = onnx.load(str(path)).graph
+    consts = {t.name: t for t in graph.initializer}
+    zero_point_types = {
+        consts[n.input[2]].data_type for n in graph.node if n.op_type == "QuantizeLinear"
+    }
+    weight_scales = [
+        int(np.prod(consts[n.input[1]].dims))
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")
+    ]
+    return zero_point_types, weight_scales
+
+
+def test_int8_choices_reach_the_file(exported, tmp_path):
+    # The default: U8S8 (uint8 activations), one scale per output channel.
+    types, scales = _int8_facts(variant_path(exported["dir"], "int8"))
+    assert types == {onnx.TensorProto.UINT8} and max(scales) > 1
+    # S8S8 without per-channel: int8 activations, one scale per weight tensor.
+    settings = exported["params"].export.int8.model_copy(
+        update={"activations": "int8", "per_channel": False}
+    )
+    sample = calibration_sample(exported["train"][0], 64, seed=0)
+    to_int8(variant_path(exported["dir"], "fp32"), tmp_path / "s8.onnx", sample, settings)
+    types, scales = _int8_facts(tmp_path / "s8.onnx")
+    assert types == {onnx.TensorProto.INT8} and scales and set(scales) == {1}
+
+
+def test_gates_fail_the_export_with_the_key_to_change():
+    gate = ParityGate(max_abs_logit_diff=0.1, min_top1_agreement=0.99, max_accuracy_drop=0.005)
+    good = Parity(100, 0.05, 1.0, 0.9, 0.9)
+    assert problems(good, gate, "int8") == []
+    bad = Parity(100, 0.5, 0.95, 0.9, 0.85)
+    found = problems(bad, gate, "int8")
+    assert len(found) == 3
+    assert "export.gates.int8.max_abs_logit_diff" in found[0]
+    assert "export.gates.int8.min_top1_agreement" in found[1]
+    assert "export.gates.int8.max_accuracy_drop" in found[2]
+    with pytest.raises(ParityError, match="int8: max abs logit"):
+        enforce(bad, gate, "int8")
+    # NaN compares false with every threshold: it must fail, not pass.
+    assert problems(Parity(100, float("nan"), 1.0, 0.9, 0.9), gate, "fp16") == [
+        "logits are not finite"
+    ]
+    # An accuracy gain is no failure.
+    assert problems(Parity(100, 0.05, 0.99, 0.9, 0.95), gate, "fp16") == []
+
+
+def test_export_params_are_validated():
+    assert Params().export.variants == ["fp16", "int8"]
+    with pytest.raises(ParamsError, match="export.variants"):
+        parse_params({"export": {"variants": ["int8", "int8"]}})
+    with pytest.raises(ParamsError, match="export.variants.0"):
+        parse_params({"export": {"variants": ["int4"]}})
+    with pytest.raises(ParamsError, match="export.int8.op_types.0"):
+        parse_params({"export": {"int8": {"op_types": ["Convolution"]}}})
+    with pytest.raises(ParamsError, match="unknown key 'export.gates.int8.max_diff'"):
+        parse_params({"export": {"gates": {"int8": {"max_diff": 1}}}})
+
+
+def test_without_included_preprocessing_every_variant_takes_normalised_float32(tmp_path):
+    """The fp16 converter appends the Cast of a float32 input after its readers: must be fixed."""
+    model, card, train, test = tiny_trained_model()
+    params = parse_params(
+        {"export": {"include_preprocessing": False, "int8": {"calibration_images": 64}}}
+    )
+    tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    metrics = export_all(params, model, card, tensors, torch.from_numpy(train[0]), tmp_path)
+    enforce_gates(metrics)
+    for variant in ("fp32", "fp16", "int8"):
+        session = make_session(variant_path(tmp_path, variant))
+        assert session.get_inputs()[0].type == "tensor(float)"
+        props = {
+            p.key: p.value for p in onnx.load(str(variant_path(tmp_path, variant))).metadata_props
+        }
+        assert props["input_dtype"] == "float32" and props["preprocessing"] != "included"
