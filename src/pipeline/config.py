@@ -359,17 +359,21 @@ def _cell(text: str | None) -> str:
     return (text or "").replace("|", "\\|")
 
 
+def _rows(prefix: str, values: BaseModel) -> list[str]:
+    """One row per leaf param; defaults read from an instance, so nested defaults are right."""
+    rows = []
+    for key, field in type(values).model_fields.items():
+        value = getattr(values, key)
+        if isinstance(value, BaseModel):
+            rows += _rows(f"{prefix}{key}.", value)
+        else:
+            rows.append(f"| `{prefix}{key}` | `{value}` | {_cell(field.description)} |")
+    return rows
+
+
 def params_table() -> str:
     """Markdown table of every param with its default and description (for the README)."""
-    rows = ["| param | default | meaning |", "|---|---|---|"]
-    for name, field in Params.model_fields.items():
-        section = field.annotation
-        if not hasattr(section, "model_fields"):
-            rows.append(f"| `{name}` | `{field.default}` | {_cell(field.description)} |")
-            continue
-        for key, sub in section.model_fields.items():
-            rows.append(f"| `{name}.{key}` | `{sub.default}` | {_cell(sub.description)} |")
-    return "\n".join(rows)
+    return "\n".join(["| param | default | meaning |", "|---|---|---|", *_rows("", Params())])
 
 
 if __name__ == "__main__":

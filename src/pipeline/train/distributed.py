@@ -1,10 +1,26 @@
-"""Who this process is in a (possibly one-process) training group."""
+"""Who this process is in a (possibly one-process) training group, and how a worker joins one.
+
+A worker is any process started by torch's elastic agent: by ``pipeline.train.launch`` (what
+``python stages/train.py`` does when ``train.distributed`` asks for more than one process) or by
+``torchrun`` by hand. The agent puts RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+MASTER_ADDR/PORT and TORCHELASTIC_RESTART_COUNT in each worker's environment.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+
+from pipeline.errors import PipelineError
+
+# Testing hook, not a feature: PIPELINE_FAULT_INJECT="rank=1,epoch=2" makes rank 1 die with
+# os._exit(1) right after epoch 2's checkpoint is on disk, on the group's first attempt only
+# (TORCHELASTIC_RESTART_COUNT == 0), so a restarted group can show that it resumes.
+FAULT_ENV = "PIPELINE_FAULT_INJECT"
 
 
 @dataclass(frozen=True)
@@ -27,5 +43,87 @@ class Group:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def same_everywhere(self, value: int) -> bool:
+        """Whether every rank holds the same ``value`` (one small all-reduce)."""
+        if self.world_size == 1:
+            return True
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"  # NCCL: GPU only
+        both = torch.tensor([value, -value], dtype=torch.long, device=device)
+        torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+        return int(both[0]) == -int(both[1])
+
 
 SINGLE = Group()
+
+
+def is_worker(environ: Mapping[str, str] = os.environ) -> bool:
+    """True inside a process started by torchrun or the elastic agent."""
+    return all(key in environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def threads_per_process(local_world_size: int, cores: int | None = None) -> int:
+    """CPU threads each worker may use so that the workers of one node share its cores."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, local_world_size))
+
+
+def join_group(device_type: str, environ: Mapping[str, str] = os.environ) -> Group:
+    """Initialise the default process group from the agent's environment: NCCL on GPUs, gloo
+    on CPU. Each process owns one GPU (its local rank); CPU workers split the cores."""
+    group = Group(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]))
+    if device_type == "cuda":
+        if group.local_rank >= torch.cuda.device_count():
+            raise PipelineError(
+                f"local rank {group.local_rank} has no GPU: only {torch.cuda.device_count()} "
+                "visible; lower train.distributed.nproc_per_node"
+            )
+        torch.cuda.set_device(group.local_rank)  # before NCCL starts, so it binds this GPU
+        backend, bound = "nccl", {"device_id": torch.device("cuda", group.local_rank)}
+    else:
+        torch.set_num_threads(threads_per_process(int(environ.get("LOCAL_WORLD_SIZE", "1"))))
+        backend, bound = "gloo", {}
+    torch.distributed.init_process_group(
+        backend,
+        store=attempt_store(environ),
+        rank=group.rank,
+        world_size=group.world_size,
+        **bound,
+    )
+    return group
+
+
+def attempt_store(environ: Mapping[str, str] = os.environ) -> torch.distributed.Store:
+    """The rendezvous store, under a prefix of its own for each restart of the group.
+
+    torch 2.14's agent keeps one TCP store for every restart and env:// adds no per-attempt
+    prefix, so a restarted worker can read the address a dead worker published and fail to
+    connect (seen here about one restart in three). A fresh namespace per attempt avoids it.
+    """
+    store, _rank, _world = next(torch.distributed.rendezvous("env://"))
+    attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"/pipeline/attempt_{attempt}", store)
+
+
+def leave_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def parse_fault(text: str) -> tuple[int, int]:
+    """``rank=R,epoch=E`` -> (R, E)."""
+    try:
+        fields = dict(part.split("=", 1) for part in text.split(","))
+        return int(fields["rank"]), int(fields["epoch"])
+    except (KeyError, ValueError) as error:
+        raise PipelineError(f"{FAULT_ENV}={text!r}: expected rank=R,epoch=E") from error
+
+
+def maybe_inject_fault(group: Group, epoch: int, environ: Mapping[str, str] = os.environ) -> None:
+    """The testing hook described at FAULT_ENV; does nothing unless that variable is set."""
+    text = environ.get(FAULT_ENV)
+    if not text or environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    if parse_fault(text) == (group.rank, epoch):
+        print(f"train: {FAULT_ENV}: rank {group.rank} exits after epoch {epoch}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import TrainParams
@@ -102,9 +103,9 @@ class Trainer:
     ) -> None:
         self.params, self.device, self.precision = params, device, precision
         self.channels_last, self.all_reduce = channels_last, all_reduce
+        self.world_size = world_size
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=layout)
-        self.forward = torch.compile(self.model) if params.compile else self.model
         self.batches = make_batches(
             *train,
             params.batch_size,
@@ -131,6 +132,16 @@ class Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.state = TrainState()
         self._reset_counters()
+        # Train steps go through DDP (gradients all-reduced in backward); self.model stays the
+        # plain module, for state_dict, EMA and validation (which must not sync).
+        train_model = self._distributed(world_size)
+        self.forward = torch.compile(train_model) if params.compile else train_model
+
+    def _distributed(self, world_size: int) -> nn.Module:
+        if world_size == 1 or not torch.distributed.is_initialized():
+            return self.model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
     def _val_shard(self, val, rank: int, world_size: int):
         """Contiguous, disjoint slices: every validation image is counted exactly once."""
@@ -216,8 +227,16 @@ class Trainer:
         loss_sum, correct, total = totals.tolist()  # sync: once per epoch
         return loss_sum / max(total, 1), correct / max(total, 1), int(total)
 
+    def _share_buffers(self) -> None:
+        """BatchNorm running stats drift apart between ranks after DDP's last broadcast of them
+        (and EMA averages them per rank): validate every slice with rank 0's, which ship."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.eval_model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     @torch.inference_mode()
     def validate(self, batch_size: int) -> tuple[float, float]:
+        self._share_buffers()
         model = self.eval_model.eval()
         images, labels = self.val
         sums = torch.zeros(3, device=self.device)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import platform
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,16 @@ import torch
 
 from pipeline import paths
 from pipeline.bench.peak import flops_per_image
-from pipeline.config import Params
+from pipeline.config import Params, TrainParams
 from pipeline.data.storage import read_meta, read_split_tensors
-from pipeline.energy import meter_from_params
+from pipeline.energy import EnergyReading, meter_from_params
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_file, write_json
 from pipeline.model_io import make_card, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.checkpoint import find_resume, report, save_checkpoint
+from pipeline.train.distributed import maybe_inject_fault
 from pipeline.train.loop import EpochStats, Trainer
 from pipeline.train.policy import resolve_policy
 from pipeline.train.resources import compute_report, peak_memory, reset_peak_memory
@@ -36,10 +40,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fingerprint(params: Params, batch_size: int, prepared: Path) -> str:
+def fingerprint(params: Params, batch_size: int, prepared: Path, world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed: the math of the run and the data it saw."""
-    train = params.train.model_dump(exclude={"checkpoint_every", "num_workers", "auto_batch_size"})
+    train = params.train.model_dump(
+        exclude={"checkpoint_every", "num_workers", "auto_batch_size", "distributed"}
+    )
     train["batch_size"] = batch_size
+    if world_size > 1:  # shards and global batch; absent for one process, so old checkpoints match
+        train["world_size"] = world_size
     data = {name: sha256_file(prepared / f"{name}.safetensors") for name in ("train", "val")}
     payload = {
         "seed": params.seed,
@@ -73,17 +81,27 @@ def log_live(live, stats: dict) -> None:
     live.next_step()
 
 
-def checkpointer(folder: Path, every: int, fingerprint_value: str, is_writer: bool):
+def checkpointer(folder: Path, every: int, fingerprint_value: str, group):
     def save(trainer: Trainer) -> None:
         epoch = trainer.state.epoch
-        if is_writer and every and (epoch % every == 0 or epoch == trainer.params.epochs):
-            save_checkpoint(
-                folder,
-                epoch,
-                {**trainer.state_dict(), "epoch": epoch, "fingerprint": fingerprint_value},
-            )
+        if every and (epoch % every == 0 or epoch == trainer.params.epochs):
+            if group.is_writer:
+                save_checkpoint(
+                    folder,
+                    epoch,
+                    {**trainer.state_dict(), "epoch": epoch, "fingerprint": fingerprint_value},
+                )
+            group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
+        maybe_inject_fault(group, epoch)
 
     return save
+
+
+def rank_device(train: TrainParams, group) -> TrainParams:
+    """Several processes on GPUs: each uses the GPU of its local rank."""
+    if group.world_size > 1 and train.device in ("auto", "cuda") and torch.cuda.is_available():
+        return train.model_copy(update={"device": f"cuda:{group.local_rank}"})
+    return train
 
 
 def out_of_memory_message(batch_size: int) -> str:
@@ -124,16 +142,19 @@ def build_trainer(
 
 
 def train_once(
-    params: Params, root: Path, trainer: Trainer, print_fingerprint: str, live, group
+    params: Params, root: Path, trainer: Trainer, run_fingerprint: str, live, group
 ) -> Trainer:
     """Resume if a matching checkpoint exists, then train to the end, checkpointing."""
     folder = root / paths.CHECKPOINT_DIR
-    resume = find_resume(folder, print_fingerprint)
+    resume = find_resume(folder, run_fingerprint)
     if group.is_writer:
         report(resume.message)
+    resumed_epoch = resume.state["epoch"] if resume.state is not None else 0
+    if not group.same_everywhere(resumed_epoch):
+        raise PipelineError(f"ranks found different checkpoints in {folder}; is it shared?")
     if resume.state is not None:
         trainer.load_state_dict(resume.state)
-    for past in trainer.state.history:
+    for past in trainer.state.history if group.is_writer else ():
         log_live(live, past)  # curves stay whole across a resume
     show = progress_line(params.train.epochs)
 
@@ -142,7 +163,7 @@ def train_once(
             show(stats)
             log_live(live, stats.as_dict())
 
-    save = checkpointer(folder, params.train.checkpoint_every, print_fingerprint, group.is_writer)
+    save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group)
     trainer.fit(on_epoch=on_epoch, on_checkpoint=save)
     return trainer
 
@@ -150,13 +171,13 @@ def train_once(
 def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[str, Any]:
     state = trainer.state
     last = state.history[-1]
-    images_per_s = state.images_seen / state.train_seconds
+    images_per_s = state.images_seen / state.train_seconds  # all ranks: seen is all-reduced
     return {
         **{k: last[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
         "best_val_accuracy": state.best_val_accuracy,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
-        "images_per_s": images_per_s * group.world_size,
+        "images_per_s": images_per_s,
         "seconds_per_epoch": state.train_seconds / state.epoch,
         "wall_seconds": wall_seconds,
         "target_accuracy": trainer.params.target_accuracy,
@@ -173,9 +194,60 @@ def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[
     }
 
 
-def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any]:
+def train_with_backoff(
+    params: Params, root: Path, spec, meta, data, device, precision, policy, group
+) -> Trainer:
+    """Train to the end; on CUDA out-of-memory, halve the batch size if allowed and retry."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
+    prepared = root / paths.PREPARED_DIR
+    batch_size = params.train.batch_size
+    while True:
+        run_fingerprint = fingerprint(params, batch_size, prepared, group.world_size)
+        trainer = build_trainer(
+            params, spec, meta, data, batch_size, device, precision, policy, group
+        )
+        # Live clears its folder on start: one process owns it.
+        live = (
+            Live(str(root / paths.TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=False)
+            if group.is_writer
+            else contextlib.nullcontext()
+        )
+        try:
+            with live as logger:
+                return train_once(params, root, trainer, run_fingerprint, logger, group)
+        except torch.OutOfMemoryError:
+            del trainer
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            # Several processes cannot retry alone: the others wait in a collective.
+            if not params.train.auto_batch_size or batch_size == 1 or group.world_size > 1:
+                raise PipelineError(out_of_memory_message(batch_size)) from None
+            batch_size //= 2
+            print(f"train: out of memory; retrying with batch size {batch_size}", file=sys.stderr)
+
+
+def group_energy(reading: EnergyReading, group, device: torch.device, images: int) -> dict:
+    """The whole group's energy per image. NVML and the CPU-time estimate measure this rank's
+    own device or process, so ranks add up; RAPL measures the CPU package that every process
+    of a node shares, so only local rank 0 counts it."""
+    if group.world_size == 1:
+        return reading.to_dict(images=images)
+    own = reading.joules
+    if reading.method == "rapl" and group.local_rank != 0:
+        own = 0.0
+    mine = torch.tensor(float("nan") if own is None else own, device=device, dtype=torch.float64)
+    total = group.all_reduce(mine).item()  # sync; NaN anywhere makes the sum NaN
+    note = f"summed over {group.world_size} processes"
+    summed = replace(
+        reading,
+        joules=None if math.isnan(total) else total,
+        reason="; ".join(filter(None, [reading.reason, note])),
+    )
+    return summed.to_dict(images=images)
+
+
+def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any]:
     from pipeline.train.distributed import SINGLE
 
     group = group or SINGLE
@@ -183,7 +255,7 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     prepared = root / paths.PREPARED_DIR
     meta = read_meta(prepared)
     data = {name: read_split_tensors(prepared, name) for name in ("train", "val")}
-    device, precision, policy = resolve_policy(params.train, data["train"][0])
+    device, precision, policy = resolve_policy(rank_device(params.train, group), data["train"][0])
     channels, size = meta["input_shape"][0], meta["input_shape"][1]
     spec = ModelSpec(
         params.model.arch,
@@ -202,34 +274,15 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
         )
     meter = meter_from_params(params.energy, str(device))
     reset_peak_memory(device)
-    batch_size = params.train.batch_size
     meter.start()
-    while True:
-        run_fingerprint = fingerprint(params, batch_size, prepared)
-        trainer = build_trainer(
-            params, spec, meta, data, batch_size, device, precision, policy, group
-        )
-        try:
-            with Live(
-                str(root / paths.TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=False
-            ) as live:
-                train_once(params, root, trainer, run_fingerprint, live, group)
-            break
-        except torch.OutOfMemoryError:
-            del trainer
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if not params.train.auto_batch_size or batch_size == 1:
-                raise PipelineError(out_of_memory_message(batch_size)) from None
-            batch_size //= 2
-            print(f"train: out of memory; retrying with batch size {batch_size}", file=sys.stderr)
+    trainer = train_with_backoff(params, root, spec, meta, data, device, precision, policy, group)
     reading = meter.stop()
     metrics = train_metrics(trainer, policy, group, time.perf_counter() - started)
     metrics["memory_peak"] = peak_memory(device)
     metrics["compute"] = compute_report(
         forward_flops, metrics["images_per_s"] / group.world_size, device, precision.autocast_dtype
     )
-    metrics["energy"] = reading.to_dict(images=trainer.state.images_seen * group.world_size)
+    metrics["energy"] = group_energy(reading, group, device, trainer.state.images_seen)
     if group.is_writer:
         shipped = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
         shipped.load_state_dict(trainer.shipped_weights())
