@@ -60,8 +60,14 @@ def sync(device: torch.device) -> None:
 
 
 def tutorial_images_per_s(model, data, batch_size, steps, warmup, device) -> float:
-    loader = DataLoader(PerSampleDataset(*data), batch_size=batch_size, shuffle=True,
-                        num_workers=2, drop_last=True, persistent_workers=True)
+    loader = DataLoader(
+        PerSampleDataset(*data),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=2,
+        drop_last=True,
+        persistent_workers=True,
+    )
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
@@ -87,9 +93,17 @@ def tutorial_images_per_s(model, data, batch_size, steps, warmup, device) -> flo
 def engine_images_per_s(model, data, batch_size, steps, warmup) -> tuple[float, dict]:
     params = TrainParams(epochs=1, batch_size=batch_size, lr=1e-3)
     device, precision, policy = resolve_policy(params, data[0])
-    trainer = Trainer(WithPreprocessing(model, MEAN, STD), data, (data[0][:64], data[1][:64]),
-                      params, device, precision, seed=0, channels_last=policy.channels_last,
-                      data_on_device=policy.data_on_device)
+    trainer = Trainer(
+        WithPreprocessing(model, MEAN, STD),
+        data,
+        (data[0][:64], data[1][:64]),
+        params,
+        device,
+        precision,
+        seed=0,
+        channels_last=policy.channels_last,
+        data_on_device=policy.data_on_device,
+    )
     trainer.model.train()
     batches = iter(trainer.batches)
     for _ in range(warmup):
@@ -124,18 +138,21 @@ def main() -> None:
     device = resolve_policy(TrainParams())[0]
     largest = max([args.batch_size, *args.engine_batch_sizes])
     data = synthetic_cifar(largest * (args.steps + args.warmup + 1))
-    print(f"resnet_cifar width {args.width}, 32x32 RGB, {args.steps} steps after {args.warmup} "
-          f"warm-up, median of {args.repeats}; device {device} "
-          f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"resnet_cifar width {args.width}, 32x32 RGB, {args.steps} steps after {args.warmup} "
+        f"warm-up, median of {args.repeats}; device {device} "
+        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     def tutorial():
         model = fresh_model(args.width)
         return tutorial_images_per_s(model, data, args.batch_size, args.steps, args.warmup, device)
 
     def engine(batch_size):
-        return lambda: engine_images_per_s(fresh_model(args.width), data, batch_size,
-                                           args.steps, args.warmup)[0]
+        return lambda: engine_images_per_s(
+            fresh_model(args.width), data, batch_size, args.steps, args.warmup
+        )[0]
 
     baseline = median_of(args.repeats, tutorial)
     equal = median_of(args.repeats, engine(args.batch_size))
@@ -144,7 +161,7 @@ def main() -> None:
     policy = engine_images_per_s(fresh_model(args.width), data, args.batch_size, 1, 1)[1]
 
     print(f"engine policy: {policy}")
-    print(f"| run | batch | images/s | vs tutorial |\n|---|---|---|---|")
+    print("| run | batch | images/s | vs tutorial |\n|---|---|---|---|")
     print(f"| tutorial | {args.batch_size} | {baseline:,.0f} | 1.00x |")
     print(f"| engine | {args.batch_size} | {equal:,.0f} | {equal / baseline:.2f}x |")
     for batch_size, value in by_batch.items():

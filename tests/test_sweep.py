@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import dvc, run
 
+from conftest import dvc, run
 from pipeline import gpu_queue
 from pipeline.sweep import (
     least_energy_meeting_target,
@@ -39,15 +39,23 @@ def data(params: dict[str, Any], evaluation: dict | None, training: dict | None)
     return {"rev": "x", "params": {"params.yaml": {"data": params}}, "metrics": metrics}
 
 
-def experiment(name: str, precision: str, accuracy: float | None, train: dict | None,
-               state: str | None = None) -> dict:
+def experiment(
+    name: str, precision: str, accuracy: float | None, train: dict | None, state: str | None = None
+) -> dict:
     params = {"train": {"precision": precision, "batch_size": 64, "target_accuracy": 0.96}}
     evaluation = None if accuracy is None else {"accuracy": accuracy}
     executor = None if state is None else {"state": state, "name": "dvc-task", "local": {}}
     rev = f"{abs(hash(name)):040x}"[:40]
     return {
-        "revs": [{"rev": rev, "name": name, "data": data(params, evaluation, train), "error": None,
-                  "experiments": None}],
+        "revs": [
+            {
+                "rev": rev,
+                "name": name,
+                "data": data(params, evaluation, train),
+                "error": None,
+                "experiments": None,
+            }
+        ],
         "executor": executor,
         "name": name,
     }
@@ -64,20 +72,30 @@ def energy(joules_per_image: float | None, seconds: float | None = None) -> dict
 def document() -> list[dict]:
     base_params = {"train": {"precision": "fp32", "batch_size": 64}}
     return [
-        {"rev": "workspace", "name": None, "error": None, "experiments": None,
-         "data": data(base_params, {"accuracy": 0.80}, energy(2.0, 50.0))},
-        {"rev": "c0ffee" + "0" * 34, "name": "main", "error": None,
-         "data": data(base_params, None, None),
-         "experiments": [
-             experiment("cheap", "bf16", 0.95, energy(0.5, 10.0)),
-             experiment("best", "fp32", 0.97, energy(0.8, 20.0)),
-             experiment("dominated", "fp16", 0.90, energy(0.6, 5.0)),
-             experiment("no-energy", "fp32", 0.99, {"wall_seconds": 30.0}),
-             experiment("null-energy", "fp32", 0.98, energy(None, 25.0)),
-             experiment("flat-key", "bf16", 0.93,
-                        {"energy.joules_per_image": 0.4, "wall_seconds": 12.0}),
-             experiment("waiting", "bf16", None, None, state="queued"),
-         ]},
+        {
+            "rev": "workspace",
+            "name": None,
+            "error": None,
+            "experiments": None,
+            "data": data(base_params, {"accuracy": 0.80}, energy(2.0, 50.0)),
+        },
+        {
+            "rev": "c0ffee" + "0" * 34,
+            "name": "main",
+            "error": None,
+            "data": data(base_params, None, None),
+            "experiments": [
+                experiment("cheap", "bf16", 0.95, energy(0.5, 10.0)),
+                experiment("best", "fp32", 0.97, energy(0.8, 20.0)),
+                experiment("dominated", "fp16", 0.90, energy(0.6, 5.0)),
+                experiment("no-energy", "fp32", 0.99, {"wall_seconds": 30.0}),
+                experiment("null-energy", "fp32", 0.98, energy(None, 25.0)),
+                experiment(
+                    "flat-key", "bf16", 0.93, {"energy.joules_per_image": 0.4, "wall_seconds": 12.0}
+                ),
+                experiment("waiting", "bf16", None, None, state="queued"),
+            ],
+        },
     ]
 
 
@@ -88,11 +106,24 @@ def names(runs) -> list[str]:
 def test_every_entry_becomes_a_run_with_its_figures(document: list[dict]) -> None:
     runs = {run.name: run for run in runs_from_exp_show(document)}
 
-    assert set(runs) == {"workspace", "main", "cheap", "best", "dominated", "no-energy",
-                         "null-energy", "flat-key", "waiting"}
+    assert set(runs) == {
+        "workspace",
+        "main",
+        "cheap",
+        "best",
+        "dominated",
+        "no-energy",
+        "null-energy",
+        "flat-key",
+        "waiting",
+    }
     cheap = runs["cheap"]
     assert (cheap.kind, cheap.accuracy, cheap.joules_per_image, cheap.wall_seconds) == (
-        "experiment", 0.95, 0.5, 10.0)
+        "experiment",
+        0.95,
+        0.5,
+        10.0,
+    )
     assert cheap.params["train.precision"] == "bf16"
     assert cheap.energy_method == "rapl"
     assert runs["flat-key"].joules_per_image == 0.4
@@ -122,10 +153,16 @@ def test_identical_runs_both_stay_on_the_front(document: list[dict]) -> None:
 
 
 def test_equal_accuracy_at_higher_cost_is_dominated() -> None:
-    entry = {"rev": "c0ffee" + "0" * 34, "name": "main", "data": data({}, None, None),
-             "experiments": [experiment("lean", "bf16", 0.95, energy(0.5)),
-                             experiment("dear", "fp32", 0.95, energy(0.7)),
-                             experiment("truthy", "fp32", True, energy(0.1))]}
+    entry = {
+        "rev": "c0ffee" + "0" * 34,
+        "name": "main",
+        "data": data({}, None, None),
+        "experiments": [
+            experiment("lean", "bf16", 0.95, energy(0.5)),
+            experiment("dear", "fp32", 0.95, energy(0.7)),
+            experiment("truthy", "fp32", True, energy(0.1)),
+        ],
+    }
     runs = runs_from_exp_show([entry])
     assert names(pareto_front(runs, lambda run: run.joules_per_image)) == ["lean"]
     assert next(run for run in runs if run.name == "truthy").accuracy is None  # not a number
@@ -198,8 +235,12 @@ def make_repo(root: Path, stage: str, metrics: list[str], params: str) -> Path:
 
 
 def test_pareto_on_real_dvc_experiments(tmp_path: Path, capsys) -> None:
-    repo = make_repo(tmp_path / "repo", STAGE, ["metrics/eval.json", "metrics/train.json"],
-                     "train:\n  precision: fp32\n  batch_size: 64\n")
+    repo = make_repo(
+        tmp_path / "repo",
+        STAGE,
+        ["metrics/eval.json", "metrics/train.json"],
+        "train:\n  precision: fp32\n  batch_size: 64\n",
+    )
     dvc(repo, "exp", "run", "-n", "half", "-S", "train.precision=bf16")
     dvc(repo, "exp", "run", "-n", "big", "-S", "train.precision=fp32", "-S", "train.batch_size=32")
 
@@ -208,7 +249,10 @@ def test_pareto_on_real_dvc_experiments(tmp_path: Path, capsys) -> None:
     assert {"half", "big"} <= set(runs)
     half, big = runs["half"], runs["big"]
     assert (half.params["train.precision"], half.accuracy, half.joules_per_image) == (
-        "bf16", 0.95, None)
+        "bf16",
+        0.95,
+        None,
+    )
     assert (big.params["train.batch_size"], big.accuracy) == (32, 0.97)
     assert big.joules_per_image == pytest.approx(0.01)
     assert big.wall_seconds == pytest.approx(20.0)
@@ -251,13 +295,18 @@ class FakeDvc:
             self.workers += sum(1 for left in self._pending if left == 0)
             self._pending = [left for left in self._pending if left > 0]
             task = "abc1234  exp-1  12:00 AM   Queued\n" if self.queued else ""
-            stdout.write(f"Task  Name  Created  Status\n{task}\n"
-                         f"Worker status: 0 active, {self.workers} idle\n")
+            stdout.write(
+                f"Task  Name  Created  Status\n{task}\n"
+                f"Worker status: 0 active, {self.workers} idle\n"
+            )
         return subprocess.CompletedProcess(command, 0)
 
     def starts(self) -> list[tuple[str, str | None]]:
-        return [(args[3], (env or {}).get("CUDA_VISIBLE_DEVICES"))
-                for args, env in self.calls if args[:2] == ["queue", "start"]]
+        return [
+            (args[3], (env or {}).get("CUDA_VISIBLE_DEVICES"))
+            for args, env in self.calls
+            if args[:2] == ["queue", "start"]
+        ]
 
 
 def test_one_pinned_worker_per_gpu_started_one_at_a_time() -> None:
@@ -267,8 +316,18 @@ def test_one_pinned_worker_per_gpu_started_one_at_a_time() -> None:
     assert fake.starts() == [("1", "0"), ("2", "1"), ("3", "2")]
     # Each start waits until the worker before it is counted (else -j would duplicate it).
     kinds = [args[1] for args, _ in fake.calls]
-    assert kinds == ["status", "start", "status", "status",
-                     "start", "status", "status", "start", "status", "status"]
+    assert kinds == [
+        "status",
+        "start",
+        "status",
+        "status",
+        "start",
+        "status",
+        "status",
+        "start",
+        "status",
+        "status",
+    ]
     assert messages == [f"worker {n}: CUDA_VISIBLE_DEVICES={n - 1}" for n in (1, 2, 3)]
 
 
@@ -329,8 +388,9 @@ def test_real_queue_workers_pass_their_gpu_to_the_experiments(
 ) -> None:
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    repo = make_repo(tmp_path / "repo", PINNED_STAGE, ["metrics/train.json"],
-                     "train:\n  batch_size: 1\n")
+    repo = make_repo(
+        tmp_path / "repo", PINNED_STAGE, ["metrics/train.json"], "train:\n  batch_size: 1\n"
+    )
     for size in (2, 3, 4):
         dvc(repo, "exp", "run", "--queue", "-S", f"train.batch_size={size}")
     try:
@@ -344,11 +404,15 @@ def test_real_queue_workers_pass_their_gpu_to_the_experiments(
     finally:
         dvc(repo, "queue", "stop", check=False)
 
-    experiments = [run for run in runs_from_exp_show(run_exp_show(repo))
-                   if run.kind == "experiment"]
+    experiments = [
+        run for run in runs_from_exp_show(run_exp_show(repo)) if run.kind == "experiment"
+    ]
     assert len(experiments) == 3 and all(run.state == "success" for run in experiments)
     document = json.loads(dvc(repo, "exp", "show", "--json").stdout)
-    gpus = [rev["data"]["metrics"]["metrics/train.json"]["data"]["gpu"]
-            for exp in document[1]["experiments"] for rev in exp["revs"]]
+    gpus = [
+        rev["data"]["metrics"]["metrics/train.json"]["data"]["gpu"]
+        for exp in document[1]["experiments"]
+        for rev in exp["revs"]
+    ]
     assert len(gpus) == 3 and set(gpus) <= {"7", "9"}  # never "unset": the variable arrived
     assert "7" in gpus  # worker 1 starts first and takes the first experiment

@@ -10,10 +10,20 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels != in_channels:
-                    setattr(parent, name, nn.Conv2d(
-                        in_channels, child.out_channels, child.kernel_size, child.stride,
-                        child.padding, child.dilation, child.groups, child.bias is not None,
-                    ))
+                    setattr(
+                        parent,
+                        name,
+                        nn.Conv2d(
+                            in_channels,
+                            child.out_channels,
+                            child.kernel_size,
+                            child.stride,
+                            child.padding,
+                            child.dilation,
+                            child.groups,
+                            child.bias is not None,
+                        ),
+                    )
                 return
 
 

@@ -29,9 +29,10 @@ from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.checkpoint import find_resume, report, save_checkpoint
 from pipeline.train.distributed import maybe_inject_fault
-from pipeline.train.loop import EpochStats, Trainer
+from pipeline.train.loop import Trainer
 from pipeline.train.policy import resolve_policy
 from pipeline.train.resources import compute_report, peak_memory, reset_peak_memory
+from pipeline.train.state import EpochStats
 
 
 def seed_everything(seed: int) -> None:
