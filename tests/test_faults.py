@@ -164,7 +164,11 @@ def test_hostile_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
     folder.mkdir()
     marker = tmp_path / "marker.txt"
     with open(folder / "epoch-0001.pt", "wb") as handle:
-        pickle.dump({"epoch": 1, "fingerprint": "f", "payload": WritesAFile(str(marker))}, handle)
+        pickle.dump(
+            {"epoch": 1, "fingerprint": "f", "payload": WritesAFile(str(marker))},
+            handle,
+            protocol=2,
+        )
     resume = find_resume(folder, "f")
     assert resume.state is None and "unreadable" in resume.message
     with pytest.raises(pickle.UnpicklingError):
