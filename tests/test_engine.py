@@ -9,7 +9,7 @@ from pipeline.preprocess import WithPreprocessing
 from pipeline.train.augment import Augment, random_crop
 from pipeline.train.batches import DeviceBatches, HostBatches, epoch_shard
 from pipeline.train.loop import Trainer
-from pipeline.train.policy import choose_precision, resolve_policy
+from pipeline.train.policy import choose_precision, cpu_has_native_bf16, resolve_policy
 from pipeline.train.schedule import warmup_cosine
 from test_train import make_trainer
 
@@ -90,7 +90,7 @@ def test_policy_records_every_choice_on_cpu():
     assert policy.as_dict() == {
         "device": "cpu",
         "device_name": "cpu",
-        "precision": "fp32",
+        "precision": "bf16" if cpu_has_native_bf16() else "fp32",
         "channels_last": True,
         "data_on_device": True,
         "compile": False,
@@ -155,3 +155,22 @@ def test_compiled_model_trains():
     state = trainer.fit()
     assert trainer.forward is not trainer.model
     assert state.history[1]["train_loss"] < state.history[0]["train_loss"]
+
+
+def test_onecycle_with_very_few_steps_still_trains():
+    images, labels = rgb_data(48, size=8)
+    model = WithPreprocessing(
+        build_model(ModelSpec("small_cnn", 3, 8, 4, width=8)), [0.2] * 3, [0.3] * 3
+    )
+    params = TrainParams(epochs=1, batch_size=16)  # 3 steps in all
+    trainer = Trainer(
+        model,
+        (images, labels),
+        (images, labels),
+        params,
+        torch.device("cpu"),
+        choose_precision("fp32", "cpu", None),
+        seed=0,
+    )
+    state = trainer.fit()
+    assert state.step == 3 and torch.isfinite(torch.tensor(state.history[0]["train_loss"]))

@@ -13,19 +13,21 @@ from pipeline.train.policy import DeviceError, choose_precision, resolve_device
 
 
 @pytest.mark.parametrize(
-    ("requested", "device", "capability", "expected", "scaler"),
+    ("requested", "device", "capability", "cpu_bf16", "expected", "scaler"),
     [
-        ("auto", "cpu", None, "fp32", False),
-        ("auto", "cuda", (9, 0), "bf16", False),
-        ("auto", "cuda", (8, 0), "bf16", False),
-        ("auto", "cuda", (7, 5), "fp16", True),
-        ("bf16", "cpu", None, "bf16", False),
-        ("fp32", "cuda", (9, 0), "fp32", False),
-        ("fp16", "cuda", (9, 0), "fp16", True),
+        ("auto", "cpu", None, False, "fp32", False),
+        ("auto", "cpu", None, True, "bf16", False),
+        ("auto", "cuda", (9, 0), False, "bf16", False),
+        ("auto", "cuda", (8, 0), False, "bf16", False),
+        ("auto", "cuda", (7, 5), False, "fp16", True),
+        ("bf16", "cpu", None, False, "bf16", False),
+        ("fp32", "cpu", None, True, "fp32", False),
+        ("fp32", "cuda", (9, 0), False, "fp32", False),
+        ("fp16", "cuda", (9, 0), False, "fp16", True),
     ],
 )
-def test_precision_policy(requested, device, capability, expected, scaler):
-    choice = choose_precision(requested, device, capability)
+def test_precision_policy(requested, device, capability, cpu_bf16, expected, scaler):
+    choice = choose_precision(requested, device, capability, cpu_bf16)
     assert choice.name == expected
     assert choice.use_grad_scaler is scaler
 

@@ -126,7 +126,8 @@ class TrainParams(Section):
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPUs with it, fp16 on older GPUs, fp32 on CPU."
+        "auto",
+        description="auto: bf16 on GPUs and CPUs with bf16 units, fp16 on older GPUs, else fp32.",
     )
     epochs: PositiveInt = Field(15, description="Passes over the train split.")
     batch_size: PositiveInt = Field(64, description="Images per optimiser step (per process).")

@@ -8,6 +8,8 @@ import torch
 
 from pipeline.config import TrainParams
 
+MIN_ONECYCLE_STEPS = 8
+
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """Multiplier of the peak LR: linear warm-up from ~0, then cosine decay to 0."""
@@ -19,11 +21,14 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def make_scheduler(optimizer, params: TrainParams, steps_per_epoch: int):
     total = params.epochs * steps_per_epoch
-    if params.schedule == "onecycle":
+    # OneCycleLR divides by its phase lengths, which are zero for a handful of steps.
+    if params.schedule == "onecycle" and total >= MIN_ONECYCLE_STEPS:
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=params.lr, total_steps=total, pct_start=0.25
         )
-    warmup = int(round(params.warmup_epochs * steps_per_epoch))
+    warmup = (
+        int(round(params.warmup_epochs * steps_per_epoch)) if params.schedule == "cosine" else 0
+    )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total, warmup)
     )
