@@ -87,3 +87,28 @@ def test_prepare_writes_the_contract(tmp_path):
     assert sum(report["counts"].values()) == 1797
     assert read_split(prepared, "val").images.dtype == np.uint8
     assert (tmp_path / "metrics/data.json").exists()
+
+
+def test_prepare_fails_above_the_quarantine_threshold_and_writes_nothing(tmp_path):
+    from PIL import Image
+
+    from pipeline.config import Params
+    from pipeline.data.sources import DataSourceError
+
+    root = tmp_path / "images"
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (8, 8), color=i * 10).save(root / label / f"{i}.png")
+    (root / "cat" / "empty.png").write_bytes(b"")
+    (root / "dog" / "notes.jpg").write_text("not an image")
+    data = DataParams(source="imagefolder", root=str(root), max_bad_fraction=0.05, workers=1)
+    with pytest.raises(DataSourceError, match=r"2 of 26 files quarantined"):
+        prepare(Params(data=data), root=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    report = prepare(
+        Params(data=data.model_copy(update={"max_bad_fraction": 0.1})), root=tmp_path / "out"
+    )
+    reasons = {item["path"]: item["reason"] for item in report["quarantined"]}
+    assert set(reasons) == {"cat/empty.png", "dog/notes.jpg"} and all(reasons.values())

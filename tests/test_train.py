@@ -121,3 +121,28 @@ def test_model_round_trip_and_nonfinite_weights_refused(tmp_path):
 def test_default_params_train_config_is_cpu_friendly():
     params = Params()
     assert params.train.device == "auto" and params.train.precision == "auto"
+
+
+def test_step_bar_counts_every_step_of_every_epoch():
+    import io
+
+    from pipeline.train.run import step_bar
+
+    trainer = make_trainer(epochs=2, batch_size=256)
+    calls = []
+    with step_bar(trainer, enabled=False) as silent:
+        assert silent is None
+    trainer.fit(on_step=calls.append)
+    assert calls == list(range(1, len(trainer.batches) + 1)) * 2
+    sink = io.StringIO()
+    import sys
+
+    real, sys.stderr = sys.stderr, sink
+    try:
+        with step_bar(trainer, enabled=True) as advance:
+            for index in range(1, 4):
+                advance(index)
+    finally:
+        sys.stderr = real
+    shown = sink.getvalue()
+    assert "epoch 3/2" in shown and f"0/{len(trainer.batches)}" in shown  # tqdm rate-limits redraws

@@ -174,7 +174,7 @@ class Trainer:
                 f"step {step}); lower train.lr or try train.precision: fp32"
             )
 
-    def run_epoch(self) -> tuple[float, float, int]:
+    def run_epoch(self, on_step: Callable[[int], None] | None = None) -> tuple[float, float, int]:
         self.model.train()
         self._reset_counters()
         epoch = self.state.epoch + 1
@@ -182,6 +182,8 @@ class Trainer:
         for index, (images, labels) in enumerate(self.batches, start=1):
             self.train_step(images, labels)
             seen += len(labels)
+            if on_step is not None:
+                on_step(index)
             if index % NONFINITE_CHECK_EVERY == 0:
                 self._check_finite(epoch, index)
         self._check_finite(epoch, len(self.batches))
@@ -240,11 +242,12 @@ class Trainer:
         self,
         on_epoch: Callable[[EpochStats], None] | None = None,
         on_checkpoint: Callable[[Trainer], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> TrainState:
         while self.state.epoch < self.params.epochs and not self.state.stopped_early:
             started = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]
-            train_loss, train_acc, seen = self.run_epoch()
+            train_loss, train_acc, seen = self.run_epoch(on_step)
             step_seconds = time.perf_counter() - started
             val_loss, val_acc = self.validate(self.params.batch_size * 4)
             stats = EpochStats(

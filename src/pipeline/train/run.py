@@ -76,6 +76,29 @@ def progress_line(total_epochs: int):
     return show
 
 
+@contextlib.contextmanager
+def step_bar(trainer: Trainer, enabled: bool):
+    """A progress bar over each epoch's steps, on a terminal only (logs get the epoch lines)."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    steps = len(trainer.batches)
+    bar = tqdm(total=steps, unit="step", leave=False, file=sys.stderr)
+
+    def advance(index: int) -> None:
+        if index == 1:
+            bar.reset(total=steps)
+            bar.set_description(f"epoch {trainer.state.epoch + 1}/{trainer.params.epochs}")
+        bar.update(1)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
+
+
 def log_live(live, stats: dict) -> None:
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
         live.log_metric(name, stats[name])
@@ -165,7 +188,8 @@ def train_once(
             log_live(live, stats.as_dict())
 
     save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group)
-    trainer.fit(on_epoch=on_epoch, on_checkpoint=save)
+    with step_bar(trainer, group.is_writer and sys.stderr.isatty()) as on_step:
+        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_step=on_step)
     return trainer
 
 
