@@ -28,7 +28,7 @@ from pipeline.train import distributed, launch
 from pipeline.train.batches import DeviceBatches, HostBatches, make_batches
 from pipeline.train.distributed import Group
 from pipeline.train.loop import Trainer
-from pipeline.train.run import fingerprint, run_training
+from pipeline.train.run import fingerprint, prepared_hashes, run_training
 
 # Six epochs: enough for two processes (half the optimiser steps) to reach the single-process
 # accuracy on digits. Deterministic, so a resumed run can be compared bit for bit.
@@ -145,7 +145,7 @@ def test_failure_message_is_one_line_naming_the_rank_that_started_it():
 
 
 def test_checkpoint_fingerprint_depends_on_world_size_not_launch_settings(prepared):
-    data = prepared / paths.PREPARED_DIR
+    data = prepared_hashes(prepared / paths.PREPARED_DIR)
     params = Params()
     relaunched = Params(train=TrainParams(distributed={"nproc_per_node": 2, "max_restarts": 3}))
     assert fingerprint(params, 64, data) == fingerprint(relaunched, 64, data)

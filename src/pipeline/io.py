@@ -114,3 +114,9 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(payload: Any) -> str:
+    """A stable hash of a JSON-able value: keys sorted, no whitespace."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return sha256_bytes(canonical.encode())

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from pipeline.config import Params
+from pipeline.io import sha256_json
 
 
 def params_hash(params: Params) -> str:
-    canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256_json(params.model_dump(mode="json"))

@@ -39,6 +39,7 @@ class TorchBackend:
         self.channels_last = engine
         self.provider = device.type
         self.providers_used = [str(device)]
+        self.on_gpu = device.type == "cuda"
         self.status, self.reason = "ok", ""
         autocast = f", autocast {self.variant}" if self.autocast_dtype else ""
         self.note = f"channels_last{autocast}" if engine else ""

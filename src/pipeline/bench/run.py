@@ -105,8 +105,7 @@ def _why(error: Exception) -> str:
 
 def row_energy(call, backend, batch_size: int, energy_params: EnergyParams, device) -> dict:
     """Joules per image over a window of at least energy.min_window_s of back-to-back calls."""
-    on_gpu = any(name.startswith(("cuda", "CUDA", "Tensorrt")) for name in backend.providers_used)
-    where = f"cuda:{device.index or 0}" if on_gpu else "cpu"
+    where = f"cuda:{device.index or 0}" if backend.on_gpu else "cpu"
     window = meter_from_params(energy_params, where)
     reading, calls = measure_for_at_least(call, energy_params.min_window_s, window, backend.sync)
     return {

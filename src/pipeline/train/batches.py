@@ -23,7 +23,26 @@ def epoch_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     return order[:usable][rank::world_size]
 
 
-class DeviceBatches:
+class ShardedOrder:
+    """The seeded, per-rank shuffle both feeders share: which samples, in which batches."""
+
+    def __init__(self, count: int, batch_size: int, seed: int, rank: int, world_size: int):
+        self.count = count
+        self.rank, self.world_size = rank, world_size
+        self.shard_size = count // world_size
+        self.batch_size = min(batch_size, self.shard_size)
+        # The shuffle generator lives on the CPU: same order on every device, cheap to save.
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.shard_size // self.batch_size  # full batches only: steady shapes, no recompiles
+
+    def epoch_indices(self) -> torch.Tensor:
+        order = torch.randperm(self.count, generator=self.generator)
+        return epoch_shard(order, self.rank, self.world_size)
+
+
+class DeviceBatches(ShardedOrder):
     def __init__(
         self,
         images: torch.Tensor,
@@ -34,20 +53,9 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        super().__init__(len(images), batch_size, seed, rank, world_size)
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.rank, self.world_size = rank, world_size
-        self.shard_size = len(images) // world_size
-        self.batch_size = min(batch_size, self.shard_size)
-        # The shuffle generator lives on the CPU: same order on every device, cheap to save.
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.shard_size // self.batch_size  # full batches only: steady shapes, no recompiles
-
-    def epoch_indices(self) -> torch.Tensor:
-        order = torch.randperm(len(self.images), generator=self.generator)
-        return epoch_shard(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shard = self.epoch_indices().to(self.images.device)
@@ -79,16 +87,13 @@ class _ShardSampler(torch.utils.data.Sampler):
         return iter(shard.tolist())
 
 
-class HostBatches(DeviceBatches):
+class HostBatches(ShardedOrder):
     """Same order as DeviceBatches, fed by DataLoader workers from pinned host memory."""
 
     def __init__(self, images, labels, batch_size, device, seed, rank=0, world_size=1, workers=2):
+        super().__init__(len(images), batch_size, seed, rank, world_size)
         self.device = device
         self.images, self.labels = images, labels
-        self.rank, self.world_size = rank, world_size
-        self.shard_size = len(images) // world_size
-        self.batch_size = min(batch_size, self.shard_size)
-        self.generator = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(
             _Indexed(images, labels),
             batch_size=self.batch_size,
@@ -118,7 +123,7 @@ def dataset_fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
 
 def make_batches(
     images, labels, batch_size, device, seed, on_device, rank=0, world_size=1, workers=2
-) -> DeviceBatches:
+) -> ShardedOrder:
     if on_device:
         return DeviceBatches(images, labels, batch_size, device, seed, rank, world_size)
     return HostBatches(images, labels, batch_size, device, seed, rank, world_size, workers)

@@ -165,7 +165,8 @@ class Trainer:
         self.correct += (logits.argmax(1) == labels).sum()
         self.state.step += 1
 
-    def _check_finite(self, epoch: int, step: int) -> None:
+    def _check_finite(self, epoch: int, step: int) -> int:
+        """This epoch's non-finite steps so far; raises past train.max_nonfinite_steps."""
         bad = int(self.nonfinite.item())  # sync, every NONFINITE_CHECK_EVERY steps
         if bad > self.params.max_nonfinite_steps:
             raise NonFiniteLossError(
@@ -173,6 +174,7 @@ class Trainer:
                 f"train.max_nonfinite_steps={self.params.max_nonfinite_steps} (epoch {epoch}, "
                 f"step {step}); lower train.lr or try train.precision: fp32"
             )
+        return bad
 
     def run_epoch(self, on_step: Callable[[int], None] | None = None) -> tuple[float, float, int]:
         self.model.train()
@@ -186,13 +188,13 @@ class Trainer:
                 on_step(index)
             if index % NONFINITE_CHECK_EVERY == 0:
                 self._check_finite(epoch, index)
-        self._check_finite(epoch, len(self.batches))
+        nonfinite = self._check_finite(epoch, len(self.batches))
         totals = self.all_reduce(
             torch.stack(
                 [self.loss_sum, self.correct.float(), torch.tensor(float(seen), device=self.device)]
             )
         )
-        self.state.nonfinite_steps += int(self.nonfinite.item())  # sync
+        self.state.nonfinite_steps += nonfinite
         self.state.skipped_steps += int(self.skipped.item())
         loss_sum, correct, total = totals.tolist()  # sync: once per epoch
         return loss_sum / max(total, 1), correct / max(total, 1), int(total)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import platform
 import random
@@ -23,7 +21,7 @@ from pipeline.config import Params, TrainParams
 from pipeline.data.storage import read_meta, read_split_tensors
 from pipeline.energy import EnergyReading, meter_from_params
 from pipeline.errors import PipelineError
-from pipeline.io import sha256_file, write_json
+from pipeline.io import sha256_file, sha256_json, write_json
 from pipeline.model_io import make_card, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
@@ -41,22 +39,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fingerprint(params: Params, batch_size: int, prepared: Path, world_size: int = 1) -> str:
-    """What a checkpoint must match to be resumed: the math of the run and the data it saw."""
+def prepared_hashes(prepared: Path) -> dict[str, str]:
+    return {name: sha256_file(prepared / f"{name}.safetensors") for name in ("train", "val")}
+
+
+def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
+    """What a checkpoint must match to be resumed: the math of the run and the data it saw
+    (``data``: :func:`prepared_hashes`)."""
     train = params.train.model_dump(
         exclude={"checkpoint_every", "num_workers", "auto_batch_size", "distributed"}
     )
     train["batch_size"] = batch_size
     if world_size > 1:  # shards and global batch; absent for one process, so old checkpoints match
         train["world_size"] = world_size
-    data = {name: sha256_file(prepared / f"{name}.safetensors") for name in ("train", "val")}
     payload = {
         "seed": params.seed,
         "train": train,
         "model": params.model.model_dump(),
         "data": data,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 def progress_line(total_epochs: int):
@@ -225,10 +227,10 @@ def train_with_backoff(
     """Train to the end; on CUDA out-of-memory, halve the batch size if allowed and retry."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
-    prepared = root / paths.PREPARED_DIR
+    data_hashes = prepared_hashes(root / paths.PREPARED_DIR)
     batch_size = params.train.batch_size
     while True:
-        run_fingerprint = fingerprint(params, batch_size, prepared, group.world_size)
+        run_fingerprint = fingerprint(params, batch_size, data_hashes, group.world_size)
         trainer = build_trainer(
             params, spec, meta, data, batch_size, device, precision, policy, group
         )
