@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from pipeline.config import TrainParams
+from pipeline.hardware.cpu import OVERRIDE_ENV
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.augment import Augment, random_crop
 from pipeline.train.batches import DeviceBatches, HostBatches, epoch_shard
 from pipeline.train.loop import Trainer
-from pipeline.train.policy import choose_precision, cpu_has_native_bf16, resolve_policy
+from pipeline.train.policy import choose_precision, resolve_policy
 from pipeline.train.schedule import warmup_cosine
 from test_train import make_trainer
 
@@ -85,16 +86,23 @@ def test_host_batches_match_device_batches():
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
-def test_policy_records_every_choice_on_cpu():
+@pytest.mark.parametrize(
+    ("flags", "precision", "profile"),
+    [("avx2,fma", "fp32", "AVX2"), ("avx2,fma,avx512f,avx512_bf16", "bf16", "AVX-512 bf16")],
+)
+def test_policy_records_every_choice_on_cpu(monkeypatch, flags, precision, profile):
+    """Both CPU branches on any machine: the detected flags are overridden."""
+    monkeypatch.setenv(OVERRIDE_ENV, flags)
     _, _, policy = resolve_policy(TrainParams(), torch.zeros(10, 1, 8, 8, dtype=torch.uint8))
     assert policy.as_dict() == {
         "device": "cpu",
         "device_name": "cpu",
-        "precision": "bf16" if cpu_has_native_bf16() else "fp32",
+        "precision": precision,
         "channels_last": True,
         "data_on_device": True,
         "compile": False,
         "deterministic": False,
+        "cpu": profile,
     }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from pipeline.config import Params, ParamsError, ParityGate, parse_params
 from pipeline.data import digits
@@ -20,6 +21,7 @@ from pipeline.export.parity import Parity, ParityError, compare, enforce, proble
 from pipeline.export.run import enforce_gates, export_all
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import calibration_sample, to_int8, variant_path
+from pipeline.hardware.cpu import CpuFeatures, detect
 from pipeline.io import sha256_file
 from pipeline.model_io import make_card
 from pipeline.models import ModelSpec, build_model
@@ -73,6 +75,7 @@ def exported(tmp_path_factory):
         "dir": onnx_dir,
         "metrics": metrics,
         "params": params,
+        "cpu": detect(),
     }
 
 
@@ -166,6 +169,60 @@ def test_int8_choices_reach_the_file(exported, tmp_path):
     assert types == {onnx.TensorProto.INT8} and scales and set(scales) == {1}
 
 
+def _max_abs_int8_weight(path) -> int:
+    graph = onnx.load(str(path)).graph
+    weights = [t for t in graph.initializer if t.name.endswith("weight_quantized")]
+    return max(int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max()) for t in weights)
+
+
+AVX2 = CpuFeatures(frozenset({"avx2", "fma"}), "test")
+AVX512 = CpuFeatures(frozenset({"avx2", "fma", "avx512f"}), "test")
+VNNI = CpuFeatures(frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}), "test")
+
+
+@pytest.mark.parametrize(
+    ("cpu", "setting", "reduced"),
+    [(AVX2, "auto", True), (AVX512, "auto", True), (VNNI, "auto", False),
+     (VNNI, True, True), (AVX2, False, False)],
+)  # fmt: skip
+def test_int8_recipe_follows_the_cpu_unless_set_and_reaches_the_file(
+    exported, tmp_path, cpu, setting, reduced
+):
+    settings = exported["params"].export.int8.model_copy(update={"reduce_range": setting})
+    sample = calibration_sample(exported["train"][0], 64, seed=0)
+    path = tmp_path / "q.onnx"
+    described = to_int8(variant_path(exported["dir"], "fp32"), path, sample, settings, cpu=cpu)
+    assert described["reduce_range"] is reduced and described["cpu"] == cpu.profile
+    assert ("auto" in described["reduce_range_reason"]) == (setting == "auto")
+    # Symmetric per-channel weights: each channel's largest reaches the range's end, 64 for
+    # 7 bits and 127 for 8.
+    assert _max_abs_int8_weight(path) == (64 if reduced else 127)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["quantization"])["reduce_range"] is reduced
+
+
+def test_int8_default_passes_its_gate_on_this_cpu_whatever_it_is(exported):
+    """The gate that decides is agreement and accuracy; the logit difference is reported."""
+    record = exported["metrics"]["variants"]["int8"]
+    assert record["gate"]["max_abs_logit_diff"] is None and record["passed"]
+    assert record["parity"]["max_abs_logit_diff"] > 0
+    assert record["quantization"]["reduce_range"] is not exported["cpu"].int8_dot_product
+
+
+def test_a_failed_gate_deletes_its_file_and_names_the_setting_to_change(tmp_path):
+    kept, failed = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    kept.write_bytes(b"fp32"), failed.write_bytes(b"int8")
+    bad = {"file": str(failed), "problems": ["top-1 agreement 0.9 is below ..."]}
+    metrics = {"file": str(kept), "problems": [], "variants": {}}
+    for reduce_range, hint in [(False, "export.int8.reduce_range: true"),
+                               (True, "export.int8.method")]:  # fmt: skip
+        failed.write_bytes(b"int8")
+        metrics["variants"]["int8"] = bad | {"quantization": {"reduce_range": reduce_range}}
+        with pytest.raises(ParityError, match=f"int8: top-1 agreement .*{hint}"):
+            enforce_gates(metrics)
+        assert not failed.exists() and kept.read_bytes() == b"fp32"
+
+
 def test_gates_fail_the_export_with_the_key_to_change():
     gate = ParityGate(max_abs_logit_diff=0.1, min_top1_agreement=0.99, max_accuracy_drop=0.005)
     good = Parity(100, 0.05, 1.0, 0.9, 0.9)
@@ -194,6 +251,9 @@ def test_export_params_are_validated():
         parse_params({"export": {"variants": ["int4"]}})
     with pytest.raises(ParamsError, match="export.int8.op_types.0"):
         parse_params({"export": {"int8": {"op_types": ["Convolution"]}}})
+    assert Params().export.gates.int8.max_abs_logit_diff is None  # reported, not a gate
+    with pytest.raises(ParamsError, match="export.int8.reduce_range"):
+        parse_params({"export": {"int8": {"reduce_range": "sometimes"}}})
     with pytest.raises(ParamsError, match="unknown key 'export.gates.int8.max_diff'"):
         parse_params({"export": {"gates": {"int8": {"max_diff": 1}}}})
 

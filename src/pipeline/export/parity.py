@@ -50,10 +50,10 @@ def problems(parity: Parity, gate: ParityGate, name: str) -> list[str]:
     # NaN compares False with everything: test for it, or a broken model would pass.
     if not math.isfinite(parity.max_abs_logit_diff):
         found.append("logits are not finite")
-    elif parity.max_abs_logit_diff > gate.max_abs_logit_diff:
+    elif (limit := gate.max_abs_logit_diff) is not None and parity.max_abs_logit_diff > limit:
         found.append(
             f"max abs logit difference {parity.max_abs_logit_diff:.3g} exceeds "
-            f"{key}.max_abs_logit_diff {gate.max_abs_logit_diff:g}"
+            f"{key}.max_abs_logit_diff {limit:g}"
         )
     if parity.top1_agreement < gate.min_top1_agreement:
         found.append(

@@ -134,9 +134,28 @@ def _print_line(name: str, record: dict) -> None:
     )
 
 
+def _remedy(name: str, record: dict) -> str:
+    """The setting most likely to bring a failed variant inside its gate."""
+    if name == "fp32":
+        return ""
+    if name != "int8":
+        return f" (check the model, or leave {name} out of export.variants)"
+    if not record["quantization"]["reduce_range"]:
+        return " (set export.int8.reduce_range: true, the recipe for CPUs without VNNI)"
+    return " (try export.int8.method: percentile, or leave int8 out of export.variants)"
+
+
 def enforce_gates(metrics: dict[str, Any]) -> None:
-    """Raise one error naming every variant whose parity gate failed."""
+    """Raise one error naming every variant whose parity gate failed, after deleting its file:
+    a model that missed its gate must never be picked up downstream as if it passed."""
     records = {"fp32": metrics, **metrics["variants"]}
-    failed = [f"{name}: {'; '.join(r['problems'])}" for name, r in records.items() if r["problems"]]
+    failed = {name: record for name, record in records.items() if record["problems"]}
+    for record in failed.values():
+        Path(record["file"]).unlink(missing_ok=True)
     if failed:
-        raise ParityError(" | ".join(failed))
+        raise ParityError(
+            " | ".join(
+                f"{name}: {'; '.join(record['problems'])}{_remedy(name, record)}"
+                for name, record in failed.items()
+            )
+        )

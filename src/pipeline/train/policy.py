@@ -9,6 +9,7 @@ import torch
 
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.hardware import cpu as cpu_features
 from pipeline.train.batches import dataset_fits_on_device
 
 
@@ -50,9 +51,9 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU computes bf16 dot products in hardware."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    """AVX512-BF16 or AMX: the CPU computes bf16 dot products in hardware (overridable with
+    PIPELINE_CPU_FLAGS, see pipeline.hardware.cpu)."""
+    return cpu_features.detect().native_bf16
 
 
 def choose_precision(
@@ -87,6 +88,7 @@ class Policy:
     data_on_device: bool
     compile: bool
     deterministic: bool
+    cpu: str  # the CPU profile the choices were made for, e.g. "AVX2" or "AVX-512 VNNI bf16"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -127,5 +129,6 @@ def resolve_policy(params: TrainParams, train_images: torch.Tensor | None = None
         data_on_device=bool(on_device),
         compile=params.compile,
         deterministic=params.deterministic,
+        cpu=cpu_features.detect().profile,
     )
     return device, precision, policy
