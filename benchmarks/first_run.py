@@ -55,24 +55,45 @@ def main() -> None:
         bin_dir.mkdir()
         if args.emulate:
             python_shim(bin_dir, args.emulate)
-        else:
-            (bin_dir / "python").symlink_to(sys.executable)
+        else:  # a shim, not a symlink: a venv's python finds its venv from its own path
+            shim = bin_dir / "python"
+            shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+            shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
         env = dict(os.environ, DVC_NO_ANALYTICS="1")
         env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env["PATH"]])
         profile = cpu_profile(env)
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=env,
-                                capture_output=True, text=True)  # fmt: skip
+        result, stages = repro_timed(clone, env)
         seconds = time.perf_counter() - started
         report(clone, profile, seconds, result, args.emulate)
+        print("per stage: " + ", ".join(f"{name} {took:.1f} s" for name, took in stages.items()))
+
+
+def repro_timed(clone: Path, env: dict):
+    """Run `dvc repro`, timing each stage from its 'Running stage' line to the next one."""
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stages, current, since = {}, None, time.perf_counter()
+    for line in process.stdout:
+        if line.startswith("Running stage '"):
+            now = time.perf_counter()
+            if current:
+                stages[current] = now - since
+            current, since = line.split("'")[1], now
+    stderr = process.stderr.read()
+    process.wait()
+    if current:
+        stages[current] = time.perf_counter() - since
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr), stages
 
 
 def report(clone: Path, profile: str, seconds: float, result, emulated: str | None) -> None:
     timing = f"{seconds:.1f} s" + (f" (emulated {emulated}: not its speed)" if emulated else "")
     print(f"CPU profile: {profile}")
     print(f"`dvc repro` on a fresh clone: {timing}, exit {result.returncode}")
-    if result.returncode:
-        print(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.stdout)
+    if result.returncode:  # the clone's metrics are the committed ones: nothing to report
+        print(result.stderr.strip() or result.stdout)
+        return
     metrics = clone / "metrics"
     if (metrics / "eval.json").is_file():
         print(f"test accuracy: {json.loads((metrics / 'eval.json').read_text())['accuracy']:.4f}")
