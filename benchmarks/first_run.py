@@ -71,20 +71,23 @@ def main() -> None:
 
 def repro_timed(clone: Path, env: dict):
     """Run `dvc repro`, timing each stage from its 'Running stage' line to the next one."""
-    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    stages, current, since = {}, None, time.perf_counter()
+    command = [sys.executable, "-m", "dvc", "repro"]
+    # One pipe for both streams: the stages' progress on stderr must not fill a second one.
+    process = subprocess.Popen(
+        command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    stages, current, since, lines = {}, None, time.perf_counter(), []
     for line in process.stdout:
+        lines = [*lines[-19:], line.rstrip()]
         if line.startswith("Running stage '"):
             now = time.perf_counter()
             if current:
                 stages[current] = now - since
             current, since = line.split("'")[1], now
-    stderr = process.stderr.read()
     process.wait()
     if current:
         stages[current] = time.perf_counter() - since
-    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr), stages
+    return subprocess.CompletedProcess(command, process.returncode, "", "\n".join(lines)), stages
 
 
 def report(clone: Path, profile: str, seconds: float, result, emulated: str | None) -> None:
