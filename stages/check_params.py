@@ -2,17 +2,20 @@
 
 DVC deletes a stage's outputs before running it, so a stage that refused bad params itself
 would already have lost the previous good outputs. This stage runs first on every change to
-params.yaml; when it fails, `dvc repro` stops before anything is removed. Its output's content
-never changes for valid params, so downstream stages rerun only for their own params.
+params.yaml; when it fails, `dvc repro` stops before anything is removed. Beyond the schema it
+checks every registry name (arch, source, provider, variant) and the model's size. Its output's
+content never changes for valid params, so downstream stages rerun only for their own params.
 """
 
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.io import write_json
+from pipeline.params_check import check_params as check_beyond_schema
 from pipeline.stage import run_stage
 
 
 def check_params(params: Params) -> None:
+    check_beyond_schema(params)
     write_json(paths.PARAMS_CHECK, {"params": str(paths.PARAMS), "valid": True})
 
 

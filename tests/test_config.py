@@ -89,3 +89,64 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_params(bad_yaml)
     with pytest.raises(ParamsError, match="cannot read"):
         load_params(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        # YAML's `yes` and `true` are booleans: never an epoch count or a channel count.
+        ("train", "epochs", True, "'train.epochs': True (Input should be a valid integer"),
+        ("data", "channels", True, "'data.channels': True"),
+        ("train", "lr", True, "'train.lr': True (Input should be a valid number"),
+        ("train", "batch_size", 64.0, "'train.batch_size': 64.0"),
+        ("benchmark", "min_seconds", float("inf"), "'benchmark.min_seconds': inf (Input should "
+         "be a finite number)"),
+        ("train", "warmup_epochs", float("inf"), "'train.warmup_epochs': inf"),
+        ("train", "lr", float("nan"), "'train.lr': nan"),
+        ("train", "device", "cuda:\u0663", "'train.device': 'cuda:\u0663'"),
+        ("benchmark", "device", "cuda:\uff11", "'benchmark.device'"),
+    ],
+)  # fmt: skip
+def test_numbers_are_strict_and_finite(section, key, value, expected):
+    raw = default_raw()
+    raw[section][key] = value
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    assert "\n" not in str(caught.value)
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("seed", 123456789012345678901234567890),
+        ("seed", 2**32),
+        ("model.width", 1_000_000_000_000),
+        ("train.epochs", 1_000_000_000_000),
+        ("train.batch_size", 10**9),
+        ("evaluate.batch_size", 10**9),
+        ("benchmark.batch_sizes", [1, 10**9]),
+        ("benchmark.min_seconds", 1e300),
+        ("benchmark.min_iterations", 10**12),
+        ("data.image_size", 10**6),
+        ("data.workers", 10**6),
+        ("train.distributed.nproc_per_node", 10**6),
+        ("energy.min_window_s", 1e12),
+    ],
+)
+def test_every_number_has_an_upper_bound(dotted, value):
+    raw = default_raw()
+    *sections, key = dotted.split(".")
+    target = raw
+    for section in sections:
+        target = target[section]
+    target[key] = value
+    with pytest.raises(ParamsError, match=rf"bad value for '{dotted}"):
+        parse_params(raw)
+
+
+def test_params_table_documents_the_bounds():
+    rows = {row.split(" | ")[0].strip("| `"): row for row in params_table().splitlines()[2:]}
+    assert "| 1..10000 |" in rows["train.epochs"]
+    assert "| 0..3600 |" in rows["benchmark.min_seconds"]
+    assert "| 0..2147483647 |" in rows["seed"]

@@ -71,12 +71,15 @@ def test_bad_params_fail_in_one_line_and_keep_previous_outputs(project):
     metrics_before = (project / "metrics/train.json").read_text()
     original = (project / "params.yaml").read_text()
     try:
-        for key, value, expected in [
-            ("batch_sise", 32, "unknown key 'train.batch_sise'"),
-            ("batch_size", -1, "bad value for 'train.batch_size': -1"),
+        for section, key, value, expected in [
+            ("train", "batch_sise", 32, "unknown key 'train.batch_sise'"),
+            ("train", "batch_size", -1, "bad value for 'train.batch_size': -1"),
+            ("train", "epochs", True, "bad value for 'train.epochs': True"),
+            # A name only the model registry knows: refused before DVC deletes the model.
+            ("model", "arch", "resnet9000", "model.arch 'resnet9000' is unknown"),
         ]:
             (project / "params.yaml").write_text(original)
-            set_param(project, "train", key, value)
+            set_param(project, section, key, value)
             result = dvc(project, "repro", check=False)
             assert result.returncode != 0
             assert f"check_params: error: params.yaml: {expected}" in result.stderr
@@ -104,6 +107,39 @@ def test_a_stage_run_by_hand_also_refuses_bad_params(project):
         "train: error: params.yaml: bad value for 'train.batch_size': -1 "
         "(Input should be greater than 0)"
     ]
+
+
+def test_broken_model_files_fail_in_one_line_and_keep_previous_outputs(project):
+    weights = project / "models/model.safetensors"
+    onnx_model = project / "models/onnx/model.onnx"
+    good_weights, good_onnx = weights.read_bytes(), onnx_model.read_bytes()
+    eval_before = (project / "metrics/eval.json").read_bytes()
+    bench_before = (project / "metrics/benchmark.json").read_bytes()
+    try:
+        weights.unlink()  # DVC may have linked it from the cache: never write through a link
+        weights.write_bytes(good_weights[: len(good_weights) // 2])
+        result = run(project, "python", "stages/evaluate.py", check=False)
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("evaluate: error: models/model.safetensors: tensor ")
+        assert line.endswith("(truncated or corrupt)")
+        weights.unlink()
+        weights.write_bytes(good_weights)
+        onnx_model.unlink()
+        onnx_model.write_bytes(b"PK\x03\x04" + b"\0" * 64)  # a zip, not an ONNX model
+        result = run(project, "python", "stages/benchmark.py", check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            "benchmark: error: models/onnx/model.onnx: not an ONNX model (cannot parse it)"
+        )
+        assert "Traceback" not in result.stderr
+    finally:
+        for path, data in ((weights, good_weights), (onnx_model, good_onnx)):
+            path.unlink(missing_ok=True)
+            path.write_bytes(data)
+    assert (project / "metrics/eval.json").read_bytes() == eval_before
+    assert (project / "metrics/benchmark.json").read_bytes() == bench_before
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
 def test_metrics_and_params_diff_between_commits(project):

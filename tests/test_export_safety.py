@@ -129,3 +129,41 @@ def test_a_missing_or_invalid_model_is_refused(tmp_path, sessions_built):
     broken.graph.node[0].input[1] = "missing"
     onnx.save_model(broken, str(tmp_path / "broken.onnx"))
     assert_refused_by_check(tmp_path / "broken.onnx", sessions_built, "ONNX check failed")
+
+
+def not_onnx_files(folder):
+    """A zip archive and a pickle, under the names the export stage writes."""
+    import io
+    import pickle
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("model.onnx", "not a model")
+    (folder / "model.onnx").write_bytes(archive.getvalue())
+    (folder / "model.int8.onnx").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    return [folder / "model.onnx", folder / "model.int8.onnx"]
+
+
+def test_a_file_that_is_not_onnx_is_refused_like_a_failed_check(tmp_path, sessions_built):
+    for path in not_onnx_files(tmp_path):
+        assert_refused_by_check(path, sessions_built, "not an ONNX model")
+
+
+def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
+    """Not a `failed` row in a green stage: the same error as a model failing onnx.checker."""
+    from pipeline.bench.backends import OrtBackend
+    from pipeline.bench.run import Spec, benchmark_backend
+    from pipeline.config import BenchmarkParams
+
+    params = BenchmarkParams(device="cpu", batch_sizes=[1], min_iterations=1, min_seconds=0.0)
+    images = np.zeros((4, 1, 8, 8), np.uint8)
+    for path in not_onnx_files(tmp_path):
+
+        def build(path=path):
+            return OrtBackend(path, "int8", "cpu", 1, [0.5], [0.25], [1, 8, 8], 4, 0)
+
+        spec = Spec("onnxruntime_cpu", "int8", "cpu", "host", build)
+        with pytest.raises(UnsafeModelError, match="not an ONNX model"):
+            benchmark_backend(spec, params, "cpu", images, np.zeros(4, np.int64))

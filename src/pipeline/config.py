@@ -1,18 +1,23 @@
 """Typed params: the only place params.yaml is parsed.
 
 Every section of params.yaml is a pydantic model with ``extra="forbid"``, so a typo'd key,
-a wrong type or an out-of-range value is refused before a stage does any work. ``load_params``
-turns the first validation problem into a one-line :class:`ParamsError` that names the key and
-the bad value.
+a wrong type or an out-of-range value is refused before a stage does any work. Types are strict
+(``yes`` is not an epoch count, ``2.0`` is not a batch size), floats must be finite, and every
+number has an upper bound (the README's params table lists them). ``load_params`` turns the
+first validation problem into a one-line :class:`ParamsError` that names the key and the bad
+value.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.errors import PipelineError
 
@@ -24,17 +29,32 @@ class ParamsError(PipelineError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `yes`/`true` is a bool, never the number 1; allow_inf_nan: `.inf` and
+    # `.nan` would make loops endless or comparisons meaningless.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+
+# Upper bounds: far above any sensible run, low enough that a typo'd extra digit group fails
+# here instead of as an allocation traceback, an endless run or a library's overflow.
+MAX_COUNT = 2**31 - 1  # what every int must fit (C int in torch, numpy and onnxruntime APIs)
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536  # images per step or inference call
+MAX_PROCESSES = 1_024  # decode workers, DataLoader workers, threads, DDP processes and nodes
+MAX_SECONDS = 3_600.0  # timing and energy windows
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+Workers = Annotated[int, Field(ge=0, le=MAX_PROCESSES)]
+EpochCount = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_SECONDS)]
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?", re.ASCII)
 
 
 def _check_device(device: str) -> str:
-    if device in ("auto", "cpu", "cuda"):
-        return device
-    if device.startswith("cuda:") and device[5:].isdigit():
+    # ASCII digits only: str.isdigit() also accepts e.g. Arabic-Indic digits, which torch refuses.
+    if _DEVICE.fullmatch(device):
         return device
     raise ValueError("must be auto, cpu, cuda or cuda:N")
 
@@ -47,7 +67,7 @@ class DataParams(Section):
     )
     root: str = Field("data/raw", description="Folder holding the raw files of file sources.")
     download: bool = Field(False, description="Download torchvision datasets when missing.")
-    image_size: PositiveInt | None = Field(
+    image_size: Annotated[int, Field(gt=0, le=4096)] | None = Field(
         None, description="Resize imagefolder images to this square side, in pixels."
     )
     channels: Literal[1, 3] | None = Field(
@@ -60,12 +80,18 @@ class DataParams(Section):
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         0.01, description="Fail prepare when more than this share of files is unreadable."
     )
-    max_image_pixels: PositiveInt = Field(
+    max_image_pixels: Annotated[int, Field(gt=0, le=500_000_000)] = Field(
         50_000_000, description="Larger images are quarantined as decompression bombs."
     )
-    workers: Annotated[int, Field(ge=0)] = Field(
-        0, description="Decoding processes; 0 means one per CPU core."
-    )
+    workers: Workers = Field(0, description="Decoding processes; 0 means one per CPU core.")
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels_not_bool(cls, value: Any) -> Any:
+        # Literal[1, 3] alone would take `true` (True == 1).
+        if isinstance(value, bool):
+            raise ValueError("must be 1, 3 or null")
+        return value
 
     @field_validator("test_fraction")
     @classmethod
@@ -80,33 +106,39 @@ class ModelParams(Section):
     """Which network to build (see pipeline.models for the registry)."""
 
     arch: str = Field("small_cnn", description="Registry name, or torchvision:<name>.")
-    width: PositiveInt = Field(32, description="Channels of the first conv layer.")
+    width: Annotated[int, Field(gt=0, le=1024)] = Field(
+        32,
+        description="Channels of the first conv layer (check_params also refuses models over "
+        "1e9 parameters).",
+    )
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.1, description="Before the head.")
 
 
 class DistributedParams(Section):
     """Data-parallel training (DDP) over several processes, started by torch's elastic launcher."""
 
-    nproc_per_node: Literal["auto"] | PositiveInt = Field(
+    nproc_per_node: Literal["auto"] | Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
         1, description="Training processes per node: N, or auto = one per visible GPU (1 on CPU)."
     )
-    nnodes: PositiveInt = Field(1, description="Nodes; each runs `python stages/train.py`.")
+    nnodes: Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
+        1, description="Nodes; each runs `python stages/train.py`."
+    )
     rdzv_endpoint: str | None = Field(
         None,
         validate_default=True,
         description="host:port of the c10d rendezvous, the same on every node (needed when "
         "nnodes > 1); null = localhost on a free port.",
     )
-    max_restarts: Annotated[int, Field(ge=0)] = Field(
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = Field(
         0, description="Restart the group this often after a worker dies; resumes from checkpoint."
     )
 
     @field_validator("nproc_per_node", mode="before")
     @classmethod
     def _positive_or_auto(cls, value: Any) -> Any:
-        if value == "auto" or (type(value) is int and value > 0):
+        if value == "auto" or (type(value) is int and 0 < value <= MAX_PROCESSES):
             return value
-        raise ValueError("must be a positive integer or auto")
+        raise ValueError(f"must be auto or an integer from 1 to {MAX_PROCESSES}")
 
     @field_validator("rdzv_endpoint")
     @classmethod
@@ -129,8 +161,10 @@ class TrainParams(Section):
         "auto",
         description="auto: bf16 on GPUs and CPUs with bf16 units, fp16 on older GPUs, else fp32.",
     )
-    epochs: PositiveInt = Field(15, description="Passes over the train split.")
-    batch_size: PositiveInt = Field(64, description="Images per optimiser step (per process).")
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = Field(
+        15, description="Passes over the train split."
+    )
+    batch_size: BatchSize = Field(64, description="Images per optimiser step (per process).")
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
         0.003, description="Peak learning rate of the schedule."
     )
@@ -141,7 +175,7 @@ class TrainParams(Section):
     schedule: Literal["onecycle", "cosine"] = Field(
         "onecycle", description="LR schedule: one-cycle, or linear warm-up then cosine decay."
     )
-    warmup_epochs: Annotated[float, Field(ge=0.0)] = Field(
+    warmup_epochs: Annotated[float, Field(ge=0.0, le=MAX_EPOCHS)] = Field(
         1.0, description="Warm-up length of the cosine schedule, in epochs."
     )
     augment: Literal["none", "flip", "crop", "crop_flip"] = Field(
@@ -150,7 +184,7 @@ class TrainParams(Section):
     ema: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         0.0, description="Weight EMA decay per step (e.g. 0.999); 0 turns EMA off."
     )
-    patience: Annotated[int, Field(ge=0)] = Field(
+    patience: EpochCount = Field(
         0, description="Stop after this many epochs without a better val accuracy; 0 = never."
     )
     target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
@@ -161,16 +195,16 @@ class TrainParams(Section):
     data_on_device: Literal["auto"] | bool = Field(
         "auto", description="Keep the uint8 dataset on the device; auto = when it fits."
     )
-    num_workers: Annotated[int, Field(ge=0)] = Field(
+    num_workers: Workers = Field(
         2, description="DataLoader workers when the data does not live on the device."
     )
-    checkpoint_every: Annotated[int, Field(ge=0)] = Field(
+    checkpoint_every: EpochCount = Field(
         1, description="Save a resumable checkpoint every N epochs; 0 = never."
     )
     deterministic: bool = Field(
         False, description="Deterministic algorithms: identical weights from identical runs."
     )
-    max_nonfinite_steps: Annotated[int, Field(ge=0)] = Field(
+    max_nonfinite_steps: Annotated[int, Field(ge=0, le=MAX_COUNT)] = Field(
         0, description="Stop when more steps than this had a NaN/inf loss (they are skipped)."
     )
     auto_batch_size: bool = Field(
@@ -184,7 +218,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: PositiveInt = Field(512, description="Images per forward pass.")
+    batch_size: BatchSize = Field(512, description="Images per forward pass.")
 
 
 class ParityGate(Section):
@@ -285,13 +319,19 @@ class BenchmarkParams(Section):
     providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
         ["cpu"], min_length=1, description="onnxruntime execution providers to try."
     )
-    batch_sizes: list[PositiveInt] = Field([1, 64], min_length=1, description="Batch sizes.")
-    warmup: Annotated[int, Field(ge=0)] = Field(10, description="Untimed calls before timing.")
-    min_iterations: PositiveInt = Field(30, description="At least this many timed calls.")
-    min_seconds: Annotated[float, Field(ge=0.0)] = Field(
+    batch_sizes: list[BatchSize] = Field(
+        [1, 64], min_length=1, max_length=64, description="Batch sizes."
+    )
+    warmup: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        10, description="Untimed calls before timing."
+    )
+    min_iterations: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        30, description="At least this many timed calls."
+    )
+    min_seconds: Seconds = Field(
         0.5, description="Keep timing until this long has passed, for stable tails."
     )
-    threads: Annotated[int, Field(ge=0)] = Field(
+    threads: Workers = Field(
         0, description="Intra-op threads for both backends; 0 means physical cores."
     )
     max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
@@ -305,18 +345,21 @@ class BenchmarkParams(Section):
 class EnergyParams(Section):
     """Energy measurement (see pipeline.energy for the meters and their order)."""
 
-    cpu_watts: Annotated[float, Field(gt=0.0)] | None = Field(
+    cpu_watts: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = Field(
         None,
         description="CPU package power at full load (W); if set, CPU runs without RAPL get an "
         "estimate (CPU-seconds / cores x watts), labelled 'estimate'.",
     )
-    min_window_s: Annotated[float, Field(ge=0.0)] = Field(
+    min_window_s: Seconds = Field(
         1.0, description="Benchmark energy windows last at least this long (meters tick slowly)."
     )
 
 
 class Params(Section):
-    seed: Annotated[int, Field(ge=0)] = Field(42, description="One seed for split and training.")
+    # split() also uses seed + 1, and scikit-learn takes seeds below 2**32.
+    seed: Annotated[int, Field(ge=0, le=MAX_COUNT)] = Field(
+        42, description="One seed for split and training."
+    )
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -368,6 +411,36 @@ def _cell(text: str | None) -> str:
     return (text or "").replace("|", "\\|")
 
 
+def _constraints(annotation: Any, metadata: list[Any]) -> list[Any]:
+    """The numeric constraints of a field, found through Optional, list and Annotated."""
+    found = list(metadata)
+    for arg in get_args(annotation):
+        if isinstance(arg, FieldInfo):
+            found += arg.metadata
+        else:
+            found += _constraints(arg, [])
+    return found
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _allowed(field: FieldInfo) -> str:
+    """A field's numeric range as `lo..hi` (`>`/`<` mark open ends); empty when it has none."""
+    low = high = ""
+    for bound in _constraints(field.annotation, field.metadata):
+        if isinstance(bound, annotated_types.Ge):
+            low = _number(bound.ge)
+        elif isinstance(bound, annotated_types.Gt):
+            low = _number(bound.gt + 1) if isinstance(bound.gt, int) else f">{bound.gt:g}"
+        elif isinstance(bound, annotated_types.Le):
+            high = _number(bound.le)
+        elif isinstance(bound, annotated_types.Lt):
+            high = f"<{_number(bound.lt)}"
+    return f"{low}..{high}" if low or high else ""
+
+
 def _rows(prefix: str, values: BaseModel) -> list[str]:
     """One row per leaf param; defaults read from an instance, so nested defaults are right."""
     rows = []
@@ -376,13 +449,16 @@ def _rows(prefix: str, values: BaseModel) -> list[str]:
         if isinstance(value, BaseModel):
             rows += _rows(f"{prefix}{key}.", value)
         else:
-            rows.append(f"| `{prefix}{key}` | `{value}` | {_cell(field.description)} |")
+            rows.append(
+                f"| `{prefix}{key}` | `{value}` | {_allowed(field)} | {_cell(field.description)} |"
+            )
     return rows
 
 
 def params_table() -> str:
-    """Markdown table of every param with its default and description (for the README)."""
-    return "\n".join(["| param | default | meaning |", "|---|---|---|", *_rows("", Params())])
+    """Markdown table of every param: default, numeric range and description (for the README)."""
+    header = ["| param | default | range | meaning |", "|---|---|---|---|"]
+    return "\n".join([*header, *_rows("", Params())])
 
 
 if __name__ == "__main__":

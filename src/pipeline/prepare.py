@@ -12,10 +12,12 @@ from pipeline.data.split import split
 from pipeline.data.storage import build_meta, write_prepared
 from pipeline.io import write_json
 
+MAX_LISTED_DUPLICATES = 20
 
-def data_report(meta: dict, files_seen: int) -> dict:
+
+def data_report(meta: dict, files_seen: int, duplicates: list | None = None) -> dict:
     quarantined = meta["quarantined"]
-    return {
+    report = {
         "source": meta["source"],
         "counts": meta["counts"],
         "num_classes": meta["num_classes"],
@@ -24,6 +26,13 @@ def data_report(meta: dict, files_seen: int) -> dict:
         "quarantined_count": len(quarantined),
         "quarantined": quarantined,
     }
+    if duplicates is not None:  # only sources that look for byte-identical files report them
+        report["duplicate_files"] = len(duplicates)
+        report["duplicates"] = [
+            {"path": copy, "same_as": original}
+            for copy, original in duplicates[:MAX_LISTED_DUPLICATES]
+        ]
+    return report
 
 
 def prepare(params: Params, root: Path = Path(".")) -> dict:
@@ -32,7 +41,13 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     splits = split(source, params.data.val_fraction, params.data.test_fraction, params.seed)
     meta = build_meta(source, splits)
     write_prepared(root / paths.PREPARED_DIR, splits, meta)
-    report = data_report(meta, source.files_seen)
+    report = data_report(meta, source.files_seen, source.duplicates)
     write_json(root / paths.DATA_METRICS, report)
     print(f"prepared {source.name}: {meta['counts']} shape {meta['input_shape']}", file=sys.stderr)
+    if source.duplicates:
+        print(
+            f"prepare: {len(source.duplicates)} byte-identical file(s), each kept in the split "
+            f"of its original (listed in {paths.DATA_METRICS})",
+            file=sys.stderr,
+        )
     return report

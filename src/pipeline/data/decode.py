@@ -3,7 +3,9 @@
 Each function takes a chunk of absolute paths and never raises for a bad file: it returns the
 reason instead, so the parent can quarantine it. Formats are allow-listed by what Pillow
 detects in the bytes, never by file extension, and ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays
-off, so a truncated file fails to decode instead of yielding a half-grey image.
+off, so a truncated file fails to decode instead of yielding a half-grey image. EXIF
+orientation is applied (the probe reports the oriented size), and 16-bit greyscale is scaled
+to 8 bits rather than clipped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ from PIL import Image, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"})
+# Pillow opens 16-bit greyscale PNGs as I;16 (older versions: I), and its conversion to L
+# clips every value above 255 to white.
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class BadImage(Exception):
@@ -74,6 +90,33 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = upright); unreadable EXIF counts as upright, as in browsers."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a corrupt EXIF block must not cost an otherwise good image
+        return 1
+    return value if value in UPRIGHT else 1
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    orientation = _orientation(image)
+    return image.transpose(UPRIGHT[orientation]) if orientation != 1 else image
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale scaled to 0..255 (65535 -> 255, rounded); other modes unchanged."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
@@ -95,7 +138,7 @@ def probe_chunk(start: int, paths: Sequence[str], max_pixels: int) -> list[Probe
             digest = hashlib.sha256(data).hexdigest()
             try:
                 with _open(data, max_pixels) as image:
-                    probes.append(Probe(digest, image.width, image.height, image.mode))
+                    probes.append(Probe(digest, *oriented_size(image), image.mode))
             except BadImage as bad:
                 probes.append(Probe(digest, reason=str(bad)))
             except Exception as error:  # any header-parser failure is the file's fault
@@ -114,7 +157,7 @@ def decode_one(path: str, max_pixels: int, channels: int, height: int, width: in
     try:
         with _open(data, max_pixels) as image:
             image.load()  # full decode: truncated or corrupt data fails here
-            converted = image.convert("L" if channels == 1 else "RGB")
+            converted = eight_bit(upright(image)).convert("L" if channels == 1 else "RGB")
     except (BadImage, MemoryError):
         raise
     except Exception as error:  # decoder errors vary by format: OSError, SyntaxError, zlib...

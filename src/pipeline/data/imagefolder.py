@@ -3,7 +3,10 @@
 Class names are the sorted sub-folder names; files are taken in sorted order, so the same
 files give byte-identical arrays whatever the worker count. Files that cannot be used (empty,
 unreadable, not an allowed image format, truncated, over ``data.max_image_pixels``) are
-quarantined with their reason; hidden files and folders (``.name``) are skipped.
+quarantined with their reason; hidden files and folders (``.name``) are skipped. Symbolic
+links that lead outside ``data.root`` (other than into the project's DVC cache, where DVC's
+``symlink`` cache type points) stop prepare before any file is read, and byte-identical files
+share a group id so the split keeps them on one side.
 
 Two passes over a process pool: a cheap header probe (sha256, size, mode) that fixes the
 output shape, then the full decode, which workers write straight into one preallocated uint8
@@ -27,14 +30,47 @@ from pipeline.data.progress import Progress
 from pipeline.data.types import LabelledImages, Quarantined, SourceData
 
 
-def _files_under(root: Path, folder: Path) -> list[str]:
+def _allowed_roots(root: Path) -> list[Path]:
+    """data.root itself, and the DVC cache of the project holding it (``.dvc/cache``)."""
+    allowed = [root.resolve()]
+    for start in (root.absolute(), root.resolve()):
+        for folder in (start, *start.parents):
+            if (folder / ".dvc").is_dir():
+                allowed.append((folder / ".dvc" / "cache").resolve())
+                break
+    return allowed
+
+
+def _escapes(path: Path, allowed: list[Path]) -> bool:
+    """A symbolic link whose target lies outside every allowed folder (or nowhere)."""
+    if not path.is_symlink():
+        return False
+    target = path.resolve()
+    return not any(target.is_relative_to(folder) for folder in allowed)
+
+
+def _files_under(root: Path, folder: Path, allowed: list[Path], escaping: list[str]) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in [*dirnames, *filenames]:
+            if not name.startswith(".") and _escapes(Path(dirpath, name), allowed):
+                escaping.append(Path(dirpath, name).relative_to(root).as_posix())
         for name in filenames:
             if not name.startswith("."):
                 found.append(Path(dirpath, name).relative_to(root).as_posix())
     return sorted(found)
+
+
+def _refuse_escaping_links(root: Path, escaping: list[str]) -> None:
+    if not escaping:
+        return
+    shown = "; ".join(f"{name} -> {os.readlink(root / name)}" for name in sorted(escaping)[:3])
+    more = f"; and {len(escaping) - 3} more" if len(escaping) > 3 else ""
+    raise DataSourceError(
+        f"{len(escaping)} symbolic link(s) in {str(root)!r} lead outside data.root ({shown}"
+        f"{more}); copy the files in instead of linking them"
+    )
 
 
 def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
@@ -45,17 +81,21 @@ def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
             "folder of images per class there"
         )
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    allowed = _allowed_roots(root)
+    escaping = [name for name in classes if _escapes(root / name, allowed)]
     if not classes:
         raise DataSourceError(f"no class folders in {str(root)!r}: expected <root>/<class>/<image>")
     files: list[str] = []
     labels: list[int] = []
     empty = []
     for label, name in enumerate(classes):
-        found = _files_under(root, root / name)
+        found = [] if name in escaping else _files_under(root, root / name, allowed, escaping)
         if not found:
             empty.append(name)
         files += found
         labels += [label] * len(found)
+    # Before anything is read: a link out of the root could reach any file on the machine.
+    _refuse_escaping_links(root, escaping)
     if empty:
         raise DataSourceError(f"empty class folder(s) in {str(root)!r}: {', '.join(empty)}")
     if len(classes) < 2:
@@ -100,6 +140,17 @@ def _compact(images: np.ndarray, keep: list[int]) -> np.ndarray:
         if dst != src:
             images[dst] = images[src]
     return images[: len(keep)]
+
+
+def duplicate_groups(
+    files: list[str], digests: list[str]
+) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+    """One group id per row (the row of the first byte-identical file), and the (copy,
+    original) pairs; no ids at all when every file is distinct."""
+    first: dict[str, int] = {}
+    groups = np.array([first.setdefault(d, row) for row, d in enumerate(digests)], np.int64)
+    copies = [(files[row], files[g]) for row, g in enumerate(groups.tolist()) if g != row]
+    return (groups if copies else None), copies
 
 
 def _check_classes(root: Path, classes: list[str], labels: np.ndarray, files_seen: int) -> None:
@@ -170,11 +221,15 @@ def load(params: DataParams) -> SourceData:
     images = _compact(images, keep) if failed else images
     label_array = np.array([labels[good[k]] for k in keep], dtype=np.int64)
     _check_classes(root, classes, label_array, len(files))
+    groups, duplicates = duplicate_groups(
+        [files[good[k]] for k in keep], [probes[good[k]].sha256 for k in keep]
+    )
     return SourceData(
         name="imagefolder",
-        pools={"all": LabelledImages(images, label_array)},
+        pools={"all": LabelledImages(images, label_array, groups)},
         class_names=classes,
         input_hashes={"imagefolder": folder_hash(files, probes)},
         quarantined=[Quarantined(files[i], reasons[i]) for i in sorted(reasons)],
         files_seen=len(files),
+        duplicates=duplicates,
     )

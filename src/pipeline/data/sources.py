@@ -5,24 +5,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pipeline.config import DataParams
 from pipeline.data import cifar, digits, imagefolder, mnist
 from pipeline.data.errors import DataSourceError
 from pipeline.data.types import SourceData
 
-__all__ = ["DataSourceError", "check_quarantine", "load_source"]
+__all__ = ["LOADERS", "DataSourceError", "check_quarantine", "load_source"]
+
+
+# data.source -> loader; check_params refuses a name that is not here.
+LOADERS: dict[str, Callable[[DataParams], SourceData]] = {
+    "digits": lambda params: digits.load(),
+    "mnist": mnist.load,
+    "fashion_mnist": mnist.load,
+    "cifar10": cifar.load,
+    "imagefolder": imagefolder.load,
+}
 
 
 def load_source(params: DataParams) -> SourceData:
-    if params.source == "digits":
-        return digits.load()
-    if params.source in ("mnist", "fashion_mnist"):
-        return mnist.load(params)
-    if params.source == "cifar10":
-        return cifar.load(params)
-    if params.source == "imagefolder":
-        return imagefolder.load(params)
-    raise DataSourceError(f"data.source {params.source!r} is not implemented")
+    loader = LOADERS.get(params.source)
+    if loader is None:
+        raise DataSourceError(f"data.source {params.source!r} is not implemented")
+    return loader(params)
 
 
 def check_quarantine(source: SourceData, max_bad_fraction: float) -> None:

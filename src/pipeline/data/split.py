@@ -15,22 +15,34 @@ class SplitError(PipelineError):
     """Too few images (or classes) for the requested split."""
 
 
+def _first_of_each_group(pool: LabelledImages) -> np.ndarray:
+    """Rows that stand for their group (every row when there are no groups)."""
+    if pool.groups is None:
+        return np.arange(len(pool))
+    return np.sort(np.unique(pool.groups, return_index=True)[1])
+
+
 def _stratified(
     pool: LabelledImages, fraction: float, seed: int, what: str
 ) -> tuple[LabelledImages, LabelledImages]:
     classes = np.unique(pool.labels)
-    held = int(round(len(pool) * fraction))
+    units = _first_of_each_group(pool)
+    held = int(round(len(units) * fraction))
     if len(classes) < 2:
         raise SplitError(f"need at least 2 classes, found {len(classes)}")
-    if held < len(classes) or len(pool) - held < len(classes):
+    if held < len(classes) or len(units) - held < len(classes):
         raise SplitError(
-            f"{len(pool)} images cannot give a {what} split of {fraction:g} "
+            f"{len(units)} {'distinct ' if pool.groups is not None else ''}images cannot give "
+            f"a {what} split of {fraction:g} "
             f"with every one of {len(classes)} classes on both sides"
         )
-    index = np.arange(len(pool))
     keep, hold = train_test_split(
-        index, test_size=held, random_state=seed, shuffle=True, stratify=pool.labels
+        units, test_size=held, random_state=seed, shuffle=True, stratify=pool.labels[units]
     )
+    if pool.groups is not None:
+        # Byte-identical copies follow the row that stands for them: never on both sides.
+        held_rows = np.isin(pool.groups, pool.groups[hold])
+        keep, hold = np.flatnonzero(~held_rows), np.flatnonzero(held_rows)
     # Sorted indices keep the output independent of sklearn's internal shuffling order.
     return pool.subset(np.sort(keep)), pool.subset(np.sort(hold))
 

@@ -9,10 +9,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """uint8 images in NCHW layout with int64 labels."""
+    """uint8 images in NCHW layout with int64 labels.
+
+    ``groups`` (optional) gives rows that must stay together (byte-identical files) one id;
+    the split keeps each group in one split.
+    """
 
     images: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -21,12 +26,15 @@ class LabelledImages:
             )
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+        if self.groups is not None and self.groups.shape != (len(self.images),):
+            raise ValueError(f"{len(self.groups)} group ids for {len(self.images)} images")
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, index: np.ndarray) -> LabelledImages:
-        return LabelledImages(self.images[index], self.labels[index])
+        groups = None if self.groups is None else self.groups[index]
+        return LabelledImages(self.images[index], self.labels[index], groups)
 
 
 @dataclass(frozen=True)
@@ -51,3 +59,5 @@ class SourceData:
     input_hashes: dict[str, str] = field(default_factory=dict)
     quarantined: list[Quarantined] = field(default_factory=list)
     files_seen: int = 0
+    # (file, the earlier byte-identical file); None when the source does not look for them.
+    duplicates: list[tuple[str, str]] | None = None

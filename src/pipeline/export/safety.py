@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
 from pipeline.errors import PipelineError
@@ -38,7 +39,8 @@ def _external_locations(model: onnx.ModelProto) -> list[str]:
 
 
 def check_onnx_file(path: str | Path) -> onnx.ModelProto:
-    """Refuse symlinks and external data outside the model's folder, then run onnx's full check.
+    """Refuse symlinks, files that are not ONNX, and external data outside the model's folder,
+    then run onnx's full check.
 
     Returns the loaded model (without external data) for callers that need its metadata.
     """
@@ -48,7 +50,11 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise UnsafeModelError(f"{path}: no such ONNX file")
     folder = path.parent.resolve()
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError:
+        # A zip, a pickle, anything that is not protobuf: the same rule as a failed check.
+        raise UnsafeModelError(f"{path}: not an ONNX model (cannot parse it)") from None
     for location in _external_locations(model):
         target = folder / location
         if Path(location).is_absolute() or not target.resolve().is_relative_to(folder):

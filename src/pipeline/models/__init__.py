@@ -1,5 +1,21 @@
 """Model registry: ``model.arch`` -> a constructor taking the input shape and class count."""
 
-from pipeline.models.registry import ModelSpec, available_archs, build_model
+from pipeline.models.registry import (
+    MAX_PARAMETERS,
+    ModelSpec,
+    UnknownModelError,
+    available_archs,
+    build_model,
+    check_model_size,
+    parameter_count,
+)
 
-__all__ = ["ModelSpec", "available_archs", "build_model"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "ModelSpec",
+    "UnknownModelError",
+    "available_archs",
+    "build_model",
+    "check_model_size",
+    "parameter_count",
+]

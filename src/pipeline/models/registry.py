@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
@@ -40,6 +41,8 @@ _REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "resnet_cifar": _resnet_cifar,
 }
 TORCHVISION_PREFIX = "torchvision:"
+# About 4 GB of fp32 weights (16 GB with AdamW's state): beyond that a width or arch is a typo.
+MAX_PARAMETERS = 1_000_000_000
 
 
 def available_archs() -> list[str]:
@@ -62,3 +65,21 @@ def build_model(spec: ModelSpec) -> nn.Module:
             f"model.arch {spec.arch!r} is unknown; choose one of {', '.join(available_archs())}"
         ) from None
     return constructor(spec)
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Parameters of the model ``spec`` describes, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def check_model_size(spec: ModelSpec) -> int:
+    """Refuse a model over MAX_PARAMETERS before anything allocates its weights."""
+    count = parameter_count(spec)
+    if count > MAX_PARAMETERS:
+        raise UnknownModelError(
+            f"model.arch {spec.arch!r} with model.width {spec.width} has {count:,} parameters, "
+            f"over the limit of {MAX_PARAMETERS:,}; choose a smaller width or arch"
+        )
+    return count

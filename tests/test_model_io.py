@@ -1,0 +1,98 @@
+"""A broken models/ folder costs one line, never a traceback or a huge read: the card and the
+safetensors header (names, shapes, dtypes, byte ranges) are checked before any weights load."""
+
+import json
+import struct
+
+import pytest
+import torch
+
+from pipeline import model_io
+from pipeline.io import save_tensors
+from pipeline.model_io import ModelFileError, load_trained, make_card, save_trained
+from pipeline.models import ModelSpec, build_model
+
+META = {"class_names": ["a", "b", "c"], "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25]}
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    spec = ModelSpec("small_cnn", 1, 8, 3, width=4, dropout=0.0)
+    card = make_card(spec, META, {"width": 4, "dropout": 0.0})
+    save_trained(tmp_path, build_model(spec), card)
+    return tmp_path
+
+
+def refused(models_dir, match: str) -> str:
+    with pytest.raises(ModelFileError, match=match) as caught:
+        load_trained(models_dir)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_a_good_folder_loads(models_dir):
+    model, card = load_trained(models_dir)
+    assert card["arch"] == "small_cnn"
+    assert model(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 3)
+
+
+def test_truncated_weights(models_dir):
+    weights = models_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    refused(models_dir, "truncated or corrupt")
+    weights.write_bytes(data[:5])
+    refused(models_dir, "not a safetensors file, or truncated")
+
+
+def test_header_claiming_huge_tensors_is_refused_before_any_read(models_dir, monkeypatch):
+    monkeypatch.setattr(model_io, "load_tensors", pytest.fail)  # data must never be read
+    header = {"features.0.weight": {"dtype": "F32", "shape": [100_000, 100_000],
+                                    "data_offsets": [0, 4 * 10**10]}}  # fmt: skip
+    raw = json.dumps(header).encode()
+    (models_dir / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 64)
+    refused(models_dir, r"claims bytes \[0, 40000000000\] but the file holds 64 bytes")
+    # A header length beyond the file itself.
+    (models_dir / "model.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    refused(models_dir, "not a safetensors file")
+
+
+def test_wrong_tensor_names_are_refused_from_the_header(models_dir, monkeypatch):
+    monkeypatch.setattr(model_io, "load_tensors", pytest.fail)
+    save_tensors(models_dir / "model.safetensors", {"encoder.weight": torch.zeros(4, 4)})
+    message = refused(models_dir, "tensors do not match a small_cnn model")
+    assert "unexpected 'encoder.weight'" in message and "missing 'features.0.weight'" in message
+
+
+def test_wrong_shapes_are_refused_from_the_header(models_dir, monkeypatch):
+    spec = ModelSpec("small_cnn", 1, 8, 3, width=8, dropout=0.0)
+    save_tensors(models_dir / "model.safetensors", build_model(spec).state_dict())
+    monkeypatch.setattr(model_io, "load_tensors", pytest.fail)
+    refused(models_dir, r"tensor 'features.0.weight' is F32\[8, 1, 3, 3\], a small_cnn model "
+                        r"needs F32\[4, 1, 3, 3\]")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "not a JSON model card"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"arch": "small_cnn"}', "missing or bad num_classes, input_shape, normalisation"),
+        (b"\xff\xfe\x00garbage", "not a JSON model card"),
+    ],
+)
+def test_card_that_is_not_a_model_card(models_dir, text, match):
+    card = models_dir / "model.json"
+    card.write_bytes(text if isinstance(text, bytes) else text.encode())
+    refused(models_dir, match)
+
+
+def test_card_describing_a_huge_or_unknown_model(models_dir):
+    card = json.loads((models_dir / "model.json").read_text())
+    huge = {**card, "arch": "resnet_cifar", "model_params": {"width": 100_000, "dropout": 0.0}}
+    (models_dir / "model.json").write_text(json.dumps(huge))
+    refused(models_dir, "over the limit of 1,000,000,000")
+    (models_dir / "model.json").write_text(json.dumps({**card, "arch": "resnet9000"}))
+    refused(models_dir, "model.arch 'resnet9000' is unknown")
+    (models_dir / "model.json").write_text(json.dumps({**card, "model_params": {"depth": 3}}))
+    refused(models_dir, "not a buildable model")
