@@ -79,6 +79,14 @@ PLOTS = {  # dvc.yaml's plots, as DVC names their <div>s: no stray plot of confu
 
 
 def test_plots_show_draws_every_plot_with_no_network(project, tmp_path):
+    curve = (project / "metrics/train/plots/metrics/val_accuracy.tsv").read_text().splitlines()
+    epochs = FAST_PARAMS["train.epochs"]
+    assert [line.split("\t")[0] for line in curve] == ["step", *map(str, range(1, epochs + 1))]
+    # The report and its chart are committed with the metrics (in git, not DVC's cache).
+    assert "](benchmark.svg)" in (project / "metrics/report.md").read_text()
+    tracked = run(project, "git", "ls-files", "metrics/benchmark.svg", "metrics/report.md")
+    assert tracked.stdout.split() == ["metrics/benchmark.svg", "metrics/report.md"]
+    assert (project / "metrics/benchmark.svg").read_text().startswith("<svg")
     browser = offline_browser.find_chromium()
     if browser is None:
         pytest.skip("no chromium on PATH (apt-get install chromium): page not drawn in a browser")
