@@ -1,5 +1,5 @@
 """Stage benchmark: PyTorch against onnxruntime, every exported variant and provider asked for
--> metrics/benchmark.{json,csv,md}."""
+-> metrics/benchmark.{json,csv,svg} and metrics/report.md."""
 
 from pipeline import paths
 from pipeline.bench.report import write_report
@@ -25,6 +25,7 @@ def benchmark(params: Params) -> None:
         paths.BENCHMARK_METRICS,
         paths.BENCHMARK_TABLE,
         paths.BENCHMARK_REPORT,
+        paths.BENCHMARK_CHART,
     )
 
 

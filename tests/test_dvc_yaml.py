@@ -43,6 +43,7 @@ def test_outputs_match_paths_module():
         paths.BENCHMARK_METRICS,
         paths.BENCHMARK_TABLE,
         paths.BENCHMARK_REPORT,
+        paths.BENCHMARK_CHART,
     }
     assert {str(p) for p in written} <= all_outputs
 

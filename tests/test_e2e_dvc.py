@@ -4,7 +4,9 @@ import json
 
 import pytest
 import yaml
+from dvc_render.html import PAGE_HTML  # DVC's own page: Vega from a CDN
 
+import offline_browser
 from conftest import FAST_PARAMS, dvc, make_project_copy, run
 
 OUTPUTS = [
@@ -19,7 +21,8 @@ OUTPUTS = [
     "metrics/export.json",
     "metrics/benchmark.json",
     "metrics/benchmark.csv",
-    "metrics/benchmark.md",
+    "metrics/report.md",
+    "metrics/benchmark.svg",
     "metrics/confusion.csv",
     "metrics/train/plots/metrics/val_accuracy.tsv",
 ]
@@ -64,6 +67,41 @@ def test_repro_writes_every_output_with_sane_values(project):
     assert set(bench["headline"]) == {"batch_1", "batch_64"}
     status = dvc(project, "status", "--json")
     assert json.loads(status.stdout) == {}
+
+
+PLOTS = {  # dvc.yaml's plots, as DVC names their <div>s: no stray plot of confusion.csv
+    *(f"metrics_train_plots_metrics_{name}_tsv" for name in
+      ("lr", "train_accuracy", "train_loss", "val_accuracy", "val_loss")),
+    "confusion_matrix",
+    "images_per_second",
+    "metrics_benchmark_svg",
+}  # fmt: skip
+
+
+def test_plots_show_draws_every_plot_with_no_network(project, tmp_path):
+    curve = (project / "metrics/train/plots/metrics/val_accuracy.tsv").read_text().splitlines()
+    epochs = FAST_PARAMS["train.epochs"]
+    assert [line.split("\t")[0] for line in curve] == ["step", *map(str, range(1, epochs + 1))]
+    # The report and its chart are committed with the metrics (in git, not DVC's cache).
+    assert "](benchmark.svg)" in (project / "metrics/report.md").read_text()
+    tracked = run(project, "git", "ls-files", "metrics/benchmark.svg", "metrics/report.md")
+    assert tracked.stdout.split() == ["metrics/benchmark.svg", "metrics/report.md"]
+    assert (project / "metrics/benchmark.svg").read_text().startswith("<svg")
+    browser = offline_browser.find_chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium): page not drawn in a browser")
+    dvc(project, "plots", "show")  # plain: .dvc/config names the offline page
+    page = project / "dvc_plots" / "index.html"
+    assert '"title": "epoch"' in page.read_text()  # the curves' x axis
+    shown, shot = offline_browser.plot_pixels(browser, page, tmp_path / "offline")
+    assert set(shown) == PLOTS
+    blank = {name: pixels for name, pixels in shown.items() if not pixels.drawn}
+    assert not blank, f"not drawn: {blank}; see {shot}"
+    # The same check on DVC's own page (libraries from a CDN) finds every Vega plot blank.
+    (tmp_path / "cdn.html").write_text(PAGE_HTML)
+    dvc(project, "plots", "show", "--html-template", str(tmp_path / "cdn.html"))
+    shown, shot = offline_browser.plot_pixels(browser, page, tmp_path / "cdn")
+    assert {name for name, pixels in shown.items() if pixels.drawn} == {"metrics_benchmark_svg"}
 
 
 def test_bad_params_fail_in_one_line_and_keep_previous_outputs(project):

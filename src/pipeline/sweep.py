@@ -284,12 +284,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="saved `dvc exp show --json` output")
     parser.add_argument("--repo", type=Path, help="run `dvc exp show` in this folder")
     parser.add_argument("--target", type=float, help=f"accuracy goal (default: {TARGET_PARAM})")
+    parser.add_argument("--plot", type=Path, help="also draw the fronts into this .svg or .png")
     args = parser.parse_args(argv)
+    if args.plot is not None and args.plot.suffix.lower() not in (".svg", ".png"):
+        parser.error(f"--plot must end in .svg or .png: '{args.plot}'")
     if args.json is not None:
         document = json.loads(args.json.read_text(encoding="utf-8"))
     else:
         document = run_exp_show(args.repo)
-    print(report(without_workspace_copy(runs_from_exp_show(document)), args.target))
+    runs = without_workspace_copy(runs_from_exp_show(document))
+    print(report(runs, args.target))
+    if args.plot is not None:
+        from pipeline.charts.pareto import write_pareto_chart  # imports vl-convert
+
+        write_pareto_chart(args.plot, runs)
+        print(f"\nchart: {args.plot}")
     return 0
 
 

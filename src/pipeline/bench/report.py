@@ -1,12 +1,17 @@
-"""Benchmark rows -> CSV (every row; also the plot data), JSON headline, Markdown table."""
+"""Benchmark rows -> CSV (every row; also the plot data), JSON headline, and the report a person
+reads: a Markdown table with a chart of accuracy against speed (and energy), drawn offline."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+from pathlib import Path
 from typing import Any
 
-from pipeline.io import write_json, write_text
+from pipeline.charts.benchmark import benchmark_chart
+from pipeline.charts.render import chart_bytes, check_chart_path
+from pipeline.io import write_bytes, write_json, write_text
 
 BASELINE = ("pytorch_eager", "fp32")
 ROW_FIELDS = [
@@ -116,8 +121,20 @@ def _context_lines(context: dict[str, Any]) -> list[str]:
     return lines
 
 
-def rows_to_markdown(rows: list[dict], context: dict[str, Any], top: dict[str, Any]) -> str:
+def chart_subtitle(context: dict[str, Any]) -> str:
+    cpu = f"{context.get('cpu', 'CPU')} ({context.get('cpu_isa', 'ISA unknown')})"
+    where = f"{context['gpu']}; {cpu}" if context.get("gpu") else cpu
+    return f"{where}; torch {context.get('torch')}, onnxruntime {context.get('onnxruntime')}"
+
+
+def rows_to_markdown(
+    rows: list[dict], context: dict[str, Any], top: dict[str, Any], chart: str | None = None
+) -> str:
+    """The report; ``chart`` is the chart's path relative to the report's folder."""
     lines = ["# Inference benchmark", "", *_context_lines(context), ""]
+    if chart:
+        title = "Top-1 accuracy against images/s and J/image, every backend, variant and batch"
+        lines += [f"![{title}]({chart})", ""]
     lines += ["## Best per batch size", ""]
     lines += ["| batch | best | images/s | x PyTorch eager fp32 | Δ top-1 |", "|" + "---|" * 5]
     for key, entry in top.items():
@@ -154,11 +171,22 @@ def rows_to_markdown(rows: list[dict], context: dict[str, Any], top: dict[str, A
 
 
 def write_report(
-    rows: list[dict], context: dict[str, Any], max_drop: float, json_path, csv_path, md_path
+    rows: list[dict],
+    context: dict[str, Any],
+    max_drop: float,
+    json_path,
+    csv_path,
+    md_path,
+    chart_path,
 ) -> dict:
     top = headline(rows, max_drop)
     summary = {"context": context, "headline": top, "rows": len(rows)}
+    chart_path = check_chart_path(chart_path)
+    # Drawn before anything is written: a chart that fails leaves every old file in place.
+    chart = chart_bytes(benchmark_chart(rows, chart_subtitle(context)), chart_path.suffix.lower())
+    chart_link = Path(os.path.relpath(chart_path, Path(md_path).parent)).as_posix()
     write_text(csv_path, rows_to_csv(rows))
-    write_text(md_path, rows_to_markdown(rows, context, top))
+    write_bytes(chart_path, chart)
+    write_text(md_path, rows_to_markdown(rows, context, top, chart_link))
     write_json(json_path, summary)
     return summary

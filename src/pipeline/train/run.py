@@ -102,6 +102,7 @@ def step_bar(trainer: Trainer, enabled: bool):
 
 
 def log_live(live, stats: dict) -> None:
+    live.step = stats["epoch"]  # dvclive's step is the x axis of the curves: epochs count from 1
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
         live.log_metric(name, stats[name])
     live.next_step()

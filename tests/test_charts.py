@@ -1,0 +1,128 @@
+"""Charts drawn offline: the benchmark report's chart and pipeline-pareto --plot."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.bench.report import write_report
+from pipeline.charts.benchmark import benchmark_chart
+from pipeline.charts.render import write_chart
+from pipeline.errors import PipelineError
+from pipeline.sweep import main as pareto_main
+from test_bench_report import row, sample_rows
+
+CONTEXT = {"cpu": "Test CPU", "cpu_isa": "avx2", "torch": "2.x", "onnxruntime": "1.x"}
+
+
+def points(svg: Path) -> list[str]:
+    """The aria-label of every point mark Vega drew (legend symbols are not point marks)."""
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg")
+    return [e.get("aria-label") for e in root.iter() if e.get("aria-roledescription") == "point"]
+
+
+def report(tmp_path: Path, rows: list[dict]) -> tuple[Path, str]:
+    files = [tmp_path / f"metrics/{name}" for name in ("b.json", "b.csv", "report.md", "b.svg")]
+    write_report(rows, CONTEXT, 0.005, *files)
+    return files[3], files[2].read_text()
+
+
+def test_report_links_a_chart_with_one_point_per_row_that_ran(tmp_path):
+    chart, text = report(tmp_path, sample_rows())
+    assert "](b.svg)" in text  # relative to report.md: shows on a forge
+    drawn = points(chart)
+    assert len(drawn) == 7  # 8 rows, one failed: it has neither speed nor accuracy
+    assert sum("(fallback)" in label for label in drawn) == 2
+    assert not any("tensorrt" in label for label in drawn)
+    assert "J/image" not in chart.read_text()  # no row measured energy: no energy panel
+
+
+def test_energy_panel_only_with_measured_joules(tmp_path):
+    rows = sample_rows()
+    for item in rows[:3]:
+        item.update(joules_per_image=0.01, energy_method="rapl")
+    chart, _ = report(tmp_path, rows)
+    drawn = points(chart)
+    assert len(drawn) == 7 + 3
+    assert sum(label.startswith("J/image (rapl") for label in drawn) == 3
+
+
+def test_nothing_to_plot_still_writes_a_chart_that_says_so(tmp_path):
+    chart, text = report(tmp_path, [row("onnxruntime_cuda", "fp16", 1, None, None, "failed")])
+    assert points(chart) == [] and "nothing to plot" in chart.read_text()
+    assert "](b.svg)" in text
+
+
+def test_a_chart_that_cannot_be_drawn_leaves_no_file_behind(tmp_path, monkeypatch):
+    import pipeline.bench.report as report_module
+
+    def broken(spec, suffix):
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(report_module, "chart_bytes", broken)
+    with pytest.raises(RuntimeError):
+        report(tmp_path, sample_rows())
+    assert not (tmp_path / "metrics").exists() or not any((tmp_path / "metrics").iterdir())
+
+
+def test_png_charts_hold_a_drawing(tmp_path):
+    write_chart(tmp_path / "c.png", benchmark_chart(sample_rows(), "test"))
+    with Image.open(tmp_path / "c.png") as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 400
+    assert ((pixels.max(-1) - pixels.min(-1)) > 60).sum() > 500  # coloured points
+
+
+def test_a_chart_file_must_be_svg_or_png(tmp_path):
+    with pytest.raises(PipelineError, match=r"must end in .svg or .png: '.*c\.jpg'"):
+        write_chart(tmp_path / "c.jpg", benchmark_chart(sample_rows(), "test"))
+    assert not (tmp_path / "c.jpg").exists()
+
+
+# --- pipeline-pareto --plot -------------------------------------------------------------------
+
+
+def exp_show(runs: dict[str, tuple[float | None, float | None, float | None]]) -> list[dict]:
+    """`dvc exp show --json` with one experiment per name: (accuracy, J/image, wall seconds)."""
+    experiments = []
+    for name, (accuracy, joules, seconds) in runs.items():
+        metrics = {
+            "metrics/eval.json": {"data": {"accuracy": accuracy}},
+            "metrics/train.json": {
+                "data": {"wall_seconds": seconds, "energy": {"joules_per_image": joules}}
+            },
+        }
+        data = {"params": {"params.yaml": {"data": {}}}, "metrics": metrics}
+        revs = [{"rev": name * 8, "name": name, "data": data}]
+        experiments.append({"name": name, "executor": None, "revs": revs})
+    return [{"rev": "c0ffee" * 6, "name": "main", "data": {}, "experiments": experiments}]
+
+
+def test_pareto_plot_draws_both_fronts(tmp_path, capsys):
+    saved = tmp_path / "exp.json"
+    runs = {
+        "cheap": (0.95, 0.5, 10.0),
+        "best": (0.97, 0.8, 20.0),
+        "dominated": (0.90, 0.6, 30.0),
+        "no-energy": (0.99, None, 40.0),
+    }
+    saved.write_text(json.dumps(exp_show(runs)))
+    chart = tmp_path / "front.svg"
+    assert pareto_main(["--json", str(saved), "--plot", str(chart)]) == 0
+    assert f"chart: {chart}" in capsys.readouterr().out
+    drawn = points(chart)
+    assert len(drawn) == 3 + 4  # energy panel: no-energy left off; wall-time panel: all four
+    front = [label for label in drawn if "Pareto front" in label]
+    assert len(front) == 2 + 3  # energy: cheap, best; time: cheap, best, no-energy
+    assert "1 run(s) with no energy figure not shown" in chart.read_text()
+
+
+def test_pareto_plot_refuses_an_unknown_format_before_reading_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pareto_main(["--json", str(tmp_path / "missing.json"), "--plot", "front.jpg"])
+    assert exit_info.value.code == 2
+    assert "--plot must end in .svg or .png: 'front.jpg'" in capsys.readouterr().err
