@@ -91,6 +91,7 @@ def test_policy_records_every_choice_on_cpu():
         "device": "cpu",
         "device_name": "cpu",
         "precision": "bf16" if cpu_has_native_bf16() else "fp32",
+        "tf32": "off",
         "channels_last": True,
         "data_on_device": True,
         "compile": False,
