@@ -202,7 +202,8 @@ def test_main_reads_a_saved_json(document: list[dict], tmp_path: Path, capsys) -
 
     assert main(["--json", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "(train.target_accuracy): best (0.8 J/image of CPU package energy, accuracy 0.9700)" in out
+    expected = "best (0.8 J/image of CPU package energy, accuracy 0.9700)"
+    assert f"(train.target_accuracy): {expected}" in out
 
 
 # --- the real thing: two experiments in a throwaway git+DVC repo --------------------------------

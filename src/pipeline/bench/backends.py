@@ -98,7 +98,11 @@ def tensorrt_cache_dir(model_sha256: str, precision: str, profile: tuple[int, in
     onnxruntime names cached engines after the model path and node names, not the weights: a
     shared folder would serve the first model's engine to every later model of the same graph.
     """
-    folder = paths.TENSORRT_CACHE.resolve() / model_sha256 / f"{precision}-b{'-'.join(map(str, profile))}"
+    folder = (
+        paths.TENSORRT_CACHE.resolve()
+        / model_sha256
+        / f"{precision}-b{'-'.join(map(str, profile))}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -180,7 +184,12 @@ class OrtBackend:
         capability: tuple[int, int] | None = None,
     ) -> None:
         self.name = f"onnxruntime_{provider}"
-        self.path, self.variant, self.provider, self.threads = Path(path), variant, provider, threads
+        self.path, self.variant, self.provider, self.threads = (
+            Path(path),
+            variant,
+            provider,
+            threads,
+        )
         self.device_index, self.image_shape = device_index, image_shape
         self._sha256 = sha256_file(path) if provider == "tensorrt" else ""
         log: list[str] = []
