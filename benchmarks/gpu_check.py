@@ -22,7 +22,6 @@ the CPU, tiny, to check the script itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
