@@ -98,6 +98,7 @@ def test_policy_records_every_choice_on_cpu(monkeypatch, flags, precision, profi
         "device": "cpu",
         "device_name": "cpu",
         "precision": precision,
+        "tf32": "off",
         "channels_last": True,
         "data_on_device": True,
         "compile": False,

@@ -91,7 +91,10 @@ def document() -> list[dict]:
                 experiment("no-energy", "fp32", 0.99, {"wall_seconds": 30.0}),
                 experiment("null-energy", "fp32", 0.98, energy(None, 25.0)),
                 experiment(
-                    "flat-key", "bf16", 0.93, {"energy.joules_per_image": 0.4, "wall_seconds": 12.0}
+                    "flat-key",
+                    "bf16",
+                    0.93,
+                    {"energy.joules_per_image": 0.4, "energy.method": "rapl", "wall_seconds": 12.0},
                 ),
                 experiment("waiting", "bf16", None, None, state="queued"),
             ],
@@ -199,7 +202,8 @@ def test_main_reads_a_saved_json(document: list[dict], tmp_path: Path, capsys) -
 
     assert main(["--json", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "(train.target_accuracy): best (0.8 J/image, accuracy 0.9700)" in out
+    expected = "best (0.8 J/image of CPU package energy, accuracy 0.9700)"
+    assert f"(train.target_accuracy): {expected}" in out
 
 
 # --- the real thing: two experiments in a throwaway git+DVC repo --------------------------------
@@ -263,6 +267,44 @@ def test_pareto_on_real_dvc_experiments(tmp_path: Path, capsys) -> None:
     assert "least energy meeting the target (--target 0.96): big (0.01 J/image" in out
     assert "half" in out.split("Energy unavailable")[1]
     assert "workspace" not in out  # it only repeated "big", the last experiment run
+
+
+def scoped(name: str, accuracy: float, joules: float, method: str) -> dict:
+    train = {"energy": {"joules_per_image": joules, "method": method}, "wall_seconds": 1.0}
+    return experiment(name, "bf16", accuracy, train)
+
+
+def test_energy_of_different_scopes_is_never_ranked_together() -> None:
+    entry = {
+        "rev": "c0ffee" + "0" * 34,
+        "name": "main",
+        "data": data({}, None, None),
+        "experiments": [
+            scoped("gpu-fast", 0.96, 0.002, "nvml_energy_counter"),
+            scoped("gpu-sampled", 0.97, 0.003, "nvml_power_sampling"),
+            scoped("cpu-rapl", 0.97, 0.001, "rapl"),  # fewer joules, but of a CPU package
+            scoped("guess", 0.99, 0.0001, "estimate"),
+        ],
+    }
+    runs = runs_from_exp_show([entry])
+    scopes = {run.name: run.energy_scope for run in runs if run.kind == "experiment"}
+    assert scopes == {
+        "gpu-fast": "GPU board",
+        "gpu-sampled": "GPU board",
+        "cpu-rapl": "CPU package",
+        "guess": "estimate",
+    }
+    with pytest.raises(ValueError, match="different scopes"):
+        least_energy_meeting_target(runs, 0.95)
+    assert least_energy_meeting_target(runs, 0.95, "GPU board").name == "gpu-fast"
+
+    text = report(runs, 0.95)
+    gpu = next(part for part in text.split("\n\n") if "GPU board energy" in part.split("\n")[0])
+    assert "gpu-fast" in gpu and "gpu-sampled" in gpu
+    assert "cpu-rapl" not in gpu and "guess" not in gpu  # cheaper or more accurate: other scope
+    assert "(--target 0.95): gpu-fast (0.002 J/image of GPU board energy" in text
+    assert "(--target 0.95): cpu-rapl (0.001 J/image of CPU package energy" in text
+    assert "(--target 0.95): guess (0.0001 J/image of estimate energy" in text
 
 
 def test_workspace_with_results_of_its_own_stays(document: list[dict]) -> None:

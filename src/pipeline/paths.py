@@ -28,3 +28,7 @@ BENCHMARK_METRICS = METRICS_DIR / "benchmark.json"
 BENCHMARK_TABLE = METRICS_DIR / "benchmark.csv"
 BENCHMARK_REPORT = METRICS_DIR / "report.md"
 BENCHMARK_CHART = METRICS_DIR / "benchmark.svg"
+
+# Not a stage output: TensorRT engines built by the benchmark, one folder per ONNX file's sha256
+# (git-ignored; inside the project rather than a shared, world-writable temporary folder).
+TENSORRT_CACHE = Path(".cache/tensorrt")

@@ -15,6 +15,11 @@ Test accuracy is ``accuracy`` in the eval metrics, energy ``energy.joules_per_im
 train metrics (flat, or nested as :meth:`pipeline.energy.EnergyReading.to_dict` writes it), time
 ``wall_seconds`` there too. A run without an energy figure is listed as "energy unavailable" and
 kept off the energy front: it is never given a number.
+
+Energy figures differ in what they cover (``energy.method``): NVML reads the GPU board, RAPL the
+CPU package (other processes included), an estimate is CPU time times a rated power. A GPU
+board's joules and a CPU package's joules are not the same quantity, so each scope gets its own
+energy front and its own least-energy pick: runs of different scopes are never ranked together.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ from pipeline import paths
 Kind = Literal["workspace", "baseline", "experiment"]
 ALWAYS_SHOWN_PARAMS = ("train.precision", "train.batch_size")
 TARGET_PARAM = "train.target_accuracy"
+# What each energy method measures; the order is the order of the report's energy fronts.
+ENERGY_SCOPES = {
+    "nvml_energy_counter": "GPU board",
+    "nvml_power_sampling": "GPU board",
+    "rapl": "CPU package",
+    "estimate": "estimate",
+}
+UNKNOWN_SCOPE = "unknown scope"
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,20 @@ class Run:
     @property
     def target_accuracy(self) -> float | None:
         return _number(self.params.get(TARGET_PARAM))
+
+    @property
+    def energy_scope(self) -> str | None:
+        """What the energy figure covers (GPU board, CPU package, estimate); None without one."""
+        if self.joules_per_image is None:
+            return None
+        return ENERGY_SCOPES.get(self.energy_method or "", UNKNOWN_SCOPE)
+
+
+def energy_scopes(runs: Sequence[Run]) -> list[str]:
+    """The scopes present among ``runs``, in ENERGY_SCOPES order (unknown last)."""
+    present = {run.energy_scope for run in runs} - {None}
+    order = [*dict.fromkeys(ENERGY_SCOPES.values()), UNKNOWN_SCOPE]
+    return [scope for scope in order if scope in present]
 
 
 # --- reading dvc exp show ---------------------------------------------------------------------
@@ -190,16 +217,25 @@ def _dominates(accuracy: float, cost: float, other_accuracy: float, other_cost: 
     return no_worse and (accuracy > other_accuracy or cost < other_cost)
 
 
-def least_energy_meeting_target(runs: Sequence[Run], target: float | None) -> Run | None:
+def least_energy_meeting_target(
+    runs: Sequence[Run], target: float | None, scope: str | None = None
+) -> Run | None:
     """The run with the fewest joules per image among those at or above their target.
 
     ``target`` (from --target) applies to every run; without it each run's own
-    ``train.target_accuracy`` param does, and runs without one are not candidates.
+    ``train.target_accuracy`` param does, and runs without one are not candidates. Only runs of
+    one energy scope compete: ``scope``, or the runs' only scope (ValueError if they have several).
     """
+    if scope is None:
+        scopes = energy_scopes(runs)
+        if len(scopes) > 1:
+            raise ValueError(f"energy figures of different scopes ({', '.join(scopes)}): pick one")
+        scope = scopes[0] if scopes else None
     candidates = [
         run
         for run in runs
         if run.joules_per_image is not None
+        and run.energy_scope == scope
         and run.accuracy is not None
         and (goal := target if target is not None else run.target_accuracy) is not None
         and run.accuracy >= goal
@@ -217,16 +253,21 @@ def shown_params(runs: Sequence[Run]) -> list[str]:
     return [*ALWAYS_SHOWN_PARAMS, *(k for k in varying if k not in ALWAYS_SHOWN_PARAMS)]
 
 
-def format_table(runs: Sequence[Run], params: Sequence[str], marked: Run | None = None) -> str:
-    header = ["", "name", "rev", *params, "accuracy", "J/image", "energy method", "seconds"]
+def format_table(
+    runs: Sequence[Run], params: Sequence[str], marked: Sequence[Run] | Run | None = None
+) -> str:
+    marked = marked if isinstance(marked, Sequence) else [marked]
+    header = ["", "name", "rev", *params, "accuracy", "J/image", "energy scope", "energy method"]
+    header.append("seconds")
     rows = [header] + [
         [
-            "*" if run is marked else "",
+            "*" if any(run is mark for mark in marked) else "",
             run.name,
             run.rev[:7] if run.kind != "workspace" else "",
             *(_cell(run.params.get(key)) for key in params),
             _cell(run.accuracy, ".4f"),
             _cell(run.joules_per_image, ".4g"),
+            run.energy_scope or "-",
             run.energy_method or ("-" if run.joules_per_image is None else "?"),
             _cell(run.wall_seconds, ".4g"),
         ]
@@ -245,37 +286,47 @@ def _cell(value: Any, spec: str = "") -> str:
 
 
 def report(runs: Sequence[Run], target: float | None) -> str:
-    """The two fronts, the runs left off them, and the least-energy run meeting the target."""
+    """The fronts (one per energy scope, and time), the runs left off them, and per scope the
+    least-energy run meeting the target."""
     params = shown_params(runs)
-    best = least_energy_meeting_target(runs, target)
-    energy_front = pareto_front(runs, lambda run: run.joules_per_image)
-    time_front = pareto_front(runs, lambda run: run.wall_seconds)
+    scopes = energy_scopes(runs)
+    best = {scope: least_energy_meeting_target(runs, target, scope) for scope in scopes}
+    marked = [run for run in best.values() if run is not None]
+    lines = []
+    for scope in scopes:
+        in_scope = [run for run in runs if run.energy_scope == scope]
+        lines += [
+            f"Pareto front: accuracy (max) vs energy per image (min), {scope} energy",
+            format_table(pareto_front(in_scope, lambda run: run.joules_per_image), params, marked),
+            "",
+        ]
+    lines += [
+        "Pareto front: accuracy (max) vs wall seconds (min)",
+        format_table(pareto_front(runs, lambda run: run.wall_seconds), params, marked),
+    ]
     no_accuracy = [run for run in runs if run.accuracy is None]
     no_energy = [run for run in runs if run.accuracy is not None and run.joules_per_image is None]
-    lines = [
-        "Pareto front: accuracy (max) vs energy per image (min)",
-        format_table(energy_front, params, best),
-        "",
-        "Pareto front: accuracy (max) vs wall seconds (min)",
-        format_table(time_front, params, best),
-    ]
     if no_energy:
         lines += ["", "Energy unavailable (kept off the energy front):"]
         lines.append(format_table(no_energy, params))
     if no_accuracy:
         states = ", ".join(f"{run.name} ({run.state or 'no metrics'})" for run in no_accuracy)
         lines += ["", f"No accuracy yet: {states}"]
-    lines += ["", _target_line(best, target)]
+    lines.append("")
+    lines += [_target_line(best[scope], target, scope) for scope in scopes] or [
+        _target_line(None, target, None)
+    ]
     return "\n".join(lines)
 
 
-def _target_line(best: Run | None, target: float | None) -> str:
+def _target_line(best: Run | None, target: float | None, scope: str | None) -> str:
     source = f"--target {target:g}" if target is not None else TARGET_PARAM
     if best is None:
-        return f"* no run with an energy figure meets its target accuracy ({source})"
+        energy = f"{scope} energy figure" if scope else "energy figure"
+        return f"* no run with a {energy} meets its target accuracy ({source})"
     return (
         f"* least energy meeting the target ({source}): {best.name} "
-        f"({best.joules_per_image:.4g} J/image, accuracy {best.accuracy:.4f})"
+        f"({best.joules_per_image:.4g} J/image of {scope} energy, accuracy {best.accuracy:.4f})"
     )
 
 

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline import paths
 from pipeline.export.onnx_export import INPUT_NAME
-from pipeline.export.session import PROVIDER_NAMES, failure_reason, make_session, session_logits
+from pipeline.export.session import (
+    PROVIDER_NAMES,
+    failure_reason,
+    make_session,
+    node_placement,
+    session_logits,
+)
 from pipeline.inference import predict_logits
+from pipeline.io import sha256_file
 from pipeline.preprocess import Normalize
 from pipeline.train.policy import choose_precision
+from pipeline.train.tf32 import TF32_CAPABILITY, fp32_math
 
 GPU_PROVIDERS = {PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]}
-# Outside models/onnx, which is the export stage's output: writing there would dirty DVC.
-TENSORRT_CACHE = Path(tempfile.gettempdir()) / "pipeline-tensorrt-cache"
+CPU_PROVIDER = PROVIDER_NAMES["cpu"]
 CPU_FP16_NOTE = "CPU provider runs fp16 nodes through casts to fp32"
 
 
@@ -36,6 +44,7 @@ class TorchBackend:
         precision = engine_precision(device) if engine else None
         self.autocast_dtype = precision.autocast_dtype if precision else None
         self.variant = precision.name if precision else "fp32"
+        self.precision = self.variant
         self.channels_last = engine
         self.provider = device.type
         self.providers_used = [str(device)]
@@ -53,10 +62,15 @@ class TorchBackend:
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.bfloat16,
-            enabled=self.autocast_dtype is not None,
+        # The fp32 baseline is IEEE fp32 on CUDA too (cuDNN would otherwise convolve in TF32).
+        fp32_only = self.autocast_dtype is None and self.device.type == "cuda"
+        with (
+            fp32_math(tf32=False) if fp32_only else contextlib.nullcontext(),
+            torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.bfloat16,
+                enabled=self.autocast_dtype is not None,
+            ),
         ):
             return self.model(batch)
 
@@ -78,24 +92,83 @@ class TorchBackend:
         return torch.cat(parts).numpy()
 
 
-def tensorrt_options(input_name: str, image_shape, max_batch: int) -> dict[str, object]:
-    """fp16 engines, cached between runs, with one optimisation profile covering every batch."""
+def tensorrt_cache_dir(model_sha256: str, precision: str, profile: tuple[int, int, int]) -> Path:
+    """Engines of one ONNX file (by content), precision and batch profile, inside the project.
+
+    onnxruntime names cached engines after the model path and node names, not the weights: a
+    shared folder would serve the first model's engine to every later model of the same graph.
+    """
+    folder = (
+        paths.TENSORRT_CACHE.resolve()
+        / model_sha256
+        / f"{precision}-b{'-'.join(map(str, profile))}"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tensorrt_options(
+    model_sha256: str, variant: str, image_shape, profile: tuple[int, int, int]
+) -> dict[str, object]:
+    """fp16 kernels only for the fp16 variant; one (min, opt, max) batch profile per session."""
     dims = "x".join(str(d) for d in image_shape)
-    TENSORRT_CACHE.mkdir(parents=True, exist_ok=True)
+    low, opt, high = profile
+    precision = "fp16" if variant == "fp16" else variant
+    timing = paths.TENSORRT_CACHE.resolve()  # kernel timings: valid for any model on this GPU
+    timing.mkdir(parents=True, exist_ok=True)
     return {
-        "trt_fp16_enable": True,
+        "trt_fp16_enable": variant == "fp16",
         "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(TENSORRT_CACHE),
+        "trt_engine_cache_path": str(tensorrt_cache_dir(model_sha256, precision, profile)),
         "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(TENSORRT_CACHE),
-        "trt_profile_min_shapes": f"{input_name}:1x{dims}",
-        "trt_profile_opt_shapes": f"{input_name}:{max_batch}x{dims}",
-        "trt_profile_max_shapes": f"{input_name}:{max_batch}x{dims}",
+        "trt_timing_cache_path": str(timing),
+        "trt_profile_min_shapes": f"{INPUT_NAME}:{low}x{dims}",
+        "trt_profile_opt_shapes": f"{INPUT_NAME}:{opt}x{dims}",
+        "trt_profile_max_shapes": f"{INPUT_NAME}:{high}x{dims}",
     }
 
 
+def ort_precision(variant: str, runs_on: str, capability: tuple[int, int] | None) -> str:
+    """The arithmetic a session computes in. TensorRT builds fp32 layers with TF32 tactics on
+    Ampere and newer (its default; onnxruntime has no switch for it); the CUDA provider is asked
+    for IEEE fp32 (use_tf32=0), and CPUs have no TF32."""
+    tf32_gpu = capability is not None and tuple(capability) >= TF32_CAPABILITY
+    if variant == "fp32" and runs_on == PROVIDER_NAMES["tensorrt"] and tf32_gpu:
+        return "tf32"
+    return variant
+
+
+def placement_status(
+    wanted: str, registered: list[str], placed: dict[str, list[str]] | None, log: list[str]
+) -> tuple[str, str, list[str]]:
+    """(status, reason, providers that run nodes) of a session asked to run on ``wanted``.
+
+    ok: the provider started and no node runs on the CPU (unless the CPU was asked for);
+    partial: it started but the CPU runs some nodes; fallback: it did not start, or took no node.
+    """
+    used = list(placed) if placed else registered[:1]
+    if wanted not in registered:
+        why = failure_reason(log) or "onnxruntime logged no reason"
+        return "fallback", f"{wanted} unavailable ({why}); session runs on {registered[0]}", used
+    if placed is None:
+        return "ok", "", used
+    if wanted not in placed:
+        return "fallback", f"{wanted} started but runs no node; session runs on {used[0]}", used
+    on_cpu = placed.get(CPU_PROVIDER, []) if wanted != CPU_PROVIDER else []
+    if on_cpu:
+        total = sum(len(ops) for ops in placed.values())
+        kinds = ", ".join(sorted(set(on_cpu)))
+        reason = f"{len(on_cpu)} of {total} nodes run on {CPU_PROVIDER} ({kinds})"
+        return "partial", reason, used
+    return "ok", "", used
+
+
 class OrtBackend:
-    """One onnxruntime session for one model variant and one requested provider."""
+    """One onnxruntime session for one model variant and one requested provider.
+
+    TensorRT gets one engine per batch size (profile min = opt = max = that size), built when
+    that size is bound, besides the session for the accuracy pass (batches of 1..max_batch).
+    """
 
     def __init__(
         self,
@@ -108,29 +181,25 @@ class OrtBackend:
         image_shape=None,
         max_batch: int = 256,
         device_index: int = 0,
+        capability: tuple[int, int] | None = None,
     ) -> None:
         self.name = f"onnxruntime_{provider}"
-        self.variant = variant
-        self.provider = provider
-        self.device_index = device_index
-        options = None
-        if provider == "cuda":
-            options = {"device_id": device_index}
-        elif provider == "tensorrt":
-            options = tensorrt_options(INPUT_NAME, image_shape, max_batch)
-            options["device_id"] = device_index
+        self.path, self.variant, self.provider, self.threads = (
+            Path(path),
+            variant,
+            provider,
+            threads,
+        )
+        self.device_index, self.image_shape = device_index, image_shape
+        self._sha256 = sha256_file(path) if provider == "tensorrt" else ""
         log: list[str] = []
-        self.session = make_session(path, provider, threads, options, log=log)
-        self.providers_used = self.session.get_providers()
+        self.session = self._session((1, max_batch, max_batch), log)
         wanted = PROVIDER_NAMES[provider]
-        # A GPU provider that failed to start leaves the session on the CPU: say so, and why.
-        if self.providers_used[0] == wanted:
-            self.status, self.reason = "ok", ""
-        else:
-            why = failure_reason(log) or "onnxruntime logged no reason"
-            self.status = "fallback"
-            self.reason = f"{wanted} unavailable ({why}); session runs on {self.providers_used[0]}"
+        self.status, self.reason, self.providers_used = placement_status(
+            wanted, self.session.get_providers(), node_placement(self.session), log
+        )
         self.on_gpu = self.providers_used[0] in GPU_PROVIDERS
+        self.precision = ort_precision(variant, self.providers_used[0], capability)
         on_cpu_fp16 = variant == "fp16" and not self.on_gpu
         self.note = CPU_FP16_NOTE if on_cpu_fp16 else ""
         self.input_name = self.session.get_inputs()[0].name
@@ -139,6 +208,25 @@ class OrtBackend:
         self.normalize = Normalize(mean, std)
         self._binding = None
 
+    def _options(self, profile: tuple[int, int, int]) -> dict[str, object] | None:
+        if self.provider == "cuda":
+            # IEEE fp32 like the PyTorch baseline; TF32 would make the "fp32" row a TF32 row.
+            return {"device_id": self.device_index, "use_tf32": 0}
+        if self.provider == "tensorrt":
+            options = tensorrt_options(self._sha256, self.variant, self.image_shape, profile)
+            return {**options, "device_id": self.device_index}
+        return None
+
+    def _session(self, profile: tuple[int, int, int], log: list[str] | None = None):
+        options = self._options(profile)
+        return make_session(self.path, self.provider, self.threads, options, log=log)
+
+    def _timed_session(self, batch_size: int):
+        """TensorRT: a session whose engine is built for exactly this batch size."""
+        if self.provider != "tensorrt" or not self.on_gpu:
+            return self.session
+        return self._session((batch_size, batch_size, batch_size), [])
+
     def _feed(self, images: np.ndarray) -> np.ndarray:
         if self.takes_uint8:
             return images
@@ -146,19 +234,20 @@ class OrtBackend:
 
     def bind(self, images: np.ndarray):
         feed = self._feed(images)
+        session = self._timed_session(len(images))
         if not self.on_gpu:
             inputs = {self.input_name: feed}
-            return lambda: self.session.run(None, inputs)
+            return lambda: session.run(None, inputs)
         import onnxruntime as ort
 
         # IOBinding: the batch is copied to the GPU once and the logits stay there, so the timed
         # call is the model, not host<->device copies.
-        binding = self.session.io_binding()
+        binding = session.io_binding()
         self._input_value = ort.OrtValue.ortvalue_from_numpy(feed, "cuda", self.device_index)
         binding.bind_ortvalue_input(self.input_name, self._input_value)
         binding.bind_output(self.output_name, "cuda", self.device_index)
         self._binding = binding
-        return lambda: self.session.run_with_iobinding(binding)
+        return lambda: session.run_with_iobinding(binding)
 
     def sync(self) -> None:
         """CPU runs return finished; GPU runs are waited for on the session's stream."""

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.train.tf32 import TF32_CAPABILITY, fp32_math
+
 CPU_MATMUL_SIZES = (1024, 2048)  # 2-17 GFLOP a product: compute-bound on any CPU
 GPU_MATMUL_SIZE = 8192
 
@@ -90,22 +92,35 @@ def cpu_peak(threads: int, sizes: tuple[int, ...] = CPU_MATMUL_SIZES) -> Peak:
     return Peak(candidates[method], f"{method}, {threads} threads", candidates)
 
 
-def cuda_peak(device: torch.device, dtype: torch.dtype, size: int = GPU_MATMUL_SIZE) -> Peak:
-    """Matmul GFLOP/s on ``device`` in ``dtype``; timed with device synchronisation."""
+# The arithmetic of a row or a training run -> the dtype of the matmul that bounds it, and whether
+# fp32 matmuls may use TF32 tensor cores meanwhile.
+CUDA_MATH = {
+    "fp32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+}
+
+
+def cuda_peak(device: torch.device, math: str, size: int = GPU_MATMUL_SIZE) -> Peak:
+    """Matmul GFLOP/s on ``device`` in ``math`` (fp32 is true IEEE fp32, tf32 is fp32 on TF32
+    tensor cores); timed with device synchronisation. The process's TF32 setting is restored."""
+    dtype, tf32 = CUDA_MATH[math]
     flops = 2.0 * size**3
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    gflops = _best_gflops(lambda: a @ b, flops, 10, lambda: torch.cuda.synchronize(device))
-    method = f"torch.matmul {str(dtype).removeprefix('torch.')} {size}x{size} on {device}"
+    with fp32_math(tf32):
+        gflops = _best_gflops(lambda: a @ b, flops, 10, lambda: torch.cuda.synchronize(device))
+    method = f"torch.matmul {math} {size}x{size} on {device}"
     return Peak(gflops, method, {method: gflops})
 
 
 def peaks_for(device: torch.device, threads: int) -> dict[str, Peak]:
-    """Peaks keyed by where a row runs and its arithmetic: 'cpu', 'cuda_fp32', 'cuda_fp16'..."""
+    """Peaks keyed by where a row runs and its arithmetic: 'cpu', 'cuda_fp32', 'cuda_tf32'..."""
     peaks = {"cpu": cpu_peak(threads)}
     if device.type == "cuda":
-        peaks["cuda_fp32"] = cuda_peak(device, torch.float32)
-        peaks["cuda_fp16"] = cuda_peak(device, torch.float16)
-        if torch.cuda.is_bf16_supported():
-            peaks["cuda_bf16"] = cuda_peak(device, torch.bfloat16)
+        maths = ["fp32", "fp16"]
+        maths += ["tf32"] if torch.cuda.get_device_capability(device) >= TF32_CAPABILITY else []
+        maths += ["bf16"] if torch.cuda.is_bf16_supported() else []
+        peaks.update({f"cuda_{math}": cuda_peak(device, math) for math in maths})
     return peaks

@@ -15,7 +15,8 @@ from pipeline.io import write_bytes, write_json, write_text
 
 BASELINE = ("pytorch_eager", "fp32")
 ROW_FIELDS = [
-    "backend", "variant", "provider_requested", "providers_used", "status", "reason", "note",
+    "backend", "variant", "precision", "provider_requested", "providers_used", "status", "reason",
+    "note",
     "batch_size", "warmup", "iterations", "first_call_ms", "latency_ms_mean", "latency_ms_p50",
     "latency_ms_p90", "latency_ms_p99", "ms_per_image", "images_per_s", "speedup_vs_eager",
     "session_create_ms", "peak_memory_mb", "memory_method", "flops_per_image", "gflops_per_s",
@@ -25,6 +26,7 @@ ROW_FIELDS = [
 TABLE_COLUMNS = [
     ("backend", "backend"),
     ("variant", "variant"),
+    ("precision", "precision"),
     ("status", "status"),
     ("providers_used", "providers used"),
     ("batch_size", "batch"),

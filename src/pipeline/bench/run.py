@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,10 +18,12 @@ from pipeline.bench.memory import memory_probe
 from pipeline.bench.peak import Peak, flops_per_image, peaks_for
 from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import time_call
-from pipeline.config import BenchmarkParams, EnergyParams
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
 from pipeline.train.policy import resolve_device
+
+if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
+    from pipeline.config import BenchmarkParams, EnergyParams
 
 ACCURACY_BATCH = 256
 
@@ -57,6 +59,7 @@ def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path
     norm = card["normalisation"]
     max_batch = max([*params.batch_sizes, ACCURACY_BATCH])
     torch_memory = "torch_cuda" if device.type == "cuda" else "host"
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     specs = [
         Spec(
             "pytorch_eager", "fp32", device.type, torch_memory, lambda: TorchBackend(model, device)
@@ -83,6 +86,7 @@ def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path
                     card["input_shape"],
                     max_batch,
                     device.index or 0,
+                    capability,
                 )
 
             memory = "host" if provider == "cpu" else "ort_cuda"
@@ -103,9 +107,13 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-def row_energy(call, backend, batch_size: int, energy_params: EnergyParams, device) -> dict:
+def row_energy(call, backend, batch_size: int, energy_params, device) -> dict:
     """Joules per image over a window of at least energy.min_window_s of back-to-back calls."""
     where = f"cuda:{device.index or 0}" if backend.on_gpu else "cpu"
+    if energy_params is None:
+        from pipeline.config import EnergyParams
+
+        energy_params = EnergyParams()
     window = meter_from_params(energy_params, where)
     reading, calls = measure_for_at_least(call, energy_params.min_window_s, window, backend.sync)
     return {
@@ -128,6 +136,7 @@ def benchmark_backend(
     except Exception as error:
         return [_row(spec, size, reason=_why(error)) for size in params.batch_sizes]
     facts = {
+        "precision": backend.precision,
         "status": backend.status,
         "reason": backend.reason,
         "note": backend.note,
@@ -147,7 +156,7 @@ def benchmark_backend(
             continue
         summary = timing.summary(size)
         memory = {"peak_memory_mb": probe.peak_mb(), "memory_method": probe.method}
-        energy = row_energy(call, backend, size, energy_params or EnergyParams(), device)
+        energy = row_energy(call, backend, size, energy_params, device)
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
     # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
     try:
@@ -159,6 +168,7 @@ def benchmark_backend(
             row.update(status="failed", reason=f"accuracy pass: {_why(error)}")
     for row in rows:
         row["top1_accuracy"] = accuracy
+    getattr(probe, "close", lambda: None)()
     return rows
 
 
@@ -167,9 +177,8 @@ def _peak_key(row: dict) -> str:
     used = row["providers_used"] or ""
     if not (used.startswith("cuda") or any(name in used for name in GPU_PROVIDERS)):
         return "cpu"
-    if row["backend"] == "onnxruntime_tensorrt" or row["variant"] in ("fp16", "int8"):
-        return "cuda_fp16"
-    return f"cuda_{row['variant']}"
+    precision = row["precision"] or row["variant"]
+    return "cuda_fp16" if precision == "int8" else f"cuda_{precision}"
 
 
 def derive(rows: list[dict], flops: int, peaks: dict[str, Peak]) -> None:

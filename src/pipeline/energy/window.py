@@ -6,12 +6,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import EnergyParams
 from pipeline.energy.base import EnergyReading, Meter, MeterUnavailable
 from pipeline.energy.cpu import POWERCAP_ROOT, CpuTimeEstimate, RaplMeter, read_sysfs_int
 from pipeline.energy.nvml import NvmlCounterMeter, NvmlGpus, NvmlPowerMeter
+
+if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
+    from pipeline.config import EnergyParams
 
 
 class EnergyWindow:

@@ -18,6 +18,7 @@ PROVIDER_NAMES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What onnxruntime logs when a provider cannot start, most specific first.
 _FAILURE_PATTERNS = [
@@ -93,6 +94,8 @@ def make_session(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; fallbacks are reported by the caller
+    # get_providers() lists the providers registered, not where nodes run: record placement.
+    options.add_session_config_entry(RECORD_PLACEMENT, "1")
     if threads:
         options.intra_op_num_threads = threads
     chain: list[Any] = provider_chain(provider)
@@ -106,6 +109,22 @@ def make_session(
             return ort.InferenceSession(str(path), sess_options=options, providers=chain)
     finally:
         log.extend(captured)  # filled when the capture ends, success or not
+
+
+def node_placement(session) -> dict[str, list[str]] | None:
+    """The op types of the nodes each execution provider really runs, in the session's provider
+    order; None when this onnxruntime cannot tell (it has no assignment info)."""
+    if not hasattr(session, "get_provider_graph_assignment_info"):
+        return None
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except Exception:  # recording was refused: no placement rather than a guess
+        return None
+    placed: dict[str, list[str]] = {provider: [] for provider in session.get_providers()}
+    for subgraph in subgraphs:
+        ops = [node.op_type for node in subgraph.get_nodes()]
+        placed.setdefault(subgraph.ep_name, []).extend(ops)
+    return {provider: ops for provider, ops in placed.items() if ops} or None
 
 
 def session_logits(session, inputs, batch_size: int = 256):

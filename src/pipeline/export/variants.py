@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from pipeline.config import Int8Params
 from pipeline.export.onnx_export import save_checked, set_metadata
 from pipeline.export.safety import check_onnx_file
 from pipeline.hardware.cpu import CpuFeatures
 from pipeline.hardware.cpu import detect as detect_cpu
+
+if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
+    from pipeline.config import Int8Params
 
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 

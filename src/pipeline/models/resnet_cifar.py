@@ -18,6 +18,19 @@ def conv_bn(in_channels: int, out_channels: int, pool: bool = False) -> nn.Seque
     return nn.Sequential(*layers)
 
 
+class GlobalMaxPool(nn.Module):
+    """Max over each channel's whole map: (N, C, H, W) -> (N, C).
+
+    The same as AdaptiveMaxPool2d(1) + Flatten, but through ``amax``, whose backward is
+    elementwise: AdaptiveMaxPool2d has no deterministic CUDA backward, so it made
+    ``train.deterministic: true`` fail on GPUs. (Where several values tie for the maximum,
+    amax shares the gradient between them instead of giving it to one.)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
 class Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -38,8 +51,7 @@ class ResNetCifar(nn.Module):
             conv_bn(2 * w, 4 * w, pool=True),
             conv_bn(4 * w, 8 * w, pool=True),
             Residual(8 * w),
-            nn.AdaptiveMaxPool2d(1),
-            nn.Flatten(),
+            GlobalMaxPool(),
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(8 * w, num_classes, bias=False))
         # Small logits at the start keep early steps stable without a warm-up (as in airbench).

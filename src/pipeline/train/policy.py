@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
 from pipeline.hardware import cpu as cpu_features
 from pipeline.train.batches import dataset_fits_on_device
+from pipeline.train.tf32 import set_tf32, tf32_ops
+
+if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
+    from pipeline.config import TrainParams
 
 
 class DeviceError(PipelineError):
@@ -83,7 +87,8 @@ def choose_precision(
 class Policy:
     device: str
     device_name: str
-    precision: str
+    precision: str  # fp32 | tf32 (fp32 on TF32 tensor cores) | bf16 | fp16
+    tf32: str  # fp32 op kinds computed in TF32 (also outside autocast): "matmul+conv" | "off"
     channels_last: bool
     data_on_device: bool
     compile: bool
@@ -104,7 +109,7 @@ def make_deterministic() -> None:
 def tune_cuda() -> None:
     # Let cuDNN pick the fastest kernels for our fixed shapes, and use TF32 tensor cores.
     torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")
+    set_tf32(True)
 
 
 def resolve_policy(params: TrainParams, train_images: torch.Tensor | None = None):
@@ -121,10 +126,12 @@ def resolve_policy(params: TrainParams, train_images: torch.Tensor | None = None
     on_device = params.data_on_device
     if on_device == "auto":
         on_device = train_images is None or dataset_fits_on_device(train_images, device)
+    tf32 = tf32_ops(device, capability)
     policy = Policy(
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        precision=precision.name,
+        precision="tf32" if precision.name == "fp32" and tf32 else precision.name,
+        tf32="+".join(tf32) or "off",
         channels_last=params.channels_last,
         data_on_device=bool(on_device),
         compile=params.compile,

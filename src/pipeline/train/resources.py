@@ -9,6 +9,7 @@ import torch
 
 # A training step is one forward and a backward that costs about two forwards.
 TRAIN_FLOPS_PER_FORWARD = 3
+PEAK_MATH = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -45,8 +46,11 @@ def compute_report(
     }
     if device.type == "cuda":
         from pipeline.bench.peak import cuda_peak
+        from pipeline.train.tf32 import fp32_name
 
-        peak = cuda_peak(device, precision_dtype or torch.float32)
+        # The peak in the arithmetic of the work: fp32 work under TF32 is bounded by TF32's peak.
+        math = PEAK_MATH.get(precision_dtype) or fp32_name(device)
+        peak = cuda_peak(device, math)
         report.update(
             device_peak_gflops=peak.gflops,
             peak_method=peak.method,
