@@ -91,6 +91,7 @@ FAST_PARAMS = {
     "benchmark.min_iterations": 5,
     "benchmark.min_seconds": 0.0,
     "benchmark.warmup": 2,
+    "benchmark.repeats": 2,
     "energy.min_window_s": 0.1,
 }
 

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.bench.peak import Peak
 from pipeline.bench.report import ROW_FIELDS, headline, rows_to_csv, rows_to_markdown
-from pipeline.bench.run import batch_of, derive
-from pipeline.bench.timing import Timing, time_call
+from pipeline.bench.run import batch_of, derive, is_noisy
+from pipeline.bench.timing import Timing, spread, time_call
 
 
 def test_time_call_warms_up_then_times_at_least_the_asked_iterations():
@@ -38,6 +38,39 @@ def test_timing_summary_statistics():
     assert summary["ms_per_image"] == pytest.approx(5.05)
     assert summary["images_per_s"] == pytest.approx(10 * 1000 / 50.5)
     assert summary["first_call_ms"] == 9.0 and summary["warmup"] == 2
+
+
+def test_time_call_repeats_the_timing_loop_after_one_warm_up():
+    calls = []
+    timing = time_call(lambda: calls.append(1), lambda: None, 2, 5, 0.0, repeats=3)
+    assert len(calls) == 1 + 2 + 3 * 5  # first call and warm-up once, then three loops
+    assert timing.iterations == 15 and len(timing.repeat_p50_ms) == 3
+    assert timing.summary(1)["repeats"] == 3
+
+
+def test_summary_reports_the_median_of_repeats_and_their_spread():
+    # One disturbed repeat (p50 30 ms) moves the spread, not the reported p50.
+    latencies = np.asarray([10.0, 10.0, 11.0, 11.0, 30.0, 30.0])
+    summary = Timing(0, 6, 1.0, latencies, np.asarray([10.0, 11.0, 30.0])).summary(2)
+    assert summary["latency_ms_p50"] == 11.0
+    assert summary["latency_ms_p50_min"] == 10.0 and summary["latency_ms_p50_max"] == 30.0
+    assert summary["latency_spread"] == pytest.approx(20.0 / 11.0)
+    assert summary["images_per_s"] == pytest.approx(2000.0 / 11.0)
+
+
+def test_spread_is_unknown_from_one_repeat_and_noise_needs_a_known_spread():
+    assert spread(np.asarray([5.0])) is None
+    assert spread(np.asarray([4.0, 5.0, 6.0])) == pytest.approx(0.4)
+    assert is_noisy(0.4, 0.25) and not is_noisy(0.2, 0.25) and not is_noisy(None, 0.25)
+
+
+def test_headline_never_crowns_a_noisy_row():
+    rows = sample_rows()
+    rows[1]["noisy"] = True  # onnxruntime_cpu fp32 at batch 1, the fastest eligible row
+    top = headline(rows, max_accuracy_drop=0.005)["batch_1"]
+    assert top["best_backend"] == "pytorch_eager" and top["rows_noisy"] == 1
+    text = rows_to_markdown(rows, {"threads": 2}, {"batch_1": top})
+    assert text.count("| noisy |") == 2  # the column's title and the marked row
 
 
 def test_batch_of_repeats_a_small_split():

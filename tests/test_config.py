@@ -128,6 +128,8 @@ def test_numbers_are_strict_and_finite(section, key, value, expected):
         ("benchmark.batch_sizes", [1, 10**9]),
         ("benchmark.min_seconds", 1e300),
         ("benchmark.min_iterations", 10**12),
+        ("benchmark.repeats", 10**6),
+        ("benchmark.max_spread", 1e9),
         ("data.image_size", 10**6),
         ("data.workers", 10**6),
         ("train.distributed.nproc_per_node", 10**6),

@@ -1,5 +1,6 @@
 """Tier 3: the real pipeline through real DVC, in a throwaway git repo (tests run in file order)."""
 
+import csv
 import json
 
 import pytest
@@ -65,6 +66,9 @@ def test_repro_writes_every_output_with_sane_values(project):
     assert len(export["sha256"]) == 64
     bench = read(project, "metrics/benchmark.json")
     assert set(bench["headline"]) == {"batch_1", "batch_64"}
+    timed = [r for r in csv.DictReader(open(project / "metrics/benchmark.csv")) if r["iterations"]]
+    assert timed and all(r["repeats"] == str(FAST_PARAMS["benchmark.repeats"]) for r in timed)
+    assert all(float(r["latency_spread"]) >= 0 and r["noisy"] in ("True", "False") for r in timed)
     status = dvc(project, "status", "--json")
     assert json.loads(status.stdout) == {}
 

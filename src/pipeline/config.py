@@ -331,6 +331,16 @@ class BenchmarkParams(Section):
     min_seconds: Seconds = Field(
         0.5, description="Keep timing until this long has passed, for stable tails."
     )
+    repeats: Annotated[int, Field(ge=2, le=1_000)] = Field(
+        3,
+        description="Timing loops per row; the row reports their median p50 and spread "
+        "(at least 2, so a spread is always measured).",
+    )
+    max_spread: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
+        0.25,
+        description="A row whose repeats' p50 spread, (max - min) / median, exceeds this is "
+        "marked noisy and never chosen as the best.",
+    )
     threads: Workers = Field(
         0, description="Intra-op threads for both backends; 0 means physical cores."
     )

@@ -17,7 +17,8 @@ BASELINE = ("pytorch_eager", "fp32")
 ROW_FIELDS = [
     "backend", "variant", "precision", "provider_requested", "providers_used", "status", "reason",
     "note",
-    "batch_size", "warmup", "iterations", "first_call_ms", "latency_ms_mean", "latency_ms_p50",
+    "batch_size", "warmup", "iterations", "repeats", "first_call_ms", "latency_ms_mean",
+    "latency_ms_p50", "latency_ms_p50_min", "latency_ms_p50_max", "latency_spread", "noisy",
     "latency_ms_p90", "latency_ms_p99", "ms_per_image", "images_per_s", "speedup_vs_eager",
     "session_create_ms", "peak_memory_mb", "memory_method", "flops_per_image", "gflops_per_s",
     "peak_gflops", "share_of_peak", "top1_accuracy", "top1_delta_vs_pytorch",
@@ -31,6 +32,8 @@ TABLE_COLUMNS = [
     ("providers_used", "providers used"),
     ("batch_size", "batch"),
     ("latency_ms_p50", "p50 ms"),
+    ("latency_spread", "spread"),
+    ("noisy", "noisy"),
     ("latency_ms_p99", "p99 ms"),
     ("ms_per_image", "ms/image"),
     ("images_per_s", "images/s"),
@@ -48,8 +51,11 @@ TABLE_COLUMNS = [
 
 
 def _eligible(row: dict, base: dict | None, max_accuracy_drop: float) -> bool:
-    """Only rows that ran as asked (never a fallback) and kept their accuracy can win."""
+    """Only rows that ran as asked (never a fallback), timed steadily (never a noisy row) and
+    kept their accuracy can win."""
     if row["status"] != "ok" or not row["images_per_s"] or row["top1_accuracy"] is None:
+        return False
+    if row.get("noisy"):
         return False
     if base is None or base["top1_accuracy"] is None:
         return True
@@ -84,6 +90,7 @@ def headline(rows: list[dict], max_accuracy_drop: float) -> dict[str, Any]:
             "best_energy_method": best["energy_method"] if best else None,
             "baseline_joules_per_image": base["joules_per_image"] if base else None,
             "rows_not_eligible": len(at) - len(eligible),
+            "rows_noisy": sum(1 for r in at if r.get("noisy")),
         }
         result[f"batch_{batch_size}"] = entry
     return result
@@ -101,7 +108,9 @@ def rows_to_csv(rows: list[dict]) -> str:
 def _cell(key: str, value: Any) -> str:
     if value is None or value == "":
         return "–"
-    if key == "share_of_peak":
+    if key == "noisy":
+        return "noisy" if value else ""
+    if key in ("share_of_peak", "latency_spread"):
         return f"{100 * value:.0f}%"
     if key == "top1_delta_vs_pytorch":
         return f"{100 * value:+.2f} pt"
@@ -164,7 +173,9 @@ def rows_to_markdown(
     lines += ["", f"Peak memory: {'; '.join(methods) or 'not measured'}."]
     lines += [
         "Latency is per batch (p50/p99 over the timed calls after warm-up); images/s and GFLOP/s "
-        "use the p50. GFLOP/s is the fp32 model's FLOPs as torch.utils.flop_counter counts them "
+        "use the median of the repeats' p50s; spread is (max - min) / median of those p50s, and a "
+        "noisy row (spread above benchmark.max_spread) is never the best. GFLOP/s is the fp32 "
+        "model's FLOPs as torch.utils.flop_counter counts them "
         "(padding taps included) x images/s: int8 rows, and kernels that skip padding on small "
         "images, can pass 100% of the fp32 matmul peak. fallback rows ran on another provider "
         "than the one asked for and never count as the best.",

@@ -107,6 +107,11 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def is_noisy(spread: float | None, max_spread: float) -> bool:
+    """A row whose repeats disagree by more than ``max_spread`` (relative) is noisy."""
+    return spread is not None and spread > max_spread
+
+
 def row_energy(call, backend, batch_size: int, energy_params, device) -> dict:
     """Joules per image over a window of at least energy.min_window_s of back-to-back calls."""
     where = f"cuda:{device.index or 0}" if backend.on_gpu else "cpu"
@@ -149,12 +154,18 @@ def benchmark_backend(
         try:
             call = backend.bind(batch_of(images, size))
             timing = time_call(
-                call, backend.sync, params.warmup, params.min_iterations, params.min_seconds
+                call,
+                backend.sync,
+                params.warmup,
+                params.min_iterations,
+                params.min_seconds,
+                repeats=params.repeats,
             )
         except Exception as error:
             rows.append(_row(spec, size, **{**facts, "status": "failed", "reason": _why(error)}))
             continue
         summary = timing.summary(size)
+        summary["noisy"] = is_noisy(summary["latency_spread"], params.max_spread)
         memory = {"peak_memory_mb": probe.peak_mb(), "memory_method": probe.method}
         energy = row_energy(call, backend, size, energy_params, device)
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
@@ -203,6 +214,8 @@ def derive(rows: list[dict], flops: int, peaks: dict[str, Peak]) -> None:
 def _print(row: dict) -> None:
     speed = f"{row['images_per_s']:>10,.0f} img/s" if row["images_per_s"] else " " * 16
     p50 = f"p50 {row['latency_ms_p50']:.3f} ms" if row["latency_ms_p50"] else ""
+    if row["latency_spread"] is not None:
+        p50 += f" ±{100 * row['latency_spread']:.0f}%{' NOISY' if row['noisy'] else ''}"
     print(
         f"{row['backend']:<22} {row['variant']:<5} batch {row['batch_size']:>4}: {speed}  "
         f"{p50}  [{row['status']}{': ' + row['reason'] if row['reason'] else ''}]",
