@@ -233,6 +233,19 @@ def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[
     }
 
 
+def nondeterministic_op_message(error: RuntimeError) -> str | None:
+    """One line for torch's "X does not have a deterministic implementation" (e.g. adaptive
+    average pooling's CUDA backward in torchvision models), or None for any other error."""
+    text = str(error)
+    if "does not have a deterministic implementation" not in text:
+        return None
+    op = text.split(" does not have", 1)[0].split()[-1]
+    return (
+        f"train.deterministic: {op} has no deterministic implementation on this device; "
+        "set train.deterministic: false, or pick a model.arch without that op"
+    )
+
+
 def train_with_backoff(
     params: Params, root: Path, spec, meta, data, device, precision, policy, group, account
 ) -> tuple[Trainer, str]:
@@ -266,6 +279,10 @@ def train_with_backoff(
                 raise PipelineError(out_of_memory_message(batch_size)) from None
             batch_size //= 2
             print(f"train: out of memory; retrying with batch size {batch_size}", file=sys.stderr)
+        except RuntimeError as error:
+            if (message := nondeterministic_op_message(error)) is None:
+                raise
+            raise PipelineError(message) from None
 
 
 def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any]:
