@@ -7,6 +7,7 @@ torch's elastic agent) or ``torchrun``, in a throwaway copy of the project.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -248,8 +249,7 @@ def test_two_processes_match_single_process_accuracy_and_write_once(
     assert (root / paths.MODEL_WEIGHTS).exists() and (root / paths.MODEL_CARD).exists()
     leftovers = [p.name for p in root.rglob("*.tmp")]
     assert leftovers == []
-    checkpoints = sorted(p.name for p in (root / paths.CHECKPOINT_DIR).iterdir())
-    assert checkpoints == ["epoch-0005.pt", "epoch-0006.pt"]
+    assert list((root / paths.CHECKPOINT_DIR).iterdir()) == []  # a finished run removes its own
     curve = (root / paths.TRAIN_LIVE_DIR / "plots/metrics/train_loss.tsv").read_text()
     assert len(curve.strip().splitlines()) == 1 + 6  # header + one row per epoch
 
@@ -271,7 +271,7 @@ def test_worker_killed_on_first_attempt_restarts_and_resumes(prepared, two_proce
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("rank 1 exits after epoch 2") == 1
-    assert "train: resuming from epoch-0002.pt (epoch 2)" in result.stderr
+    assert re.search(r"train: resuming from epoch-0002-[0-9a-f]{12}\.pt \(epoch 2\)", result.stderr)
     assert json.loads((root / paths.TRAIN_METRICS).read_text())["epochs"] == 6
     # Resumed from the checkpoint, the run ends exactly where the uninterrupted one did.
     uninterrupted, _ = two_process_run

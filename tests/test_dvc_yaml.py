@@ -1,9 +1,16 @@
-"""dvc.yaml must declare exactly the paths the code writes (src/pipeline/paths.py)."""
+"""dvc.yaml must declare exactly the paths the code writes (src/pipeline/paths.py) and the
+params sections each stage's code reads."""
+
+import ast
+from pathlib import Path
 
 import yaml
 
 from conftest import ROOT
 from pipeline import paths
+from pipeline.config import Params
+
+SECTIONS = set(Params.model_fields)  # seed, data, model, train, ...
 
 
 def stages():
@@ -63,3 +70,86 @@ def test_params_are_checked_before_any_stage_can_lose_outputs():
     all_stages = stages()
     assert "params.yaml" in all_stages["check_params"]["deps"]
     assert str(paths.PARAMS_CHECK) in all_stages["prepare"]["deps"]
+
+
+# ---- params each stage reads, derived from the code ------------------------------------------
+
+
+def module_file(name: str) -> Path | None:
+    base = ROOT / "src" / Path(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def pipeline_imports(tree: ast.AST) -> set[str]:
+    """Every pipeline module a file imports (at the top or inside functions), with parents."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    modules = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == "pipeline":
+            modules |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
+    return {name for name in modules if module_file(name)}
+
+
+def reachable_trees(script: Path) -> list[ast.AST]:
+    todo, seen, trees = [script], set(), []
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text())
+        trees.append(tree)
+        todo.extend(module_file(name) for name in pipeline_imports(tree))
+    return trees
+
+
+def params_read(script: Path) -> set[str]:
+    """``params.<section>`` (or ``params.<section>.<key>``) wherever the code reaching from the
+    stage script uses them. ``params.model_dump()`` (handing all params to DDP workers, the
+    export's trace hash) is not counted: it feeds no result of the stage's math."""
+    found = set()
+    for tree in reachable_trees(script):
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "params"
+                and node.attr in SECTIONS
+            ):
+                parent = parents.get(node)
+                key = parent.attr if isinstance(parent, ast.Attribute) else None
+                found.add(f"{node.attr}.{key}" if key else node.attr)
+    return found
+
+
+def covers(listed: str, read: str) -> bool:
+    return read == listed or read.startswith(f"{listed}.") or listed.startswith(f"{read}.")
+
+
+def test_every_stage_lists_exactly_the_params_its_code_reads():
+    for name, stage in stages().items():
+        if name == "check_params":  # reads params.yaml as a whole file dependency
+            continue
+        listed = set(stage.get("params", []))
+        read = params_read(ROOT / "stages" / f"{name}.py")
+        missing = {r for r in read if not any(covers(entry, r) for entry in listed)}
+        unread = {entry for entry in listed if not any(covers(entry, r) for r in read)}
+        assert not missing, f"stage {name} reads {sorted(missing)}; list them in dvc.yaml"
+        assert not unread, f"stage {name} lists {sorted(unread)} but never reads them"
+
+
+def test_the_params_scan_finds_what_the_train_stage_reads():
+    # Guards the scan itself: these reads are known (energy: the train stage's energy meter).
+    sections = {read.split(".")[0] for read in params_read(ROOT / "stages/train.py")}
+    assert {"seed", "model", "train", "energy"} <= sections
+    assert "evaluate.batch_size" in params_read(ROOT / "stages/export.py")

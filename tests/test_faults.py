@@ -1,7 +1,9 @@
 """Training that survives faults: kills, corrupt checkpoints, NaN losses, out-of-memory."""
 
+import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,13 @@ from pipeline.config import Params, TrainParams
 from pipeline.errors import PipelineError
 from pipeline.prepare import prepare
 from pipeline.train import loop
-from pipeline.train.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from pipeline.train.checkpoint import (
+    checkpoint_files,
+    checkpoint_path,
+    find_resume,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pipeline.train.run import run_training
 
 # Slow enough per epoch (~0.3 s) to be killed in the middle of one; deterministic.
@@ -27,7 +35,19 @@ KILLABLE = {
     "model.width": 48,
     "benchmark.min_iterations": 3,
     "benchmark.min_seconds": 0.0,
+    "energy.cpu_watts": 50.0,  # an energy figure on any machine (RAPL is often unreadable)
 }
+RUN_A, RUN_B = "a" * 64, "b" * 64  # two runs' fingerprints
+
+
+def resumed_at(epoch: int) -> re.Pattern:
+    return re.compile(rf"resuming from epoch-{epoch:04d}-[0-9a-f]{{12}}\.pt \(epoch {epoch}\)")
+
+
+def plant_longer_run(folder: Path) -> None:
+    """What a killed 31-epoch run with other params leaves behind: its two newest checkpoints."""
+    for epoch in (30, 31):
+        save_checkpoint(folder, epoch, {"epoch": epoch, "w": torch.ones(3)}, "c" * 64)
 
 
 def train_params(**train) -> Params:
@@ -49,7 +69,8 @@ def fresh_root(prepared_root: Path, tmp_path: Path) -> Path:
 
 
 def kill_during_epoch(command: list[str], cwd: Path, after_epoch: int) -> str:
-    """Start ``command``, SIGKILL its whole process group once epoch ``after_epoch`` is logged."""
+    """Start ``command``, SIGKILL its whole process group once epoch ``after_epoch`` is logged
+    (the checkpoint is on disk by then; the next epoch is under way)."""
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -79,24 +100,74 @@ def reference(tmp_path_factory):
     return (root / paths.MODEL_WEIGHTS).read_bytes()
 
 
-def test_sigkill_mid_epoch_then_rerun_resumes_to_identical_weights(tmp_path, reference):
+def test_two_sigkills_beside_a_longer_runs_checkpoints_resume_to_identical_weights(
+    tmp_path, reference
+):
     root = make_project_copy(tmp_path / "p", KILLABLE)
     run(root, "python", "stages/prepare.py")
-    kill_during_epoch(["python", "stages/train.py"], root, after_epoch=2)
+    folder = root / paths.CHECKPOINT_DIR
+    plant_longer_run(folder)
+    kill_during_epoch(["python", "stages/train.py"], root, after_epoch=1)
+    second = kill_during_epoch(["python", "stages/train.py"], root, after_epoch=3)
+    assert resumed_at(1).search(second) and "left alone 2 checkpoint(s) of other runs" in second
     assert not (root / paths.MODEL_WEIGHTS).exists()
     resumed = run(root, "python", "stages/train.py")
-    assert "resuming from epoch-0002.pt (epoch 2)" in resumed.stderr
+    assert resumed_at(3).search(resumed.stderr), resumed.stderr
     assert "epoch   1/" not in resumed.stderr
+    assert "trained epochs 4-5 (2) in this process (resumed from epoch 3)" in resumed.stderr
     assert (root / paths.MODEL_WEIGHTS).read_bytes() == reference
+    # The finished run removed its own checkpoints, and only those.
+    assert sorted(p.name for p in folder.iterdir()) == [
+        checkpoint_path(folder, 30, "c" * 64).name,
+        checkpoint_path(folder, 31, "c" * 64).name,
+    ]
 
 
-def test_killed_dvc_repro_resumes_through_dvc(tmp_path, reference):
+def test_killed_dvc_repro_resumes_through_dvc_and_counts_this_process_work(tmp_path, reference):
     root = make_project_copy(tmp_path / "p", KILLABLE)
     command = [sys.executable, "-m", "dvc", "repro", "train"]
     kill_during_epoch(command, root, after_epoch=3)
     again = dvc(root, "repro", "train")
-    assert "resuming from epoch-0003.pt (epoch 3)" in again.stderr + again.stdout
+    assert resumed_at(3).search(again.stderr + again.stdout)
     assert (root / paths.MODEL_WEIGHTS).read_bytes() == reference
+    metrics = json.loads((root / paths.TRAIN_METRICS).read_text())
+    whole = metrics["whole_run"]
+    per_epoch = whole["images"] // 5
+    assert metrics["epochs"] == whole["epochs"] == 5 and whole["processes"] == 2
+    assert metrics["resumed_from_epoch"] == 3 and metrics["epochs_trained"] == 2
+    # Images, time and joules: this process's, never divided by the whole run's images.
+    assert metrics["images"] == metrics["energy"]["images"] == 2 * per_epoch
+    energy = metrics["energy"]
+    assert energy["joules_per_image"] == pytest.approx(energy["joules"] / (2 * per_epoch))
+    assert metrics["images_per_s"] == pytest.approx(metrics["images"] / metrics["train_seconds"])
+    assert whole["train_seconds"] > metrics["train_seconds"]
+    assert whole["wall_seconds"] > metrics["wall_seconds"]
+    assert whole["joules"] > energy["joules"] and whole["images"] == 5 * per_epoch
+    assert metrics["steady_state_images_per_s"] > 0  # two epochs here: the second is steady
+
+
+def test_code_edit_and_forced_repro_train_every_epoch_through_dvc(tmp_path):
+    root = make_project_copy(tmp_path / "p", {**KILLABLE, "train.epochs": 2})
+    dvc(root, "repro", "train")
+    first = json.loads((root / paths.TRAIN_METRICS).read_text())
+    loop_file = root / "src/pipeline/train/loop.py"
+    loop_file.write_text(loop_file.read_text() + "\n# a comment, nothing else\n")
+    for args in (["repro", "train"], ["repro", "-f", "train"]):
+        result = dvc(root, *args)
+        log = result.stderr + result.stdout
+        assert "Running stage 'train'" in log, args
+        assert "starting fresh" in log and "resuming" not in log, log
+        assert "trained epochs 1-2 (2) in this process" in log
+        again = json.loads((root / paths.TRAIN_METRICS).read_text())
+        assert again["resumed_from_epoch"] is None and again["epochs_trained"] == 2
+        assert again["images"] == again["whole_run"]["images"] == first["images"] > 0
+        assert again["whole_run"]["processes"] == 1
+    assert checkpoint_files(root / paths.CHECKPOINT_DIR) == []
+    # The train stage reads the energy section: DVC must see a change there.
+    params = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params.replace("cpu_watts: 50.0", "cpu_watts: 60.0"))
+    status = dvc(root, "status", "train").stdout
+    assert re.search(r"^train:\n(.*\n)*\s+modified:\s+energy\b", status, re.M), status
 
 
 def test_two_deterministic_runs_give_identical_weights_and_metrics(prepared_root, tmp_path):
@@ -106,6 +177,9 @@ def test_two_deterministic_runs_give_identical_weights_and_metrics(prepared_root
         metrics = run_training(train_params(checkpoint_every=0), root)
         volatile = {
             "images_per_s",
+            "steady_state_images_per_s",
+            "train_seconds",
+            "whole_run",
             "seconds_per_epoch",
             "wall_seconds",
             "memory_peak",
@@ -122,33 +196,90 @@ def test_two_deterministic_runs_give_identical_weights_and_metrics(prepared_root
     assert results[0] == results[1]
 
 
-def test_changed_params_start_fresh(prepared_root, tmp_path):
+def test_a_finished_run_is_never_resumed_and_leaves_no_checkpoint(prepared_root, tmp_path):
     root = fresh_root(prepared_root, tmp_path)
-    run_training(train_params(epochs=2), root)
-    state = load_checkpoint(root / paths.CHECKPOINT_DIR / "epoch-0002.pt")
-    assert find_resume(root / paths.CHECKPOINT_DIR, state["fingerprint"]).state is not None
-    changed = find_resume(root / paths.CHECKPOINT_DIR, "other-fingerprint")
-    assert changed.state is None and "made with other params or data" in changed.message
+    params = train_params(epochs=2)
+    first = run_training(params, root)
+    assert checkpoint_files(root / paths.CHECKPOINT_DIR) == []
+    weights = (root / paths.MODEL_WEIGHTS).read_bytes()
+    again = run_training(params, root)  # same params, data and code: a re-run trains again
+    assert again["resumed_from_epoch"] is None and again["epochs_trained"] == 2
+    assert again["images"] == first["images"] > 0
+    assert (root / paths.MODEL_WEIGHTS).read_bytes() == weights
+
+
+def test_checkpoints_of_other_runs_are_looked_past_and_never_deleted(tmp_path):
+    folder = tmp_path / "ckpt"
+    for epoch in range(1, 32):  # a longer run, killed: its newest two stay
+        save_checkpoint(folder, epoch, {"epoch": epoch}, RUN_A)
+    for epoch in range(1, 4):  # a shorter run keeps its own newest two beside them
+        save_checkpoint(folder, epoch, {"epoch": epoch}, RUN_B)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "epoch-0002-bbbbbbbbbbbb.pt",
+        "epoch-0003-bbbbbbbbbbbb.pt",
+        "epoch-0030-aaaaaaaaaaaa.pt",
+        "epoch-0031-aaaaaaaaaaaa.pt",
+    ]
+    resume = find_resume(folder, RUN_B)
+    assert (
+        resume.state["epoch"] == 3 and "left alone 2 checkpoint(s) of other runs" in resume.message
+    )
+    assert find_resume(folder, RUN_A).state["epoch"] == 31
+    fresh = find_resume(folder, "d" * 64)
+    assert fresh.state is None and "starting fresh: no checkpoint of this run" in fresh.message
+
+
+def test_a_checkpoint_whose_full_fingerprint_differs_is_not_resumed(tmp_path):
+    twin = RUN_A[:12] + "f" * 52  # same file tag, another run
+    save_checkpoint(tmp_path, 4, {"epoch": 4}, twin)
+    resume = find_resume(tmp_path, RUN_A)
+    assert resume.state is None and "belongs to another run" in resume.message
+
+
+def test_temporary_files_of_killed_writes_are_removed_at_start(tmp_path):
+    save_checkpoint(tmp_path, 1, {"epoch": 1}, RUN_A)
+    leftover = tmp_path / ".epoch-0002-aaaaaaaaaaaa.pt.k3j_9x.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / "notes.tmp"
+    unrelated.write_text("not ours")
+    resume = find_resume(tmp_path, RUN_A)
+    assert resume.state["epoch"] == 1 and f"removed {leftover.name}" in resume.message
+    assert not leftover.exists() and unrelated.exists()
+
+
+def test_symlinks_are_refused_in_one_line_and_never_followed_or_deleted(tmp_path):
+    outside = tmp_path / "outside"
+    save_checkpoint(outside, 1, {"epoch": 1}, RUN_A)
+    target = checkpoint_path(outside, 1, RUN_A)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for link in (checkpoint_path(folder, 7, RUN_A), folder / ".epoch-0008-aaaaaaaaaaaa.pt.x.tmp"):
+        link.symlink_to(target)
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(link))} is a symbolic link"):
+            find_resume(folder, RUN_A)
+        with pytest.raises(PipelineError, match="never read through links"):
+            load_checkpoint(link)
+        link.unlink()
+    assert target.exists()
+    (tmp_path / "linked").symlink_to(outside)
+    with pytest.raises(PipelineError, match="linked is a symbolic link; checkpoints must be"):
+        find_resume(tmp_path / "linked", RUN_A)
+    assert target.exists()
 
 
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
     folder = tmp_path / "ckpt"
-    save_checkpoint(folder, 1, {"epoch": 1, "fingerprint": "f", "w": torch.ones(3)})
-    save_checkpoint(folder, 2, {"epoch": 2, "fingerprint": "f", "w": torch.ones(3)})
-    newest = folder / "epoch-0002.pt"
+    save_checkpoint(folder, 1, {"epoch": 1, "w": torch.ones(3)}, RUN_A)
+    save_checkpoint(folder, 2, {"epoch": 2, "w": torch.ones(3)}, RUN_A)
+    newest = checkpoint_path(folder, 2, RUN_A)
     newest.write_bytes(newest.read_bytes()[:50])
-    resume = find_resume(folder, "f")
+    resume = find_resume(folder, RUN_A)
     assert resume.state["epoch"] == 1
     assert (
-        "resuming from epoch-0001.pt" in resume.message
-        and "epoch-0002.pt unreadable" in resume.message
+        "resuming from epoch-0001-aaaaaaaaaaaa.pt" in resume.message
+        and "epoch-0002-aaaaaaaaaaaa.pt unreadable" in resume.message
     )
-
-
-def test_only_two_checkpoints_are_kept(tmp_path):
-    for epoch in range(1, 5):
-        save_checkpoint(tmp_path, epoch, {"epoch": epoch})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003.pt", "epoch-0004.pt"]
 
 
 class WritesAFile:
@@ -163,16 +294,17 @@ def test_hostile_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     marker = tmp_path / "marker.txt"
-    with open(folder / "epoch-0001.pt", "wb") as handle:
+    hostile = checkpoint_path(folder, 1, RUN_A)
+    with open(hostile, "wb") as handle:
         pickle.dump(
-            {"epoch": 1, "fingerprint": "f", "payload": WritesAFile(str(marker))},
+            {"epoch": 1, "fingerprint": RUN_A, "payload": WritesAFile(str(marker))},
             handle,
             protocol=2,
         )
-    resume = find_resume(folder, "f")
+    resume = find_resume(folder, RUN_A)
     assert resume.state is None and "unreadable" in resume.message
     with pytest.raises(pickle.UnpicklingError):
-        load_checkpoint(folder / "epoch-0001.pt")
+        load_checkpoint(hostile)
     assert not marker.exists()
 
 
@@ -191,9 +323,9 @@ def test_injected_nan_loss_stops_and_keeps_last_good_checkpoint(
     with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf in \d+ step\(s\).*epoch 2, step"):
         run_training(train_params(epochs=3), root)
     assert not (root / paths.MODEL_WEIGHTS).exists()
-    checkpoints = sorted(p.name for p in (root / paths.CHECKPOINT_DIR).iterdir())
-    assert checkpoints == ["epoch-0001.pt"]
-    state = load_checkpoint(root / paths.CHECKPOINT_DIR / "epoch-0001.pt")
+    checkpoints = checkpoint_files(root / paths.CHECKPOINT_DIR)
+    assert [p.name[:10] for p in checkpoints] == ["epoch-0001"]
+    state = load_checkpoint(checkpoints[0])
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 

@@ -247,3 +247,19 @@ def test_ort_gpu_memory_reads_the_gpu_that_cuda_uses():
     nvml_uuid = nvml_uuid.decode() if isinstance(nvml_uuid, bytes) else nvml_uuid
     assert str(torch.cuda.get_device_properties(0).uuid) in nvml_uuid
     probe.close()
+
+
+@pytest.mark.gpu
+def test_torch_still_raises_the_deterministic_error_text_the_train_stage_translates():
+    from pipeline.train.run import nondeterministic_op_message
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        x = torch.randn(2, 3, 9, 9, device="cuda", requires_grad=True)
+        with pytest.raises(RuntimeError) as raised:
+            # Output 2, not 1: ATen computes a 1x1 adaptive pool as a (deterministic) mean.
+            torch.nn.functional.adaptive_avg_pool2d(x, 2).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert "adaptive_avg_pool2d" in nondeterministic_op_message(raised.value)

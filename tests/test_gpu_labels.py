@@ -271,3 +271,18 @@ def test_ort_gpu_memory_reads_the_gpu_cuda_means(monkeypatch, visible, cuda_inde
 def test_without_nvml_ort_gpu_memory_falls_back_to_host_memory():
     probe = memory_probe("ort_cuda", torch.device("cuda", 0), nvml=FakeNvml(driver=False))
     assert isinstance(probe, HostMemory)
+
+
+def test_a_missing_deterministic_kernel_becomes_one_line_naming_the_setting():
+    from pipeline.train.run import nondeterministic_op_message
+
+    # The text torch raises (torch/_prims_common: "{caller} does not have a deterministic ...").
+    error = RuntimeError(
+        "adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but you "
+        "set 'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for "
+        "this operation, or you can use the 'warn_only=True' option, if that's acceptable"
+    )
+    message = nondeterministic_op_message(error)
+    assert message.startswith("train.deterministic: adaptive_avg_pool2d_backward_cuda has no")
+    assert "train.deterministic: false" in message and "\n" not in message
+    assert nondeterministic_op_message(RuntimeError("shape mismatch")) is None

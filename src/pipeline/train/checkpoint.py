@@ -1,14 +1,21 @@
-"""Checkpoints that survive a kill at any moment, and that can never run code when loaded.
+"""Checkpoints that finish an interrupted run, survive a kill at any moment, and never run code.
 
-Files are ``epoch-NNNN.pt`` in one folder, written atomically (temporary file, fsync,
-``os.replace``); the newest ``keep`` are kept, so a corrupt newest file falls back to the one
-before. They are loaded only with ``torch.load(..., weights_only=True)``, with no fallback to
-full unpickling: a file holding anything but tensors and plain containers is refused.
+Files are ``epoch-NNNN-<run>.pt`` in one folder, ``<run>`` being the first 12 hex digits of the
+run's fingerprint, written atomically (temporary file, fsync, ``os.replace``). Each run keeps
+its own newest ``keep`` and never touches another run's files, so a sweep over params cannot
+delete the checkpoint a killed run needs. A run that completes removes its own checkpoints: a
+finished run is never resumed. Temporary files left by a kill during a write are removed at
+start. Loads use ``torch.load(..., weights_only=True)`` with no fallback to full unpickling,
+through a descriptor opened with ``O_NOFOLLOW``; a link (or anything but a regular file) where
+a checkpoint belongs is refused in one line.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +23,13 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.io import atomic_open
 
-NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+NAME = re.compile(r"^epoch-(\d{4,})-([0-9a-f]{12})\.pt$")
+# What pipeline.io.atomic_open leaves behind when killed mid-write: ".<name>.<random>.tmp".
+TEMPORARY = re.compile(r"^\.epoch-\d{4,}-[0-9a-f]{12}\.pt\.[^/]*\.tmp$")
+LEGACY = re.compile(r"^epoch-\d{4,}\.pt$")  # before runs were tagged; never resumed
 
 
 @dataclass(frozen=True)
@@ -29,45 +40,124 @@ class Resume:
     message: str
 
 
-def checkpoint_files(folder: Path) -> list[Path]:
-    """Newest first."""
+def run_tag(fingerprint: str) -> str:
+    return fingerprint[:12]
+
+
+def checkpoint_path(folder: Path, epoch: int, fingerprint: str) -> Path:
+    return folder / f"epoch-{epoch:04d}-{run_tag(fingerprint)}.pt"
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a linked folder, and links or special files where checkpoints belong."""
+    if folder.is_symlink():
+        raise PipelineError(f"{folder} is a symbolic link; checkpoints must be a real folder")
+    if not folder.is_dir():
+        return
+    for entry in sorted(folder.iterdir()):
+        if not (NAME.match(entry.name) or TEMPORARY.match(entry.name)):
+            continue
+        mode = entry.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            raise PipelineError(
+                f"{entry} is a symbolic link; checkpoints are never read through links: remove it"
+            )
+        if not stat.S_ISREG(mode):
+            raise PipelineError(f"{entry} is not a regular file: remove it")
+
+
+def remove_temporary(folder: Path) -> list[str]:
+    """Delete what killed writes left behind (after check_folder: regular files, this folder)."""
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.match(p.name))]
+    removed = sorted(p.name for p in folder.iterdir() if TEMPORARY.match(p.name))
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    return removed
+
+
+def checkpoint_files(folder: Path, fingerprint: str | None = None) -> list[Path]:
+    """Newest first; only this run's when ``fingerprint`` is given."""
+    if not folder.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := NAME.match(p.name)) and (fingerprint is None or m.group(2) == run_tag(fingerprint))
+    ]
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def save_checkpoint(folder: Path, epoch: int, state: dict[str, Any], keep: int = 2) -> Path:
-    path = folder / f"epoch-{epoch:04d}.pt"
+def save_checkpoint(
+    folder: Path, epoch: int, state: dict[str, Any], fingerprint: str, keep: int = 2
+) -> Path:
+    """Write this run's checkpoint, then drop its own older ones beyond ``keep``."""
+    path = checkpoint_path(folder, epoch, fingerprint)
     with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
-    for old in checkpoint_files(folder)[keep:]:
+        torch.save({**state, "fingerprint": fingerprint}, handle)
+    for old in checkpoint_files(folder, fingerprint)[keep:]:
         old.unlink(missing_ok=True)
     return path
 
 
+def remove_run(folder: Path, fingerprint: str) -> int:
+    """A finished run's checkpoints go: nothing is left that could resume it."""
+    mine = checkpoint_files(folder, fingerprint)
+    for path in mine:
+        path.unlink(missing_ok=True)
+    return len(mine)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """weights_only=True: tensors, numbers, strings and containers only; never arbitrary code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """weights_only=True: tensors, numbers, strings and containers only; never arbitrary code.
+    O_NOFOLLOW: a link put in the checkpoint's place is refused, not followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise PipelineError(
+                f"{path} is a symbolic link; checkpoints are never read through links: remove it"
+            ) from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return torch.load(handle, map_location="cpu", weights_only=True)
+
+
+def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(state, None), or (None, why it cannot be resumed)."""
+    try:
+        state = load_checkpoint(path)
+    except PipelineError:
+        raise
+    except Exception as error:  # truncated, corrupt or hostile: try the previous one
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return None, f"{path.name} unreadable ({type(error).__name__}: {first_line[:120]})"
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        return None, f"{path.name} belongs to another run"
+    return state, None
 
 
 def find_resume(folder: Path, fingerprint: str) -> Resume:
-    """The newest readable checkpoint whose fingerprint matches, else a fresh start and why."""
+    """The newest readable checkpoint of this run (same fingerprint), else a fresh start and why.
+    Other runs' checkpoints are looked past and left alone."""
+    check_folder(folder)
+    notes = [f"removed {name} (a killed write)" for name in remove_temporary(folder)]
+    others = len(checkpoint_files(folder)) - len(checkpoint_files(folder, fingerprint))
+    others += sum(1 for p in folder.iterdir() if LEGACY.match(p.name)) if folder.is_dir() else 0
+    if others:
+        notes.append(f"left alone {others} checkpoint(s) of other runs")
     problems = []
-    for path in checkpoint_files(folder):
-        try:
-            state = load_checkpoint(path)
-        except Exception as error:  # truncated, corrupt or hostile: try the previous one
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            problems.append(f"{path.name} unreadable ({type(error).__name__}: {first_line[:120]})")
+    for path in checkpoint_files(folder, fingerprint):
+        state, problem = _try_load(path, fingerprint)
+        if state is None:
+            problems.append(problem)
             continue
-        if state.get("fingerprint") != fingerprint:
-            return Resume(None, f"starting fresh: {path.name} was made with other params or data")
-        note = f"; skipped {', '.join(problems)}" if problems else ""
-        return Resume(state, f"resuming from {path.name} (epoch {state['epoch']}){note}")
-    if problems:
-        return Resume(None, f"starting fresh: {'; '.join(problems)}")
-    return Resume(None, "starting fresh: no checkpoint")
+        skipped = [f"skipped {', '.join(problems)}"] if problems else []
+        note = "; ".join(skipped + notes)
+        message = f"resuming from {path.name} (epoch {state['epoch']})"
+        return Resume(state, f"{message}; {note}" if note else message)
+    why = "; ".join(problems) or "no checkpoint of this run (params, data and code)"
+    return Resume(None, "; ".join([f"starting fresh: {why}", *notes]))
 
 
 def report(message: str) -> None:

@@ -52,6 +52,32 @@ class Group:
         torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
         return int(both[0]) == -int(both[1])
 
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (the same shape on all ranks), in rank order, on the CPU."""
+        if self.world_size == 1:
+            return [tensor]
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"  # NCCL: GPU only
+        mine = tensor.to(device)
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, mine)
+        return [part.cpu() for part in parts]
+
+
+def gather_rng_states(
+    group: Group, local: dict[str, torch.Tensor]
+) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG states (uint8 tensors), in rank order: what a checkpoint stores so that
+    each rank resumes with its own generators. A collective: every rank must call it."""
+    keys = sorted(local)
+    sizes = [local[key].numel() for key in keys]
+    flat = torch.cat([local[key].reshape(-1) for key in keys])
+    if not group.same_everywhere(len(flat)):
+        raise PipelineError("ranks hold RNG states of different sizes; are their devices alike?")
+    return [
+        {key: part.clone() for key, part in zip(keys, row.split(sizes), strict=True)}
+        for row in group.all_gather(flat)
+    ]
+
 
 SINGLE = Group()
 

@@ -22,7 +22,7 @@ from pipeline.train.augment import Augment
 from pipeline.train.batches import make_batches
 from pipeline.train.policy import Precision
 from pipeline.train.schedule import make_scheduler
-from pipeline.train.state import EpochStats, TrainState
+from pipeline.train.state import EpochStats, ProcessWork, TrainState
 
 NONFINITE_CHECK_EVERY = 50  # steps between reads of the non-finite counter (each read syncs)
 
@@ -71,7 +71,7 @@ class Trainer:
     ) -> None:
         self.params, self.device, self.precision = params, device, precision
         self.channels_last, self.all_reduce = channels_last, all_reduce
-        self.world_size = world_size
+        self.rank, self.world_size = rank, world_size
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=layout)
         self.batches = make_batches(
@@ -99,6 +99,7 @@ class Trainer:
         )
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.state = TrainState()
+        self.work = ProcessWork()
         self._reset_counters()
         # Train steps go through DDP (gradients all-reduced in backward); self.model stays the
         # plain module, for state_dict, EMA and validation (which must not sync).
@@ -228,6 +229,7 @@ class Trainer:
         state.history.append(stats.as_dict())
         state.images_seen += seen
         state.train_seconds += step_seconds
+        self.work.add(seen, step_seconds)
         target = self.params.target_accuracy
         if target is not None and state.target_epoch is None and stats.val_accuracy >= target:
             state.target_epoch, state.seconds_to_target = stats.epoch, state.train_seconds
@@ -278,8 +280,29 @@ class Trainer:
         """With early stopping, the best epoch's weights; otherwise the last epoch's."""
         return self.best_weights if self.best_weights is not None else self.final_state_dict()
 
-    def state_dict(self) -> dict[str, Any]:
-        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """This process's generators. Under DDP every rank has its own (its CUDA device's, its
+        dropout draws), so a checkpoint stores one of these per rank."""
+        state = {
+            "torch": torch.get_rng_state(),
+            "batches": self.batches.generator.get_state(),
+            "augment": self.augment.generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.batches.generator.set_state(rng["batches"])
+        self.augment.generator.set_state(rng["augment"])
+
+    def state_dict(
+        self, rng_by_rank: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, Any]:
+        """``rng_by_rank``: every rank's :meth:`rng_state`, gathered (one process: its own)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -287,12 +310,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "best_weights": self.best_weights,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": cuda_rng,
-                "batches": self.batches.generator.get_state(),
-                "augment": self.augment.generator.get_state(),
-            },
+            "rng": rng_by_rank if rng_by_rank is not None else [self.rng_state()],
             "state": asdict(self.state),
         }
 
@@ -304,10 +322,11 @@ class Trainer:
         if self.ema is not None and saved["ema"] is not None:
             self.ema.load_state_dict(saved["ema"])
         self.best_weights = saved["best_weights"]
-        rng = saved["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.batches.generator.set_state(rng["batches"])
-        self.augment.generator.set_state(rng["augment"])
+        if len(saved["rng"]) != self.world_size:
+            raise PipelineError(
+                f"checkpoint holds RNG states of {len(saved['rng'])} processes, this run has "
+                f"{self.world_size}"
+            )
+        self.set_rng_state(saved["rng"][self.rank])  # each rank its own, never rank 0's
         self.state = TrainState(**saved["state"])
+        self.work = ProcessWork(self.state.epoch, TrainState(**saved["state"]))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import random
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +17,26 @@ from pipeline import paths
 from pipeline.bench.peak import flops_per_image
 from pipeline.config import Params, TrainParams
 from pipeline.data.storage import read_meta, read_split_tensors
-from pipeline.energy import EnergyReading, meter_from_params
+from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_file, sha256_json, write_json
 from pipeline.model_io import make_card, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.checkpoint import find_resume, report, save_checkpoint
-from pipeline.train.distributed import maybe_inject_fault
+from pipeline.train.accounting import (
+    RunAccount,
+    epochs_line,
+    group_energy,
+    process_figures,
+    whole_run,
+)
+from pipeline.train.checkpoint import find_resume, remove_run, report, save_checkpoint
+from pipeline.train.distributed import gather_rng_states, maybe_inject_fault
 from pipeline.train.loop import Trainer
 from pipeline.train.policy import resolve_policy
 from pipeline.train.resources import compute_report, peak_memory, reset_peak_memory
 from pipeline.train.state import EpochStats
+from pipeline.versioning import code_version
 
 
 def seed_everything(seed: int) -> None:
@@ -44,8 +50,9 @@ def prepared_hashes(prepared: Path) -> dict[str, str]:
 
 
 def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
-    """What a checkpoint must match to be resumed: the math of the run and the data it saw
-    (``data``: :func:`prepared_hashes`)."""
+    """What a checkpoint must match to be resumed: the math of the run, the data it saw
+    (``data``: :func:`prepared_hashes`) and the code that ran it (docs/architecture.md says
+    why the code is in)."""
     train = params.train.model_dump(
         exclude={"checkpoint_every", "num_workers", "auto_batch_size", "distributed"}
     )
@@ -57,16 +64,17 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
         "train": train,
         "model": params.model.model_dump(),
         "data": data,
+        "code": code_version(),
     }
     return sha256_json(payload)
 
 
-def progress_line(total_epochs: int):
+def progress_line(total_epochs: int, first_epoch: int):
     started = time.perf_counter()
 
     def show(stats: EpochStats) -> None:
-        elapsed = time.perf_counter() - started
-        eta = elapsed / max(stats.epoch, 1) * (total_epochs - stats.epoch)
+        elapsed = time.perf_counter() - started  # this process's epochs only, also when resumed
+        eta = elapsed / max(stats.epoch - first_epoch + 1, 1) * (total_epochs - stats.epoch)
         print(
             f"epoch {stats.epoch:>3}/{total_epochs}  loss {stats.train_loss:.4f}  "
             f"acc {stats.train_accuracy:.4f}  val_loss {stats.val_loss:.4f}  "
@@ -108,16 +116,15 @@ def log_live(live, stats: dict) -> None:
     live.next_step()
 
 
-def checkpointer(folder: Path, every: int, fingerprint_value: str, group):
+def checkpointer(folder: Path, every: int, fingerprint_value: str, group, account: RunAccount):
     def save(trainer: Trainer) -> None:
         epoch = trainer.state.epoch
         if every and (epoch % every == 0 or epoch == trainer.params.epochs):
+            account.stamp(trainer)  # whole-run totals so far (a collective)
+            rng = gather_rng_states(group, trainer.rng_state())  # every rank's own (a collective)
             if group.is_writer:
-                save_checkpoint(
-                    folder,
-                    epoch,
-                    {**trainer.state_dict(), "epoch": epoch, "fingerprint": fingerprint_value},
-                )
+                state = {**trainer.state_dict(rng), "epoch": epoch}
+                save_checkpoint(folder, epoch, state, fingerprint_value)
             group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
         maybe_inject_fault(group, epoch)
 
@@ -169,7 +176,13 @@ def build_trainer(
 
 
 def train_once(
-    params: Params, root: Path, trainer: Trainer, run_fingerprint: str, live, group
+    params: Params,
+    root: Path,
+    trainer: Trainer,
+    run_fingerprint: str,
+    live,
+    group,
+    account: RunAccount,
 ) -> Trainer:
     """Resume if a matching checkpoint exists, then train to the end, checkpointing."""
     folder = root / paths.CHECKPOINT_DIR
@@ -183,31 +196,29 @@ def train_once(
         trainer.load_state_dict(resume.state)
     for past in trainer.state.history if group.is_writer else ():
         log_live(live, past)  # curves stay whole across a resume
-    show = progress_line(params.train.epochs)
+    show = progress_line(params.train.epochs, trainer.state.epoch + 1)
 
     def on_epoch(stats: EpochStats) -> None:
         if group.is_writer:
             show(stats)
             log_live(live, stats.as_dict())
 
-    save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group)
+    save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group, account)
     with step_bar(trainer, group.is_writer and sys.stderr.isatty()) as on_step:
         trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_step=on_step)
     return trainer
 
 
 def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[str, Any]:
+    """Time and images: this process's (see pipeline.train.accounting); the rest: the run's."""
     state = trainer.state
     last = state.history[-1]
-    images_per_s = state.images_seen / state.train_seconds  # all ranks: seen is all-reduced
     return {
         **{k: last[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")},
         "best_val_accuracy": state.best_val_accuracy,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
-        "images_per_s": images_per_s,
-        "seconds_per_epoch": state.train_seconds / state.epoch,
-        "wall_seconds": wall_seconds,
+        **process_figures(trainer, wall_seconds),
         "target_accuracy": trainer.params.target_accuracy,
         "target_epoch": state.target_epoch,
         "seconds_to_target": state.seconds_to_target,
@@ -222,10 +233,24 @@ def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[
     }
 
 
+def nondeterministic_op_message(error: RuntimeError) -> str | None:
+    """One line for torch's "X does not have a deterministic implementation" (e.g. adaptive
+    average pooling's CUDA backward in torchvision models), or None for any other error."""
+    text = str(error)
+    if "does not have a deterministic implementation" not in text:
+        return None
+    op = text.split(" does not have", 1)[0].split()[-1]
+    return (
+        f"train.deterministic: {op} has no deterministic implementation on this device; "
+        "set train.deterministic: false, or pick a model.arch without that op"
+    )
+
+
 def train_with_backoff(
-    params: Params, root: Path, spec, meta, data, device, precision, policy, group
-) -> Trainer:
-    """Train to the end; on CUDA out-of-memory, halve the batch size if allowed and retry."""
+    params: Params, root: Path, spec, meta, data, device, precision, policy, group, account
+) -> tuple[Trainer, str]:
+    """Train to the end; on CUDA out-of-memory, halve the batch size if allowed and retry.
+    Returns the trainer and the fingerprint of the run it finished."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
     data_hashes = prepared_hashes(root / paths.PREPARED_DIR)
@@ -243,7 +268,8 @@ def train_with_backoff(
         )
         try:
             with live as logger:
-                return train_once(params, root, trainer, run_fingerprint, logger, group)
+                trained = train_once(params, root, trainer, run_fingerprint, logger, group, account)
+                return trained, run_fingerprint
         except torch.OutOfMemoryError:
             del trainer
             if device.type == "cuda":
@@ -253,26 +279,10 @@ def train_with_backoff(
                 raise PipelineError(out_of_memory_message(batch_size)) from None
             batch_size //= 2
             print(f"train: out of memory; retrying with batch size {batch_size}", file=sys.stderr)
-
-
-def group_energy(reading: EnergyReading, group, device: torch.device, images: int) -> dict:
-    """The whole group's energy per image. NVML and the CPU-time estimate measure this rank's
-    own device or process, so ranks add up; RAPL measures the CPU package that every process
-    of a node shares, so only local rank 0 counts it."""
-    if group.world_size == 1:
-        return reading.to_dict(images=images)
-    own = reading.joules
-    if reading.method == "rapl" and group.local_rank != 0:
-        own = 0.0
-    mine = torch.tensor(float("nan") if own is None else own, device=device, dtype=torch.float64)
-    total = group.all_reduce(mine).item()  # sync; NaN anywhere makes the sum NaN
-    note = f"summed over {group.world_size} processes"
-    summed = replace(
-        reading,
-        joules=None if math.isnan(total) else total,
-        reason="; ".join(filter(None, [reading.reason, note])),
-    )
-    return summed.to_dict(images=images)
+        except RuntimeError as error:
+            if (message := nondeterministic_op_message(error)) is None:
+                raise
+            raise PipelineError(message) from None
 
 
 def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any]:
@@ -303,19 +313,39 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     meter = meter_from_params(params.energy, str(device))
     reset_peak_memory(device)
     meter.start()
-    trainer = train_with_backoff(params, root, spec, meta, data, device, precision, policy, group)
-    reading = meter.stop()
-    metrics = train_metrics(trainer, policy, group, time.perf_counter() - started)
-    metrics["memory_peak"] = peak_memory(device)
-    metrics["compute"] = compute_report(
-        forward_flops, metrics["images_per_s"] / group.world_size, device, precision.autocast_dtype
+    account = RunAccount(meter_from_params(params.energy, str(device)), group, device)
+    trainer, run_fingerprint = train_with_backoff(
+        params, root, spec, meta, data, device, precision, policy, group, account
     )
-    metrics["energy"] = group_energy(reading, group, device, trainer.state.images_seen)
+    account.close()
+    reading = meter.stop()
+    wall_seconds = time.perf_counter() - started
+    metrics = train_metrics(trainer, policy, group, wall_seconds)
+    metrics["memory_peak"] = peak_memory(device)
+    metrics["compute"] = compute_figures(forward_flops, metrics, group, device, precision)
+    metrics["energy"] = group_energy(reading, group, device, metrics["images"])
+    metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])
     if group.is_writer:
-        shipped = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
-        shipped.load_state_dict(trainer.shipped_weights())
-        card = make_card(spec, meta, params.model.model_dump(exclude={"arch"}))
-        save_trained(root / paths.MODELS_DIR, shipped.model, card)
-        write_json(root / paths.TRAIN_METRICS, metrics)
+        write_outputs(root, params, spec, meta, trainer, metrics)
+        report(epochs_line(trainer))
+        removed = remove_run(root / paths.CHECKPOINT_DIR, run_fingerprint)
+        if removed:
+            report(f"run finished: removed its {removed} checkpoint(s), it is never resumed")
     group.barrier()
     return metrics
+
+
+def compute_figures(forward_flops: int, metrics: dict, group, device, precision) -> dict:
+    """Achieved FLOP/s from the steady-state rate (after the warm-up epoch) when there is one."""
+    rate = metrics["steady_state_images_per_s"] or metrics["images_per_s"]
+    if rate is None:
+        return {"achieved_gflops": None, "reason": "no epoch was trained in this process"}
+    return compute_report(forward_flops, rate / group.world_size, device, precision.autocast_dtype)
+
+
+def write_outputs(root: Path, params: Params, spec, meta, trainer: Trainer, metrics) -> None:
+    shipped = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
+    shipped.load_state_dict(trainer.shipped_weights())
+    card = make_card(spec, meta, params.model.model_dump(exclude={"arch"}))
+    save_trained(root / paths.MODELS_DIR, shipped.model, card)
+    write_json(root / paths.TRAIN_METRICS, metrics)

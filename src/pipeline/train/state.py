@@ -36,3 +36,34 @@ class TrainState:
     nonfinite_steps: int = 0
     skipped_steps: int = 0
     stopped_early: bool = False
+    # Whole-run totals through this checkpoint, summed over every process that trained the run
+    # (a killed process counts up to its last checkpoint: work lost after it is not in them).
+    processes: int = 0
+    wall_seconds: float = 0.0
+    joules: float | None = 0.0  # None once any process had no energy figure
+
+
+@dataclass
+class ProcessWork:
+    """What this process trained (not checkpointed): the figures metrics/train.json reports,
+    beside the whole-run totals when the run was resumed."""
+
+    resumed_from_epoch: int | None = None
+    earlier: TrainState = field(default_factory=TrainState)  # the whole-run totals it resumed
+    images: list[int] = field(default_factory=list)  # per epoch trained here, all ranks
+    seconds: list[float] = field(default_factory=list)  # optimiser steps only, per epoch
+
+    def add(self, images: int, seconds: float) -> None:
+        self.images.append(images)
+        self.seconds.append(seconds)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.images)
+
+    def images_per_s(self, skip_first: bool = False) -> float | None:
+        """Over this process's epochs; ``skip_first``: steady state, without the warm-up epoch
+        (allocator, autotuning, compilation). None when there is no epoch to measure."""
+        start = 1 if skip_first else 0
+        seconds = sum(self.seconds[start:])
+        return sum(self.images[start:]) / seconds if seconds > 0 else None

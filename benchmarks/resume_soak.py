@@ -1,0 +1,135 @@
+"""SIGKILL soak: kill the train stage at random moments, resume, compare with an uninterrupted run.
+
+    python benchmarks/resume_soak.py --rounds 10 --seed 0
+
+In a throwaway copy of the project (deterministic CPU training, 5 short epochs): an uninterrupted
+run gives the reference weights; a longer run with other params is killed to leave its
+checkpoints behind; then ``--rounds`` runs of ``python stages/train.py`` are each SIGKILLed at a
+random moment (start-up, mid-epoch, mid-write), and a last run finishes. Its weights must equal
+the reference bit for bit, and the other run's checkpoints must still be there. Prints one line
+per round and a summary; exits 1 when the weights differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "seed": 42,
+    "train": {"epochs": 5, "batch_size": 16, "deterministic": True},
+    "model": {"width": 48},
+}
+LONGER = {"train": {"epochs": 8, "lr": 0.002}}  # other params: another run's checkpoints
+RESUMED = re.compile(r"resuming from (epoch-\d+-[0-9a-f]+\.pt)")
+
+
+def copy_project(dest: Path, overrides: dict) -> None:
+    for name in ("src", "stages", "dvc.yaml"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    write_params(dest, overrides)
+
+
+def write_params(dest: Path, overrides: dict) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def train(root: Path, kill_after_s: float | None) -> tuple[str, bool]:
+    """Run the train stage; SIGKILL it after ``kill_after_s``. (stderr, whether it finished)."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "stages/train.py"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=kill_after_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.seek(0)
+        text = log.read()
+    if process.returncode not in (0, -signal.SIGKILL):
+        raise SystemExit(f"train stage failed ({process.returncode}):\n{text}")
+    return text, process.returncode == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    chance = random.Random(args.seed)
+    with tempfile.TemporaryDirectory(prefix="resume-soak-") as tmp:
+        root = Path(tmp)
+        copy_project(root, SETTINGS)
+        subprocess.run(
+            [sys.executable, "stages/prepare.py"],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root / "src")},
+            check=True,
+            capture_output=True,
+        )
+        started = time.perf_counter()
+        train(root, None)
+        reference_s = time.perf_counter() - started
+        reference = (root / "models/model.safetensors").read_bytes()
+        (root / "models/model.safetensors").unlink()
+        print(f"reference run: {reference_s:.1f} s", flush=True)
+
+        write_params(root, {**SETTINGS, "train": {**SETTINGS["train"], **LONGER["train"]}})
+        train(root, reference_s * 0.9)  # killed part-way: leaves its checkpoints
+        others = sorted(p.name for p in (root / "models/checkpoints").glob("epoch-*.pt"))
+        write_params(root, SETTINGS)
+        print(f"other run's checkpoints left behind: {others}", flush=True)
+
+        all_same = True
+        for round_number in range(1, args.rounds + 1):
+            delay = chance.uniform(0.0, reference_s)
+            text, finished = train(root, delay)
+            resumed = RESUMED.search(text)
+            state = "finished" if finished else "killed"
+            origin = resumed.group(1) if resumed else "fresh"
+            print(f"round {round_number:>2}: {state} after {delay:5.1f} s, started from {origin}")
+            if finished:
+                same = (root / "models/model.safetensors").read_bytes() == reference
+                all_same &= same
+                print(f"          finished before its kill; weights identical: {same}")
+        text, _ = train(root, None)
+        resumed = RESUMED.search(text)
+        same = (root / "models/model.safetensors").read_bytes() == reference
+        kept = all((root / "models/checkpoints" / name).is_file() for name in others)
+        print(f"last run started from {resumed.group(1) if resumed else 'fresh'}")
+        print(f"weights identical to the uninterrupted run: {same}")
+        print(f"other run's checkpoints still there: {kept}")
+        sys.exit(0 if same and all_same and kept else 1)
+
+
+if __name__ == "__main__":
+    main()
