@@ -22,6 +22,7 @@ from pipeline.sweep import (
     report,
     run_exp_show,
     runs_from_exp_show,
+    select_runs,
     without_workspace_copy,
 )
 
@@ -184,7 +185,8 @@ def test_least_energy_meeting_target(document: list[dict]) -> None:
 def test_report_lists_runs_without_energy_and_never_gives_them_a_number(
     document: list[dict],
 ) -> None:
-    text = report(runs_from_exp_show(document), 0.95)
+    runs, left_out = select_runs(runs_from_exp_show(document))
+    text = report(runs, 0.95, left_out)
     unavailable = text.split("Energy unavailable")[1].split("\n\n")[0]
 
     assert "no-energy" in unavailable and "null-energy" in unavailable
@@ -193,7 +195,8 @@ def test_report_lists_runs_without_energy_and_never_gives_them_a_number(
     assert [row[column:].split()[0] for row in rows] == ["-", "-"]
     assert re.search(r"^\*\s+cheap\s", text, re.MULTILINE)
     assert "least energy meeting the target (--target 0.95): cheap (0.5 J/image" in text
-    assert "waiting (queued)" in text
+    assert re.search(r"^- waiting [0-9a-f]{7}: queued, not run yet$", text, re.MULTILINE)
+    assert "- main c0ffee0: no accuracy" in text
 
 
 def test_main_reads_a_saved_json(document: list[dict], tmp_path: Path, capsys) -> None:
@@ -209,7 +212,7 @@ def test_main_reads_a_saved_json(document: list[dict], tmp_path: Path, capsys) -
 # --- the real thing: two experiments in a throwaway git+DVC repo --------------------------------
 
 STAGE = """\
-import json, os, yaml
+import json, os, sys, yaml
 train = yaml.safe_load(open("params.yaml"))["train"]
 os.makedirs("metrics", exist_ok=True)
 fp32 = train["precision"] == "fp32"
@@ -217,6 +220,8 @@ json.dump({"accuracy": 0.97 if fp32 else 0.95}, open("metrics/eval.json", "w"))
 energy = {"joules_per_image": 0.02 * train["batch_size"] / 64, "method": "rapl"} if fp32 else None
 json.dump({"wall_seconds": 640 / train["batch_size"], "energy": energy},
           open("metrics/train.json", "w"))
+if train["batch_size"] == 7:  # fails after writing, as a failed export gate does
+    sys.exit("gate failed")
 """
 
 
@@ -266,7 +271,48 @@ def test_pareto_on_real_dvc_experiments(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "least energy meeting the target (--target 0.96): big (0.01 J/image" in out
     assert "half" in out.split("Energy unavailable")[1]
-    assert "workspace" not in out  # it only repeated "big", the last experiment run
+    # The workspace only repeats "big", the last experiment run: listed as left out, once.
+    assert out.count("workspace") == 1 and "- workspace: repeats big" in out
+
+    # A `dvc exp run` that fails leaves its params and half-made figures in the workspace.
+    failed = dvc(repo, "exp", "run", "-S", "train.batch_size=7", check=False)
+    assert failed.returncode != 0
+    assert main(["--repo", str(repo), "--target", "0.96"]) == 0
+    out = capsys.readouterr().out
+    assert "- workspace: outputs out of date (dvc status: train)" in out
+    assert "91.43" not in out  # 640 / 7 wall seconds: the failed run's figure is on no front
+
+
+def test_failed_noisy_and_stale_runs_are_left_out_and_named() -> None:
+    stale = energy(0.8, 20.0)  # what the workspace held when the failed experiment started
+    good = {**energy(0.5, 10.0), "policy": {"precision": "bf16", "device": "cpu"}}
+    noisy = {**energy(0.1, 2.0), "steady_state_spread": 0.9}
+    entry = {
+        "rev": "c0ffee" + "0" * 34,
+        "name": "main",
+        "data": data({}, None, None),
+        "experiments": [
+            experiment("good", "auto", 0.95, good),
+            experiment("gate-failed", "auto", 0.99, stale, state="failed"),
+            experiment("busy", "auto", 0.96, noisy),
+        ],
+    }
+    # The workspace holds good's figures under other params: a run that failed before writing.
+    workspace = {"rev": "workspace", "name": None, "experiments": None}
+    workspace["data"] = data({"train": {"batch_size": 7}}, {"accuracy": 0.95}, good)
+    runs, left_out = select_runs(runs_from_exp_show([workspace, entry]))
+    assert names(runs) == ["good"]
+    why = {run.name: reason for run, reason in left_out}
+    assert why["gate-failed"].startswith("failed:")
+    assert why["busy"] == "noisy: training images/s spread 90% > 25%"
+    assert why["workspace"].startswith("its figures are good's but its params differ")
+    assert names(select_runs(runs_from_exp_show([entry]), max_spread=1.0)[0]) == ["good", "busy"]
+    text = report(runs, None, left_out)
+    front = text.split("\n\n")[0]
+    assert "gate-failed" not in front and "busy" not in front
+    header, row = front.splitlines()[1:3]
+    assert row[header.index("precision") :].split()[:2] == ["bf16", "cpu"]  # not `auto`
+    assert "- gate-failed " in text and "- busy " in text
 
 
 def scoped(name: str, accuracy: float, joules: float, method: str) -> dict:

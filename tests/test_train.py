@@ -146,3 +146,15 @@ def test_step_bar_counts_every_step_of_every_epoch():
         sys.stderr = real
     shown = sink.getvalue()
     assert "epoch 3/2" in shown and f"0/{len(trainer.batches)}" in shown  # tqdm rate-limits redraws
+
+
+def test_steady_spread_skips_the_warm_up_epoch_and_needs_two_more():
+    from pipeline.train.state import ProcessWork
+
+    work = ProcessWork()
+    for images, seconds in [(100, 10.0), (100, 1.0)]:
+        work.add(images, seconds)
+    assert work.steady_spread() is None  # one steady epoch: no spread to measure
+    for images, seconds in [(100, 2.0), (100, 1.0)]:  # rates 100, 50, 100 images/s
+        work.add(images, seconds)
+    assert work.steady_spread() == pytest.approx(0.5)  # (100 - 50) / 100; the slow first ignored

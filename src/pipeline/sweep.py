@@ -13,8 +13,15 @@ dvc 3.67 writes it::
 
 Test accuracy is ``accuracy`` in the eval metrics, energy ``energy.joules_per_image`` in the
 train metrics (flat, or nested as :meth:`pipeline.energy.EnergyReading.to_dict` writes it), time
-``wall_seconds`` there too. A run without an energy figure is listed as "energy unavailable" and
-kept off the energy front: it is never given a number.
+``wall_seconds`` there too, and the precision and device that ran ``policy.precision`` and
+``policy.device`` (the params may say ``auto``). A run without an energy figure is listed as
+"energy unavailable" and kept off the energy front: it is never given a number.
+
+Only runs that finished with results of their own compete (:func:`select_runs`): queued,
+running and failed experiments (``dvc exp show`` gives a failed one the figures of the workspace
+it started from), a workspace that repeats an experiment or holds another run's figures under
+changed params, runs without accuracy, and runs whose training rate was noisy are left out, and
+the report says which and why.
 
 Energy figures differ in what they cover (``energy.method``): NVML reads the GPU board, RAPL the
 CPU package (other processes included), an estimate is CPU time times a rated power. A GPU
@@ -37,7 +44,10 @@ from typing import Any, Literal
 from pipeline import paths
 
 Kind = Literal["workspace", "baseline", "experiment"]
-ALWAYS_SHOWN_PARAMS = ("train.precision", "train.batch_size")
+ALWAYS_SHOWN_PARAMS = ("train.batch_size",)
+MAX_SPREAD = 0.25  # default --max-spread: per-epoch images/s spread that makes a run noisy
+UNFINISHED = {"queued": "queued, not run yet", "running": "still running"}
+FAILED = "failed: dvc exp show gives it the workspace's figures, not its own"
 TARGET_PARAM = "train.target_accuracy"
 # What each energy method measures; the order is the order of the report's energy fronts.
 ENERGY_SCOPES = {
@@ -62,6 +72,9 @@ class Run:
     joules_per_image: float | None
     energy_method: str | None
     wall_seconds: float | None
+    precision: str | None = None  # what ran (train metrics' policy), not the param's `auto`
+    device: str | None = None
+    spread: float | None = None  # per-epoch images/s spread after the first epoch
 
     @property
     def target_accuracy(self) -> float | None:
@@ -92,6 +105,19 @@ def run_exp_show(repo: Path | None = None) -> list[dict[str, Any]]:
     if done.returncode != 0:
         raise SystemExit(f"dvc exp show failed ({done.returncode}): {done.stderr.strip()}")
     return json.loads(done.stdout)
+
+
+def workspace_status(repo: Path | None = None) -> str | None:
+    """Why the workspace's outputs do not belong to its params and code (``dvc status`` lists
+    changed stages, e.g. after a failed `dvc exp run`); None when they are up to date."""
+    command = [sys.executable, "-m", "dvc", "status", "--json"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"dvc status failed ({done.returncode}): figures not checked"
+    changed = sorted(json.loads(done.stdout or "{}"))
+    if not changed:
+        return None
+    return f"outputs out of date (dvc status: {', '.join(changed)}); a failed or unfinished run"
 
 
 def runs_from_exp_show(
@@ -131,6 +157,9 @@ def _run(
         joules_per_image=_number(_lookup(training, "energy.joules_per_image")),
         energy_method=_text_or_none(_lookup(training, "energy.method")),
         wall_seconds=_number(_lookup(training, "wall_seconds")),
+        precision=_text_or_none(_lookup(training, "policy.precision")),
+        device=_text_or_none(_lookup(training, "policy.device")),
+        spread=_number(_lookup(training, "steady_state_spread")),
     )
 
 
@@ -180,15 +209,62 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _figures(run: Run) -> tuple[Any, ...]:
+    return (run.accuracy, run.joules_per_image, run.wall_seconds)
+
+
+def workspace_problem(run: Run, runs: Sequence[Run]) -> str | None:
+    """Why the workspace is not a run of its own: it repeats another run (after `dvc exp run`
+    it holds the last experiment's params and metrics), or it holds another run's figures
+    under other params (a `dvc exp run` that failed before writing its own)."""
+    if run.kind != "workspace" or run.accuracy is None:
+        return None
+    for other in runs:
+        if other.kind == "workspace" or _figures(other) != _figures(run):
+            continue
+        if other.params == run.params:
+            return f"repeats {other.name}"
+        return f"its figures are {other.name}'s but its params differ (stale after a failed run)"
+    return None
+
+
 def without_workspace_copy(runs: Sequence[Run]) -> list[Run]:
-    """Drop the workspace when it only repeats another run (after `dvc exp run` it holds the
-    last experiment's params and metrics); a workspace with results of its own stays."""
+    """Drop the workspace when it only repeats another run; one with results of its own stays."""
+    return [run for run in runs if workspace_problem(run, runs) is None]
 
-    def figures(run: Run) -> tuple[Any, ...]:
-        return (run.params, run.accuracy, run.joules_per_image, run.wall_seconds)
 
-    others = [figures(run) for run in runs if run.kind != "workspace"]
-    return [run for run in runs if run.kind != "workspace" or figures(run) not in others]
+def why_left_out(
+    run: Run, runs: Sequence[Run], max_spread: float, workspace_status: str | None = None
+) -> str | None:
+    """Why ``run`` may not compete; None when it finished with figures of its own.
+    ``workspace_status``: why the workspace's outputs are out of date, if they are."""
+    if run.state in UNFINISHED:
+        return UNFINISHED[run.state]
+    if run.state == "failed":
+        return FAILED
+    if (problem := workspace_problem(run, runs)) is not None:
+        return problem
+    if run.kind == "workspace" and workspace_status:
+        return workspace_status
+    if run.accuracy is None:
+        return "no accuracy (metrics/eval.json missing)"
+    if run.spread is not None and run.spread > max_spread:
+        return f"noisy: training images/s spread {run.spread:.0%} > {max_spread:.0%}"
+    return None
+
+
+def select_runs(
+    runs: Sequence[Run], max_spread: float = MAX_SPREAD, workspace_status: str | None = None
+) -> tuple[list[Run], list[tuple[Run, str]]]:
+    """(runs that compete, [(run left out, why)])."""
+    kept, left_out = [], []
+    for run in runs:
+        reason = why_left_out(run, runs, max_spread, workspace_status)
+        if reason is None:
+            kept.append(run)
+        else:
+            left_out.append((run, reason))
+    return kept, left_out
 
 
 # --- choosing ---------------------------------------------------------------------------------
@@ -257,7 +333,8 @@ def format_table(
     runs: Sequence[Run], params: Sequence[str], marked: Sequence[Run] | Run | None = None
 ) -> str:
     marked = marked if isinstance(marked, Sequence) else [marked]
-    header = ["", "name", "rev", *params, "accuracy", "J/image", "energy scope", "energy method"]
+    header = ["", "name", "rev", *params, "precision", "device", "accuracy", "J/image"]
+    header += ["energy scope", "energy method"]
     header.append("seconds")
     rows = [header] + [
         [
@@ -265,6 +342,8 @@ def format_table(
             run.name,
             run.rev[:7] if run.kind != "workspace" else "",
             *(_cell(run.params.get(key)) for key in params),
+            _cell(run.precision),
+            _cell(run.device),
             _cell(run.accuracy, ".4f"),
             _cell(run.joules_per_image, ".4g"),
             run.energy_scope or "-",
@@ -285,9 +364,11 @@ def _cell(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
-def report(runs: Sequence[Run], target: float | None) -> str:
+def report(
+    runs: Sequence[Run], target: float | None, left_out: Sequence[tuple[Run, str]] = ()
+) -> str:
     """The fronts (one per energy scope, and time), the runs left off them, and per scope the
-    least-energy run meeting the target."""
+    least-energy run meeting the target. ``runs`` compete; ``left_out`` are listed with why."""
     params = shown_params(runs)
     scopes = energy_scopes(runs)
     best = {scope: least_energy_meeting_target(runs, target, scope) for scope in scopes}
@@ -304,19 +385,22 @@ def report(runs: Sequence[Run], target: float | None) -> str:
         "Pareto front: accuracy (max) vs wall seconds (min)",
         format_table(pareto_front(runs, lambda run: run.wall_seconds), params, marked),
     ]
-    no_accuracy = [run for run in runs if run.accuracy is None]
     no_energy = [run for run in runs if run.accuracy is not None and run.joules_per_image is None]
     if no_energy:
         lines += ["", "Energy unavailable (kept off the energy front):"]
         lines.append(format_table(no_energy, params))
-    if no_accuracy:
-        states = ", ".join(f"{run.name} ({run.state or 'no metrics'})" for run in no_accuracy)
-        lines += ["", f"No accuracy yet: {states}"]
+    if left_out:
+        lines += ["", "Left out:"]
+        lines += [f"- {_label(run)}: {why}" for run, why in left_out]
     lines.append("")
     lines += [_target_line(best[scope], target, scope) for scope in scopes] or [
         _target_line(None, target, None)
     ]
     return "\n".join(lines)
+
+
+def _label(run: Run) -> str:
+    return run.name if run.kind == "workspace" else f"{run.name} {run.rev[:7]}"
 
 
 def _target_line(best: Run | None, target: float | None, scope: str | None) -> str:
@@ -336,15 +420,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, help="run `dvc exp show` in this folder")
     parser.add_argument("--target", type=float, help=f"accuracy goal (default: {TARGET_PARAM})")
     parser.add_argument("--plot", type=Path, help="also draw the fronts into this .svg or .png")
+    parser.add_argument(
+        "--max-spread",
+        type=float,
+        default=MAX_SPREAD,
+        help="leave out runs whose per-epoch training images/s spread exceeds this "
+        f"(default {MAX_SPREAD})",
+    )
     args = parser.parse_args(argv)
     if args.plot is not None and args.plot.suffix.lower() not in (".svg", ".png"):
         parser.error(f"--plot must end in .svg or .png: '{args.plot}'")
+    status = None  # a saved document has no workspace to ask
     if args.json is not None:
         document = json.loads(args.json.read_text(encoding="utf-8"))
     else:
         document = run_exp_show(args.repo)
-    runs = without_workspace_copy(runs_from_exp_show(document))
-    print(report(runs, args.target))
+        status = workspace_status(args.repo)
+    if not 0 < args.max_spread < math.inf:
+        parser.error(f"--max-spread must be a positive number: '{args.max_spread}'")
+    runs, left_out = select_runs(runs_from_exp_show(document), args.max_spread, status)
+    print(report(runs, args.target, left_out))
     if args.plot is not None:
         from pipeline.charts.pareto import write_pareto_chart  # imports vl-convert
 

@@ -86,6 +86,7 @@ def process_figures(trainer: Trainer, wall_seconds: float) -> dict[str, Any]:
         "train_seconds": sum(work.seconds),
         "images_per_s": work.images_per_s(),
         "steady_state_images_per_s": steady,
+        "steady_state_spread": work.steady_spread(),  # pipeline-pareto's noise test reads it
         "seconds_per_epoch": sum(work.seconds) / work.epochs if work.epochs else None,
         "wall_seconds": wall_seconds,
     }

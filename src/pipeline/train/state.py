@@ -67,3 +67,14 @@ class ProcessWork:
         start = 1 if skip_first else 0
         seconds = sum(self.seconds[start:])
         return sum(self.images[start:]) / seconds if seconds > 0 else None
+
+    def steady_spread(self) -> float | None:
+        """(max - min) / median of the per-epoch images/s after the first epoch: how far a busy
+        neighbour or throttling moved the rate. None with fewer than 2 such epochs."""
+        pairs = zip(self.images[1:], self.seconds[1:], strict=True)
+        rates = sorted(images / seconds for images, seconds in pairs if seconds > 0)
+        if len(rates) < 2:
+            return None
+        middle = len(rates) // 2
+        median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+        return (rates[-1] - rates[0]) / median
