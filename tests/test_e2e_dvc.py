@@ -119,6 +119,14 @@ def test_bad_params_fail_in_one_line_and_keep_previous_outputs(project):
             ("train", "epochs", True, "bad value for 'train.epochs': True"),
             # A name only the model registry knows: refused before DVC deletes the model.
             ("model", "arch", "resnet9000", "model.arch 'resnet9000' is unknown"),
+            # Built for 224x224: on 8x8 digits it stops here, not after training (issue 18).
+            (
+                "model",
+                "arch",
+                "torchvision:resnet18",
+                "model.arch 'torchvision:resnet18' on "
+                "data.image_size 8 (digits: 8x8): the feature map is 1 pixel",
+            ),
         ]:
             (project / "params.yaml").write_text(original)
             set_param(project, section, key, value)

@@ -28,7 +28,9 @@ def test_unknown_arch_fails_in_check_params(arch, expected):
 
 def test_known_archs_pass_and_report_their_size():
     assert check_params(params_with())["model_parameters_estimate"] > 10_000
-    tv = check_params(params_with(model={"arch": "torchvision:resnet18"}))
+    tv = check_params(
+        params_with(model={"arch": "torchvision:resnet18"}, data={"source": "cifar10"})
+    )
     assert 11_000_000 < tv["model_parameters_estimate"] < 12_000_000
 
 
@@ -45,3 +47,51 @@ def test_registry_names_are_checked_against_the_registries(monkeypatch):
     monkeypatch.delitem(sources.LOADERS, "cifar10")
     with pytest.raises(ParamsError, match="data.source 'cifar10' is unknown"):
         check_params(params_with(data={"source": "cifar10"}))
+
+
+@pytest.mark.parametrize(
+    ("arch", "source", "expected"),
+    [
+        # ResNet-18 halves 8x8 to 1x1 by layer2; layer3 and layer4 would look at one pixel.
+        ("torchvision:resnet18", "digits", r"the feature map is 1 pixel before 4 of its 8 "),
+        # AlexNet's max-pool would shrink 1x1 to 0x0: the forward pass itself fails.
+        ("torchvision:alexnet", "digits", r"fails: .*Output size is too small"),
+    ],
+)
+def test_a_model_far_too_large_for_the_images_fails_in_one_line(arch, source, expected):
+    params = params_with(model={"arch": arch}, data={"source": source})
+    with pytest.raises(ParamsError, match=expected) as caught:
+        check_params(params)
+    message = str(caught.value)
+    assert f"model.arch '{arch}'" in message and "data.image_size 8" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("arch", "data"),
+    [
+        ("small_cnn", {"source": "digits"}),
+        ("resnet_cifar", {"source": "digits"}),  # three pools: 8 -> 1 exactly at the end
+        ("torchvision:resnet18", {"source": "mnist"}),
+        ("torchvision:resnet18", {"source": "cifar10"}),
+        ("torchvision:resnet18", {"source": "imagefolder", "image_size": 64, "channels": 3}),
+        ("torchvision:resnet18", {"source": "imagefolder"}),  # size unknown before prepare
+    ],
+)
+def test_models_that_fit_their_images_pass(arch, data):
+    assert check_params(params_with(model={"arch": arch}, data=data))["model_parameters_estimate"]
+
+
+def test_a_small_imagefolder_size_is_named():
+    data = {"source": "imagefolder", "image_size": 16, "channels": 1}
+    params = params_with(model={"arch": "torchvision:resnet18"}, data=data)
+    with pytest.raises(ParamsError, match="data.image_size 16 .imagefolder: 16x16."):
+        check_params(params)
+
+
+def test_source_shapes_match_the_loaded_digits():
+    from pipeline.data import digits
+    from pipeline.params_check import SOURCE_SHAPES
+
+    channels, side = SOURCE_SHAPES["digits"]
+    assert digits.load().pools["all"].images.shape[1:] == (channels, side, side)

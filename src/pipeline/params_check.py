@@ -1,5 +1,6 @@
 """What check_params verifies beyond the schema: every name a stage will look up in a registry,
-and the size of the model it will build, before DVC deletes any stage's outputs.
+the size of the model it will build, and that the model fits the images' size (where that is
+known without data), before DVC deletes any stage's outputs.
 
 config.py keeps its own Literal lists for the fixed registries (sources, providers, variants);
 this module also asks the registries themselves, so the two cannot drift apart unnoticed.
@@ -10,10 +11,13 @@ from __future__ import annotations
 from pipeline.config import ModelParams, Params, ParamsError
 from pipeline.errors import PipelineError
 from pipeline.models import ModelSpec, check_model_size
+from pipeline.models.fit import trace_fit
 
 # Stand-ins for what only prepare knows: the head's size barely moves the parameter count.
 NOMINAL_CLASSES = 10
 NOMINAL_IMAGE_SIZE = 32
+# (channels, square side) of the fixed sources; imagefolder's come from data.channels/image_size.
+SOURCE_SHAPES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
 
 
 def _check_name(key: str, value: str, known: dict | set) -> None:
@@ -49,7 +53,42 @@ def model_parameters(model: ModelParams, channels: int | None) -> int:
         raise ParamsError(f"params.yaml: {error}") from None
 
 
+def input_shape(params: Params) -> tuple[int, int] | None:
+    """(channels, side) of the prepared images; None for imagefolder without data.image_size
+    (only prepare knows its size then)."""
+    if params.data.source in SOURCE_SHAPES:
+        return SOURCE_SHAPES[params.data.source]
+    if params.data.image_size is None:
+        return None
+    return params.data.channels or 3, params.data.image_size
+
+
+def check_input_fits_model(params: Params) -> None:
+    """Refuse an arch whose downsampling shrinks the images to nothing, or to one pixel while
+    layers built to shrink it further remain (an input far below the arch's design size)."""
+    shape = input_shape(params)
+    if shape is None:
+        return
+    channels, side = shape
+    model = params.model
+    spec = ModelSpec(model.arch, channels, side, NOMINAL_CLASSES, model.width, model.dropout)
+    fit = trace_fit(spec)
+    where = f"model.arch {model.arch!r} on data.image_size {side} ({params.data.source}: "
+    where += f"{side}x{side})"
+    advice = "choose an arch for small images (small_cnn, resnet_cifar) or a larger image size"
+    if fit.error is not None:
+        raise ParamsError(f"params.yaml: {where} fails: {fit.error}; {advice}")
+    if fit.starved_layers:
+        raise ParamsError(
+            f"params.yaml: {where}: the feature map is 1 pixel before {len(fit.starved_layers)} "
+            f"of its {fit.downsampling_layers} downsampling layers (first: "
+            f"{fit.starved_layers[0]}), far below the input the arch is built for; {advice}"
+        )
+
+
 def check_params(params: Params) -> dict[str, int]:
     """Raise ParamsError (one line) for any name or size a later stage would refuse."""
     check_registries(params)
-    return {"model_parameters_estimate": model_parameters(params.model, params.data.channels)}
+    parameters = model_parameters(params.model, params.data.channels)
+    check_input_fits_model(params)
+    return {"model_parameters_estimate": parameters}
