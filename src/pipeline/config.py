@@ -188,7 +188,7 @@ class TrainParams(Section):
         0, description="Stop after this many epochs without a better val accuracy; 0 = never."
     )
     target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
-        None, description="Record the time until val accuracy first reaches this."
+        0.95, description="Record the time until val accuracy first reaches this; null = off."
     )
     channels_last: bool = Field(True, description="NHWC memory layout (faster convs on GPU/CPU).")
     compile: bool = Field(False, description="torch.compile the model (slow start, faster steps).")

@@ -1,6 +1,6 @@
 """Energy of a window of work, read from the best meter this machine has.
 
-Meters are tried in this order (DESIGN.md, "Energy"); the first that works measures the window:
+Meters are tried in this order; the first that works measures the window:
 
 1. ``nvml_energy_counter``: NVML's total-energy counter (mJ since the driver loaded; Volta+).
 2. ``nvml_power_sampling``: NVML board power (mW) sampled in a thread and integrated by

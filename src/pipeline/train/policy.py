@@ -70,7 +70,8 @@ def choose_precision(
     only where it has bf16 units (AVX512-BF16/AMX), else fp32.
 
     Measured for resnet_cifar (width 32, batch 128) training steps: bf16 autocast ran 1.7x fp32
-    on an AVX512-BF16 CPU, but 14x slower than fp32 on an AVX2-only one (DESIGN.md).
+    on an AVX512-BF16 CPU, but 14x slower than fp32 on an AVX2-only one (measured for the
+    original design).
     """
     if requested != "auto":
         if requested == "fp16" and device_type == "cpu":
