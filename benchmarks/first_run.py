@@ -100,8 +100,8 @@ def report(clone: Path, profile: str, seconds: float, result, emulated: str | No
     metrics = clone / "metrics"
     if (metrics / "eval.json").is_file():
         print(f"test accuracy: {json.loads((metrics / 'eval.json').read_text())['accuracy']:.4f}")
-    if (metrics / "export.json").is_file():
-        export = json.loads((metrics / "export.json").read_text())
+    if (metrics / "details/export.json").is_file():  # the whole record: recipes, pass/fail
+        export = json.loads((metrics / "details/export.json").read_text())
         for name, record in {"fp32": export, **export["variants"]}.items():
             parity = record["parity"]
             extra = record.get("quantization", {})

@@ -1,12 +1,13 @@
-"""Stage evaluate: the trained model on the test split -> metrics/eval.json + confusion plot."""
+"""Stage evaluate: the trained model on the test split -> metrics/eval.json (figures),
+metrics/details/eval.json (with the per-class table) and the confusion plot."""
 
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.data.storage import read_meta, read_split_tensors
 from pipeline.evaluate import classification_metrics, write_confusion_csv
 from pipeline.inference import predict_logits
-from pipeline.io import write_json
 from pipeline.model_io import load_trained
+from pipeline.records import EVAL_FIGURES, write_record
 from pipeline.stage import run_stage
 
 
@@ -17,7 +18,7 @@ def evaluate(params: Params) -> None:
     logits = predict_logits(model, images, params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels, class_names)
     write_confusion_csv(paths.CONFUSION_PLOT, logits, labels, class_names)
-    write_json(paths.EVAL_METRICS, metrics)
+    write_record(paths.EVAL_METRICS, metrics, EVAL_FIGURES)
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f} on {metrics['samples']} images")
 
 

@@ -4,8 +4,8 @@ from pipeline import paths
 from pipeline.config import Params
 from pipeline.data.storage import read_split_tensors
 from pipeline.export.run import enforce_gates, export_all
-from pipeline.io import write_json
 from pipeline.model_io import load_trained
+from pipeline.records import export_figures, write_record
 from pipeline.stage import run_stage
 
 
@@ -15,7 +15,7 @@ def export(params: Params) -> None:
     train_images, _ = read_split_tensors(paths.PREPARED_DIR, "train")
     metrics = export_all(params, model, card, test, train_images, paths.ONNX_DIR)
     # Metrics first: a failed gate still leaves its evidence for the person reading the error.
-    write_json(paths.EXPORT_METRICS, metrics)
+    write_record(paths.EXPORT_METRICS, metrics, export_figures(metrics))
     enforce_gates(metrics)
 
 

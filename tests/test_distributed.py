@@ -238,7 +238,7 @@ def test_two_processes_match_single_process_accuracy_and_write_once(
     prepared, two_process_run, tmp_path
 ):
     root, stderr = two_process_run
-    metrics = json.loads((root / paths.TRAIN_METRICS).read_text())
+    metrics = json.loads((root / paths.TRAIN_DETAILS).read_text())
     assert metrics["world_size"] == 2
     assert metrics["global_batch_size"] == 2 * metrics["batch_size"] == 128
     assert metrics["epochs"] == 6
@@ -272,7 +272,7 @@ def test_worker_killed_on_first_attempt_restarts_and_resumes(prepared, two_proce
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("rank 1 exits after epoch 2") == 1
     assert re.search(r"train: resuming from epoch-0002-[0-9a-f]{12}\.pt \(epoch 2\)", result.stderr)
-    assert json.loads((root / paths.TRAIN_METRICS).read_text())["epochs"] == 6
+    assert json.loads((root / paths.TRAIN_DETAILS).read_text())["epochs"] == 6
     # Resumed from the checkpoint, the run ends exactly where the uninterrupted one did.
     uninterrupted, _ = two_process_run
     weights = (root / paths.MODEL_WEIGHTS).read_bytes()

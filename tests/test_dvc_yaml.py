@@ -51,6 +51,11 @@ def test_outputs_match_paths_module():
         paths.BENCHMARK_TABLE,
         paths.BENCHMARK_REPORT,
         paths.BENCHMARK_CHART,
+        paths.DATA_DETAILS,
+        paths.TRAIN_DETAILS,
+        paths.EVAL_DETAILS,
+        paths.EXPORT_DETAILS,
+        paths.BENCHMARK_DETAILS,
     }
     assert {str(p) for p in written} <= all_outputs
 
@@ -60,6 +65,28 @@ def test_metrics_and_plots_live_in_git():
         for kind in ("metrics", "plots"):
             for entry in stage.get(kind, []):
                 assert isinstance(entry, dict) and next(iter(entry.values()))["cache"] is False
+
+
+def test_details_are_plain_outputs_in_git_beside_their_metrics():
+    """The whole records are committed but are not metrics: `dvc exp show` gets no column."""
+    details = {
+        str(p)
+        for p in (
+            paths.DATA_DETAILS,
+            paths.TRAIN_DETAILS,
+            paths.EVAL_DETAILS,
+            paths.EXPORT_DETAILS,
+            paths.BENCHMARK_DETAILS,
+        )
+    }
+    for stage in stages().values():
+        metrics = {next(iter(entry)) for entry in stage.get("metrics", [])}
+        assert not metrics & details
+        for entry in stage.get("outs", []):
+            if isinstance(entry, dict) and next(iter(entry)) in details:
+                assert next(iter(entry.values()))["cache"] is False
+                name = Path(next(iter(entry))).name
+                assert f"metrics/{name}" in metrics  # beside the figures of the same stage
 
 
 def test_no_stage_is_always_changed():

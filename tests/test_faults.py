@@ -130,7 +130,7 @@ def test_killed_dvc_repro_resumes_through_dvc_and_counts_this_process_work(tmp_p
     again = dvc(root, "repro", "train")
     assert resumed_at(3).search(again.stderr + again.stdout)
     assert (root / paths.MODEL_WEIGHTS).read_bytes() == reference
-    metrics = json.loads((root / paths.TRAIN_METRICS).read_text())
+    metrics = json.loads((root / paths.TRAIN_DETAILS).read_text())
     whole = metrics["whole_run"]
     per_epoch = whole["images"] // 5
     assert metrics["epochs"] == whole["epochs"] == 5 and whole["processes"] == 2
@@ -149,7 +149,7 @@ def test_killed_dvc_repro_resumes_through_dvc_and_counts_this_process_work(tmp_p
 def test_code_edit_and_forced_repro_train_every_epoch_through_dvc(tmp_path):
     root = make_project_copy(tmp_path / "p", {**KILLABLE, "train.epochs": 2})
     dvc(root, "repro", "train")
-    first = json.loads((root / paths.TRAIN_METRICS).read_text())
+    first = json.loads((root / paths.TRAIN_DETAILS).read_text())
     loop_file = root / "src/pipeline/train/loop.py"
     loop_file.write_text(loop_file.read_text() + "\n# a comment, nothing else\n")
     for args in (["repro", "train"], ["repro", "-f", "train"]):
@@ -158,7 +158,7 @@ def test_code_edit_and_forced_repro_train_every_epoch_through_dvc(tmp_path):
         assert "Running stage 'train'" in log, args
         assert "starting fresh" in log and "resuming" not in log, log
         assert "trained epochs 1-2 (2) in this process" in log
-        again = json.loads((root / paths.TRAIN_METRICS).read_text())
+        again = json.loads((root / paths.TRAIN_DETAILS).read_text())
         assert again["resumed_from_epoch"] is None and again["epochs_trained"] == 2
         assert again["images"] == again["whole_run"]["images"] == first["images"] > 0
         assert again["whole_run"]["processes"] == 1
@@ -178,6 +178,7 @@ def test_two_deterministic_runs_give_identical_weights_and_metrics(prepared_root
         volatile = {
             "images_per_s",
             "steady_state_images_per_s",
+            "steady_state_spread",
             "train_seconds",
             "whole_run",
             "seconds_per_epoch",

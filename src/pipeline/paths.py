@@ -28,6 +28,13 @@ BENCHMARK_METRICS = METRICS_DIR / "benchmark.json"
 BENCHMARK_TABLE = METRICS_DIR / "benchmark.csv"
 BENCHMARK_REPORT = METRICS_DIR / "report.md"
 BENCHMARK_CHART = METRICS_DIR / "benchmark.svg"
+# The whole record of each stage (hashes, versions, policy...); metrics/*.json hold its figures.
+DETAILS_DIR = METRICS_DIR / "details"
+DATA_DETAILS = DETAILS_DIR / "data.json"
+TRAIN_DETAILS = DETAILS_DIR / "train.json"
+EVAL_DETAILS = DETAILS_DIR / "eval.json"
+EXPORT_DETAILS = DETAILS_DIR / "export.json"
+BENCHMARK_DETAILS = DETAILS_DIR / "benchmark.json"
 
 # Not a stage output: TensorRT engines built by the benchmark, one folder per ONNX file's sha256
 # (git-ignored; inside the project rather than a shared, world-writable temporary folder).

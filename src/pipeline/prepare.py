@@ -10,7 +10,7 @@ from pipeline.config import Params
 from pipeline.data.sources import check_quarantine, load_source
 from pipeline.data.split import split
 from pipeline.data.storage import build_meta, write_prepared
-from pipeline.io import write_json
+from pipeline.records import DATA_FIGURES, write_record
 
 MAX_LISTED_DUPLICATES = 20
 
@@ -42,12 +42,12 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     meta = build_meta(source, splits)
     write_prepared(root / paths.PREPARED_DIR, splits, meta)
     report = data_report(meta, source.files_seen, source.duplicates)
-    write_json(root / paths.DATA_METRICS, report)
+    write_record(root / paths.DATA_METRICS, report, DATA_FIGURES)
     print(f"prepared {source.name}: {meta['counts']} shape {meta['input_shape']}", file=sys.stderr)
     if source.duplicates:
         print(
             f"prepare: {len(source.duplicates)} byte-identical file(s), each kept in the split "
-            f"of its original (listed in {paths.DATA_METRICS})",
+            f"of its original (listed in {paths.DATA_DETAILS})",
             file=sys.stderr,
         )
     return report

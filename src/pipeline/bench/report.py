@@ -11,7 +11,8 @@ from typing import Any
 
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import chart_bytes, check_chart_path
-from pipeline.io import write_bytes, write_json, write_text
+from pipeline.io import write_bytes, write_text
+from pipeline.records import benchmark_figures, write_record
 
 BASELINE = ("pytorch_eager", "fp32")
 ROW_FIELDS = [
@@ -201,5 +202,5 @@ def write_report(
     write_text(csv_path, rows_to_csv(rows))
     write_bytes(chart_path, chart)
     write_text(md_path, rows_to_markdown(rows, context, top, chart_link))
-    write_json(json_path, summary)
+    write_record(json_path, summary, benchmark_figures(summary))
     return summary

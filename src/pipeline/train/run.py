@@ -19,10 +19,11 @@ from pipeline.config import Params, TrainParams
 from pipeline.data.storage import read_meta, read_split_tensors
 from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
-from pipeline.io import sha256_file, sha256_json, write_json
+from pipeline.io import sha256_file, sha256_json
 from pipeline.model_io import make_card, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
+from pipeline.records import TRAIN_FIGURES, write_record
 from pipeline.train.accounting import (
     RunAccount,
     epochs_line,
@@ -348,4 +349,4 @@ def write_outputs(root: Path, params: Params, spec, meta, trainer: Trainer, metr
     shipped.load_state_dict(trainer.shipped_weights())
     card = make_card(spec, meta, params.model.model_dump(exclude={"arch"}))
     save_trained(root / paths.MODELS_DIR, shipped.model, card)
-    write_json(root / paths.TRAIN_METRICS, metrics)
+    write_record(root / paths.TRAIN_METRICS, metrics, TRAIN_FIGURES)
