@@ -67,8 +67,10 @@ def test_spread_is_unknown_from_one_repeat_and_noise_needs_a_known_spread():
 def test_headline_never_crowns_a_noisy_row():
     rows = sample_rows()
     rows[1]["noisy"] = True  # onnxruntime_cpu fp32 at batch 1, the fastest eligible row
+    rows[0]["latency_spread"] = 0.04
     top = headline(rows, max_accuracy_drop=0.005)["batch_1"]
     assert top["best_backend"] == "pytorch_eager" and top["rows_noisy"] == 1
+    assert top["best_spread"] == 0.04  # the winner's own spread, reported beside it
     text = rows_to_markdown(rows, {"threads": 2}, {"batch_1": top})
     assert text.count("| noisy |") == 2  # the column's title and the marked row
 

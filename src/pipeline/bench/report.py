@@ -80,6 +80,8 @@ def headline(rows: list[dict], max_accuracy_drop: float) -> dict[str, Any]:
             "best_variant": best["variant"] if best else None,
             "best_providers": best["providers_used"] if best else None,
             "best_images_per_s": best["images_per_s"] if best else None,
+            # (max - min) / median of the best row's repeats: a re-run lands within about this.
+            "best_spread": best.get("latency_spread") if best else None,
             "baseline_images_per_s": base_speed,
             "speedup_vs_pytorch_eager": best["images_per_s"] / base_speed
             if best and base_speed
@@ -148,12 +150,14 @@ def rows_to_markdown(
         title = "Top-1 accuracy against images/s and J/image, every backend, variant and batch"
         lines += [f"![{title}]({chart})", ""]
     lines += ["## Best per batch size", ""]
-    lines += ["| batch | best | images/s | x PyTorch eager fp32 | Δ top-1 |", "|" + "---|" * 5]
+    lines += ["| batch | best | images/s | spread | x PyTorch eager fp32 | Δ top-1 |"]
+    lines += ["|" + "---|" * 6]
     for key, entry in top.items():
         best = f"{entry['best_backend']} {entry['best_variant']}" if entry["best_backend"] else "–"
         lines.append(
             f"| {key.removeprefix('batch_')} | {best} | "
             f"{_cell('images_per_s', entry['best_images_per_s'])} | "
+            f"{_cell('latency_spread', entry['best_spread'])} | "
             f"{_cell('speedup_vs_eager', entry['speedup_vs_pytorch_eager'])} | "
             f"{_cell('top1_delta_vs_pytorch', entry['accuracy_delta_vs_pytorch'])} |"
         )
