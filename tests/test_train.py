@@ -124,28 +124,40 @@ def test_default_params_train_config_is_cpu_friendly():
 
 
 def test_step_bar_counts_every_step_of_every_epoch():
-    import io
-
     from pipeline.train.run import step_bar
 
     trainer = make_trainer(epochs=2, batch_size=256)
     calls = []
     with step_bar(trainer, enabled=False) as silent:
-        assert silent is None
+        assert silent.advance is None
     trainer.fit(on_step=calls.append)
     assert calls == list(range(1, len(trainer.batches) + 1)) * 2
-    sink = io.StringIO()
+
+
+def test_step_bar_completes_and_prints_the_epoch_line_above_it(monkeypatch):
+    import io
     import sys
 
-    real, sys.stderr = sys.stderr, sink
-    try:
-        with step_bar(trainer, enabled=True) as advance:
-            for index in range(1, 4):
-                advance(index)
-    finally:
-        sys.stderr = real
+    from pipeline.train.run import step_bar
+
+    trainer = make_trainer(epochs=2, batch_size=256)
+    steps = len(trainer.batches)
+    sink = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", sink)
+    with step_bar(trainer, enabled=True) as bar:
+        for index in range(1, steps + 1):  # faster than tqdm's 0.1 s redraw interval
+            bar.advance(index)
+        bar.write("epoch   1/2  loss 0.1")
     shown = sink.getvalue()
-    assert "epoch 3/2" in shown and f"0/{len(trainer.batches)}" in shown  # tqdm rate-limits redraws
+    before = shown[: shown.index("epoch   1/2  loss")]
+    assert f"{steps}/{steps}" in before  # the bar reached 100% before the line
+    assert before.endswith(("\r", "\n")) or before.rstrip(" ").endswith(("\r", "\n"))
+    # Off a terminal: the plain line, no bar.
+    plain = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", plain)
+    with step_bar(trainer, enabled=False) as bar:
+        bar.write("epoch   1/2  loss 0.1")
+    assert plain.getvalue() == "epoch   1/2  loss 0.1\n"
 
 
 def test_steady_spread_skips_the_warm_up_epoch_and_needs_two_more():

@@ -73,39 +73,55 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
 def progress_line(total_epochs: int, first_epoch: int):
     started = time.perf_counter()
 
-    def show(stats: EpochStats) -> None:
+    def line(stats: EpochStats) -> str:
         elapsed = time.perf_counter() - started  # this process's epochs only, also when resumed
         eta = elapsed / max(stats.epoch - first_epoch + 1, 1) * (total_epochs - stats.epoch)
-        print(
+        return (
             f"epoch {stats.epoch:>3}/{total_epochs}  loss {stats.train_loss:.4f}  "
             f"acc {stats.train_accuracy:.4f}  val_loss {stats.val_loss:.4f}  "
-            f"val_acc {stats.val_accuracy:.4f}  {stats.images_per_s:,.0f} img/s  ETA {eta:.0f}s",
-            file=sys.stderr,
-            flush=True,
+            f"val_acc {stats.val_accuracy:.4f}  {stats.images_per_s:,.0f} img/s  ETA {eta:.0f}s"
         )
 
-    return show
+    return line
+
+
+class StepBar:
+    """One progress display: a bar over each epoch's steps on a terminal, with each epoch's line
+    printed above it; plain lines only when stderr is not a terminal (DVC queue, CI logs)."""
+
+    def __init__(self, trainer: Trainer, enabled: bool) -> None:
+        self.trainer, self.bar = trainer, None
+        if enabled:
+            from tqdm import tqdm
+
+            steps = len(trainer.batches)
+            self.bar = tqdm(total=steps, unit="step", leave=False, file=sys.stderr)
+        self.advance = self._advance if self.bar is not None else None
+
+    def _advance(self, index: int) -> None:
+        if index == 1:
+            self.bar.reset(total=len(self.trainer.batches))
+            epoch = self.trainer.state.epoch + 1
+            self.bar.set_description(f"epoch {epoch}/{self.trainer.params.epochs}")
+        self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        if self.bar is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        self.bar.refresh()  # tqdm skips redraws closer than 0.1 s: show the finished epoch
+        self.bar.write(line, file=sys.stderr)  # clears the bar, prints the line, redraws
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @contextlib.contextmanager
 def step_bar(trainer: Trainer, enabled: bool):
-    """A progress bar over each epoch's steps, on a terminal only (logs get the epoch lines)."""
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    steps = len(trainer.batches)
-    bar = tqdm(total=steps, unit="step", leave=False, file=sys.stderr)
-
-    def advance(index: int) -> None:
-        if index == 1:
-            bar.reset(total=steps)
-            bar.set_description(f"epoch {trainer.state.epoch + 1}/{trainer.params.epochs}")
-        bar.update(1)
-
+    bar = StepBar(trainer, enabled)
     try:
-        yield advance
+        yield bar
     finally:
         bar.close()
 
@@ -197,16 +213,16 @@ def train_once(
         trainer.load_state_dict(resume.state)
     for past in trainer.state.history if group.is_writer else ():
         log_live(live, past)  # curves stay whole across a resume
-    show = progress_line(params.train.epochs, trainer.state.epoch + 1)
-
-    def on_epoch(stats: EpochStats) -> None:
-        if group.is_writer:
-            show(stats)
-            log_live(live, stats.as_dict())
-
+    line = progress_line(params.train.epochs, trainer.state.epoch + 1)
     save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group, account)
-    with step_bar(trainer, group.is_writer and sys.stderr.isatty()) as on_step:
-        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_step=on_step)
+    with step_bar(trainer, group.is_writer and sys.stderr.isatty()) as bar:
+
+        def on_epoch(stats: EpochStats) -> None:
+            if group.is_writer:
+                bar.write(line(stats))
+                log_live(live, stats.as_dict())
+
+        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_step=bar.advance)
     return trainer
 
 
