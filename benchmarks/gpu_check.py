@@ -66,6 +66,8 @@ class BenchSettings:
     min_iterations: int = 50
     min_seconds: float = 1.0
     threads: int = 0
+    repeats: int = 3  # timing rounds over every backend, as benchmark.repeats
+    max_spread: float = 0.25  # rows whose rounds' p50s spread more are marked noisy
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     providers = ["cpu"] if dry else ["cpu", "cuda", "tensorrt"]
     settings = BenchSettings(
         str(device), providers, args.batch_sizes, 2 if dry else 10, 3 if dry else 50,
-        0.0 if dry else args.min_seconds,
+        0.0 if dry else args.min_seconds, repeats=2 if dry else 3,
     )  # fmt: skip
     energy = EnergySettings(min_window_s=0.05 if dry else 1.0)
     spec = ModelSpec("resnet_cifar", 3, 32, 10, width=args.width)

@@ -75,6 +75,8 @@ def test_every_backend_variant_provider_and_batch_size_has_a_row(matrix):
     }
     assert keys == {(b, v, size) for b, v in expected for size in (1, 8)}
     assert all(set(r) == set(ROW_FIELDS) for r in rows)
+    timed = [r for r in rows if r["latency_ms_p50"] is not None]
+    assert timed and all(r["repeats"] == 3 and r["latency_spread"] is not None for r in timed)
     assert context["flops_per_image"] > 0 and context["peaks"]["cpu"]["gflops"] > 0
 
 

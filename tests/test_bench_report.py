@@ -159,3 +159,43 @@ def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():
     assert "| 1 | onnxruntime_cpu fp32 |" in text
     assert "onnxruntime_tensorrt fp16 (failed): RuntimeError: no engine" in text
     assert "onnxruntime_cuda fp32 (fallback): CUDA unavailable" in text
+
+
+def test_rounds_go_over_every_backend_in_turn_and_merge_into_the_row():
+    from pipeline.bench.run import FIRST_ROUND, Spec, timed_rounds
+    from pipeline.config import BenchmarkParams
+
+    built = []
+
+    class Fake:
+        def __init__(self, name):
+            built.append(name)
+
+        def bind(self, batch):
+            return lambda: None
+
+        def sync(self):
+            pass
+
+    def broken():
+        built.append("b")
+        raise RuntimeError("no device")
+
+    specs = [
+        Spec("a", "fp32", "cpu", "host", lambda: Fake("a")),
+        Spec("b", "fp32", "cpu", "host", broken),
+    ]
+    params = BenchmarkParams(
+        batch_sizes=[1], warmup=0, min_iterations=3, min_seconds=0.0, repeats=3
+    )
+    rows = [row("a", "fp32", 1, 1000.0, 0.9), row("b", "fp32", 1, 1000.0, 0.9)]
+    for r in rows:  # round 1: far slower than the no-op rounds after it
+        r[FIRST_ROUND] = np.full(3, 1000.0)
+    timed_rounds(specs, params, rows, np.zeros((2, 1, 2, 2), np.uint8))
+    assert built == ["a", "b", "a", "b"]  # round 2 then round 3, every backend in each
+    first, second = rows
+    assert first["repeats"] == 3 and first["latency_ms_p50_max"] == 1000.0
+    assert first["iterations"] == 9 and FIRST_ROUND not in first
+    assert first["latency_spread"] > params.max_spread and first["noisy"] is True
+    assert second["repeats"] == 1 and second["latency_spread"] is None and not second["noisy"]
+    assert "2 timing round(s) failed: RuntimeError: no device" in second["note"]

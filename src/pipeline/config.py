@@ -333,8 +333,8 @@ class BenchmarkParams(Section):
     )
     repeats: Annotated[int, Field(ge=2, le=1_000)] = Field(
         3,
-        description="Timing loops per row; the row reports their median p50 and spread "
-        "(at least 2, so a spread is always measured).",
+        description="Timing rounds, each over every backend in turn; a row reports the median "
+        "of its rounds' p50s and their spread (at least 2, so a spread is always measured).",
     )
     max_spread: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
         0.25,

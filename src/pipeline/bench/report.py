@@ -177,8 +177,9 @@ def rows_to_markdown(
     methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
     lines += ["", f"Peak memory: {'; '.join(methods) or 'not measured'}."]
     lines += [
-        "Latency is per batch (p50/p99 over the timed calls after warm-up); images/s and GFLOP/s "
-        "use the median of the repeats' p50s; spread is (max - min) / median of those p50s, and a "
+        "Latency is per batch (mean/p90/p99 over the first round's timed calls after warm-up); "
+        "p50, images/s and GFLOP/s use the median of the p50s of every timing round (each round "
+        "goes over every backend in turn); spread is (max - min) / median of those p50s, and a "
         "noisy row (spread above benchmark.max_spread) is never the best. GFLOP/s is the fp32 "
         "model's FLOPs as torch.utils.flop_counter counts them "
         "(padding taps included) x images/s: int8 rows, and kernels that skip padding on small "

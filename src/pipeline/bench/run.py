@@ -17,7 +17,7 @@ from pipeline.bench.backends import GPU_PROVIDERS, OrtBackend, TorchBackend, eng
 from pipeline.bench.memory import memory_probe
 from pipeline.bench.peak import Peak, flops_per_image, peaks_for
 from pipeline.bench.report import BASELINE, ROW_FIELDS
-from pipeline.bench.timing import time_call
+from pipeline.bench.timing import spread, time_call
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
 from pipeline.train.policy import resolve_device
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_chec
     from pipeline.config import BenchmarkParams, EnergyParams
 
 ACCURACY_BATCH = 256
+FIRST_ROUND = "_first_round_ms"  # a row's first-round latencies until timed_rounds merges them
 
 
 def physical_cores() -> int:
@@ -154,18 +155,13 @@ def benchmark_backend(
         try:
             call = backend.bind(batch_of(images, size))
             timing = time_call(
-                call,
-                backend.sync,
-                params.warmup,
-                params.min_iterations,
-                params.min_seconds,
-                repeats=params.repeats,
+                call, backend.sync, params.warmup, params.min_iterations, params.min_seconds
             )
         except Exception as error:
             rows.append(_row(spec, size, **{**facts, "status": "failed", "reason": _why(error)}))
             continue
-        summary = timing.summary(size)
-        summary["noisy"] = is_noisy(summary["latency_spread"], params.max_spread)
+        summary = timing.summary(size)  # the first round; merge_rounds adds the others
+        summary[FIRST_ROUND] = timing.latencies_ms
         memory = {"peak_memory_mb": probe.peak_mb(), "memory_method": probe.method}
         energy = row_energy(call, backend, size, energy_params, device)
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
@@ -181,6 +177,71 @@ def benchmark_backend(
         row["top1_accuracy"] = accuracy
     getattr(probe, "close", lambda: None)()
     return rows
+
+
+def retime_backend(spec: Spec, params: BenchmarkParams, images) -> dict[int, np.ndarray | str]:
+    """One more round of timing for one backend: latencies per batch size, or why it failed."""
+    try:
+        backend = spec.build()
+    except UnsafeModelError:
+        raise
+    except Exception as error:
+        return dict.fromkeys(params.batch_sizes, _why(error))
+    rounds: dict[int, np.ndarray | str] = {}
+    for size in params.batch_sizes:
+        try:
+            call = backend.bind(batch_of(images, size))
+            timing = time_call(
+                call, backend.sync, params.warmup, params.min_iterations, params.min_seconds
+            )
+            rounds[size] = timing.latencies_ms
+        except Exception as error:
+            rounds[size] = _why(error)
+    return rounds
+
+
+def merge_rounds(row: dict, rounds: list[np.ndarray], max_spread: float) -> None:
+    """A row's figures from every round's latencies: p50 as the median of the rounds' p50s, its
+    range, spread and noise flag; mean and tails over all the calls."""
+    p50s = np.asarray([np.percentile(latencies, 50) for latencies in rounds])
+    calls = np.concatenate(rounds)
+    p50 = float(np.median(p50s))
+    row.update(
+        repeats=len(p50s),
+        iterations=len(calls),
+        latency_ms_mean=float(calls.mean()),
+        latency_ms_p90=float(np.percentile(calls, 90)),
+        latency_ms_p99=float(np.percentile(calls, 99)),
+        latency_ms_p50=p50,
+        latency_ms_p50_min=float(p50s.min()),
+        latency_ms_p50_max=float(p50s.max()),
+        latency_spread=spread(p50s),
+        ms_per_image=p50 / row["batch_size"],
+        images_per_s=row["batch_size"] * 1000.0 / p50,
+    )
+    row["noisy"] = is_noisy(row["latency_spread"], max_spread)
+
+
+def timed_rounds(specs, params: BenchmarkParams, rows: list[dict], images) -> None:
+    """Rounds 2..repeats over every backend in turn, so load that comes and goes over tens of
+    seconds (a busy neighbour) lands in the spread instead of in one backend's figures."""
+    extra: dict[tuple[str, str, int], list[np.ndarray | str]] = {}
+    for round_number in range(2, params.repeats + 1):
+        print(f"benchmark: timing round {round_number}/{params.repeats}", file=sys.stderr)
+        for spec in specs:
+            for size, latencies in retime_backend(spec, params, images).items():
+                extra.setdefault((spec.name, spec.variant, size), []).append(latencies)
+    for row in rows:
+        first = row.pop(FIRST_ROUND, None)
+        if first is None:
+            continue
+        later = extra.get((row["backend"], row["variant"], row["batch_size"]), [])
+        failures = [item for item in later if isinstance(item, str)]
+        if failures:  # the row keeps the rounds that ran; its repeats column says how many
+            note = f"{len(failures)} timing round(s) failed: {failures[0]}"
+            row["note"] = "; ".join(filter(None, [row["note"], note]))
+        timed = [item for item in later if not isinstance(item, str)]
+        merge_rounds(row, [first, *timed], params.max_spread)
 
 
 def _peak_key(row: dict) -> str:
@@ -242,9 +303,10 @@ def run_benchmark(
     peaks = peaks_for(device, threads)
     rows = []
     for spec in specs:
-        for row in benchmark_backend(spec, params, device, images, labels, energy_params):
-            rows.append(row)
-            _print(row)
+        rows += benchmark_backend(spec, params, device, images, labels, energy_params)
+    timed_rounds(specs, params, rows, images)
+    for row in rows:
+        _print(row)
     derive(rows, flops, peaks)
     context = {
         "threads": threads,
