@@ -483,7 +483,8 @@ def test_real_queue_workers_pass_their_gpu_to_the_experiments(
         dvc(repo, "exp", "run", "--queue", "-S", f"train.batch_size={size}")
     try:
         # Two made-up GPU ids: no GPU is needed to see that each worker's variable arrives.
-        messages = gpu_queue.start_gpu_workers(["7", "9"], repo, poll_s=0.2)
+        # A loaded 2-core machine can take over a minute to start a celery worker.
+        messages = gpu_queue.start_gpu_workers(["7", "9"], repo, poll_s=0.2, wait_s=180)
         assert messages == ["worker 1: CUDA_VISIBLE_DEVICES=7", "worker 2: CUDA_VISIBLE_DEVICES=9"]
         deadline = time.monotonic() + 120
         while re.search(r"\s(Queued|Running)\s*$", dvc(repo, "queue", "status").stdout, re.M):
