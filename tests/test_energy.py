@@ -429,3 +429,13 @@ def test_measure_for_at_least_closes_the_window_when_the_call_fails() -> None:
         measure_for_at_least(broken, 1.0, window)
     assert nvml.open_sessions == 0
     assert window.reading is not None
+
+
+def test_measure_for_at_least_spends_no_time_when_no_meter_reads() -> None:
+    called = []
+    window = EnergyWindow([])
+    started = time.perf_counter()
+    reading, calls = measure_for_at_least(lambda: called.append(1), 5.0, window)
+    assert time.perf_counter() - started < 1.0 and calls == 0 and called == []
+    assert reading.joules is None and reading.reason == "no energy meter configured"
+    assert reading.joules_per(calls) is None
