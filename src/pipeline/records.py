@@ -20,14 +20,15 @@ from typing import Any
 from pipeline import paths
 from pipeline.io import write_json
 
-_MISSING = object()
+MISSING = object()
 
 
-def _get(record: Mapping[str, Any], dotted: str) -> Any:
+def dotted_get(record: Mapping[str, Any], dotted: str, missing: Any = MISSING) -> Any:
+    """``record[a][b]`` for ``"a.b"``; ``missing`` when any step is absent."""
     node: Any = record
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
+            return missing
         node = node[part]
     return node
 
@@ -36,8 +37,8 @@ def pick(record: Mapping[str, Any], figures: Iterable[str]) -> dict[str, Any]:
     """The ``figures`` (dotted keys) of ``record``, nested as there; absent keys are skipped."""
     picked: dict[str, Any] = {}
     for dotted in figures:
-        value = _get(record, dotted)
-        if value is _MISSING:
+        value = dotted_get(record, dotted)
+        if value is MISSING:
             continue
         *parents, leaf = dotted.split(".")
         node = picked

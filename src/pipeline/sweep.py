@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import paths
+from pipeline.records import dotted_get
 
 Kind = Literal["workspace", "baseline", "experiment"]
 ALWAYS_SHOWN_PARAMS = ("train.batch_size",)
@@ -190,12 +191,7 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
     """A flat ``a.b`` key if present, else the nested ``data[a][b]``; None when absent."""
     if dotted in data:
         return data[dotted]
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return dotted_get(data, dotted, missing=None)
 
 
 def _number(value: Any) -> float | None:
