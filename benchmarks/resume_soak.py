@@ -56,8 +56,24 @@ def write_params(dest: Path, overrides: dict) -> None:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def train(root: Path, kill_after_s: float | None) -> tuple[str, bool]:
-    """Run the train stage; SIGKILL it after ``kill_after_s``. (stderr, whether it finished)."""
+def first_checkpoint(root: Path) -> bool:
+    return any((root / "models/checkpoints").glob("epoch-*.pt"))
+
+
+def watch_first_checkpoint(root: Path, started: float, seen: list[float]):
+    """A kill_when that never kills: it notes when the first checkpoint appeared."""
+
+    def check() -> bool:
+        if not seen and first_checkpoint(root):
+            seen.append(time.perf_counter() - started)
+        return False
+
+    return check
+
+
+def train(root: Path, kill_after_s: float | None, kill_when=None) -> tuple[str, bool]:
+    """Run the train stage; SIGKILL it after ``kill_after_s`` or as soon as ``kill_when()``.
+    (stderr, whether it finished)."""
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
@@ -69,6 +85,10 @@ def train(root: Path, kill_after_s: float | None) -> tuple[str, bool]:
             start_new_session=True,
         )
         try:
+            while kill_when is not None and process.poll() is None and not kill_when():
+                time.sleep(0.02)
+            if kill_when is not None and process.poll() is None:
+                raise subprocess.TimeoutExpired(process.args, 0)
             process.wait(timeout=kill_after_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
@@ -96,16 +116,21 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        started = time.perf_counter()
-        train(root, None)
+        started, first_s = time.perf_counter(), []
+        # Watch for the first checkpoint without killing: kills are then drawn mostly after it,
+        # so most rounds resume (start-up alone is most of a short run).
+        train(root, None, kill_when=watch_first_checkpoint(root, started, first_s))
         reference_s = time.perf_counter() - started
         reference = (root / "models/model.safetensors").read_bytes()
         (root / "models/model.safetensors").unlink()
         print(f"reference run: {reference_s:.1f} s", flush=True)
 
         write_params(root, {**SETTINGS, "train": {**SETTINGS["train"], **LONGER["train"]}})
-        train(root, reference_s * 0.9)  # killed part-way: leaves its checkpoints
+        # Killed once its first checkpoint is written: it leaves a resumable run behind.
+        train(root, None, kill_when=lambda: first_checkpoint(root))
         others = sorted(p.name for p in (root / "models/checkpoints").glob("epoch-*.pt"))
+        if not others:
+            raise SystemExit("the longer run left no checkpoint: nothing to protect")
         write_params(root, SETTINGS)
         print(f"other run's checkpoints left behind: {others}", flush=True)
 
@@ -114,7 +139,7 @@ def main() -> None:
         all_same, kills, round_number = True, 0, 0
         while kills < args.rounds and round_number < 3 * args.rounds:
             round_number += 1
-            delay = chance.uniform(0.0, reference_s)
+            delay = chance.uniform(0.8 * first_s[0] if first_s else 0.0, reference_s)
             text, finished = train(root, delay)
             kills += not finished
             resumed = RESUMED.search(text)
