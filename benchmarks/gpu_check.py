@@ -41,7 +41,7 @@ if importlib.util.find_spec("pipeline") is None:
     sys.path.insert(0, str(ROOT / "src"))
 
 from pipeline.bench.peak import flops_per_image  # noqa: E402
-from pipeline.bench.run import _cpu_facts, machine_context, run_benchmark  # noqa: E402
+from pipeline.bench.run import machine_context, run_benchmark  # noqa: E402
 from pipeline.bench.timing import time_call  # noqa: E402
 from pipeline.energy import cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
@@ -211,8 +211,7 @@ def run_gpu_tests() -> dict:
 
 
 def machine_facts(device: torch.device, dry_run: bool) -> dict:
-    name, isa = _cpu_facts()
-    facts = machine_context() | {"cpu": name, "cpu_isa": isa, "device": str(device)}
+    facts = machine_context() | {"device": str(device)}
     facts["mode"] = "cpu dry run (no GPU figures)" if dry_run else "gpu"
     if device.type == "cuda":
         facts["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))

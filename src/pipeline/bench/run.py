@@ -20,6 +20,8 @@ from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import spread, time_call
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
+from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
+from pipeline.hardware.cpu import detect as detect_cpu
 from pipeline.train.policy import resolve_device
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
@@ -318,23 +320,22 @@ def run_benchmark(
 
 
 def _cpu_facts() -> tuple[str, str]:
-    """CPU model name and the vector extensions that decide fp32/int8 kernel speed."""
+    """CPU model name, and the tracked vector extensions (the ones the bf16 policy and the int8
+    recipe read, from pipeline.hardware.cpu) that decide fp32/int8 kernel speed."""
     import platform
 
-    name, flags = platform.processor() or platform.machine(), set()
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
                     break
     except OSError:
         pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile"]
-    return name, " ".join(flag for flag in wanted if flag in flags) or "unknown"
+    flags = detect_cpu().flags
+    return name, " ".join(flag for flag in TRACKED_CPU_FLAGS if flag in flags) or "unknown"
 
 
 def machine_context() -> dict[str, Any]:
