@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.bench.peak import Peak
 from pipeline.bench.run import derive, run_benchmark
 from pipeline.config import BenchmarkParams, parse_params
 from pipeline.data import digits
 from pipeline.data.split import channel_stats
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
+from pipeline.hardware.peak import Peak
 from pipeline.model_io import load_trained, make_card
 from pipeline.models import ModelSpec, available_archs, build_model
 from pipeline.preprocess import WithPreprocessing

@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 
-from pipeline.bench.peak import Peak
 from pipeline.bench.report import ROW_FIELDS, headline, rows_to_csv, rows_to_markdown
 from pipeline.bench.run import batch_of, derive, is_noisy
 from pipeline.bench.timing import Timing, spread, time_call
+from pipeline.hardware.peak import Peak
 
 
 def test_time_call_warms_up_then_times_at_least_the_asked_iterations():

@@ -12,10 +12,10 @@ from torch import nn
 
 from conftest import run
 from pipeline.config import TrainParams
+from pipeline.hardware.precision import PRECISIONS
 from pipeline.train import distributed
 from pipeline.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from pipeline.train.loop import Trainer
-from pipeline.train.policy import PRECISIONS
 
 RUN = "e" * 64
 

@@ -5,12 +5,13 @@ import torch
 
 from pipeline.config import TrainParams
 from pipeline.hardware.cpu import OVERRIDE_ENV
+from pipeline.hardware.precision import choose_precision
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.augment import Augment, random_crop
 from pipeline.train.batches import DeviceBatches, HostBatches, epoch_shard
 from pipeline.train.loop import Trainer
-from pipeline.train.policy import choose_precision, resolve_policy
+from pipeline.train.policy import resolve_policy
 from pipeline.train.schedule import warmup_cosine
 from test_train import make_trainer
 

@@ -6,8 +6,9 @@ from test_engine import rgb_data
 
 from pipeline.config import BenchmarkParams, EnergyParams, TrainParams, parse_params
 from pipeline.energy import meter_from_params
+from pipeline.hardware.memory import peak_memory
 from pipeline.train.policy import resolve_policy
-from pipeline.train.resources import compute_report, peak_memory
+from pipeline.train.resources import compute_report
 from test_train import make_trainer
 
 pytestmark = pytest.mark.gpu
@@ -211,7 +212,7 @@ def test_training_in_fp32_on_the_gpu_is_named_tf32_when_tf32_is_on():
 
 
 def test_fp32_and_tf32_peaks_are_measured_apart():
-    from pipeline.bench.peak import cuda_peak
+    from pipeline.hardware.peak import cuda_peak
 
     device = torch.device("cuda")
     if torch.cuda.get_device_capability(device) < (8, 0):

@@ -25,14 +25,15 @@ from pipeline.bench.backends import (
     placement_status,
     tensorrt_options,
 )
-from pipeline.bench.memory import HostMemory, NvmlMemory, memory_probe
+from pipeline.bench.memory import NvmlMemory, memory_probe
 from pipeline.bench.run import _peak_key
 from pipeline.config import TrainParams
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import make_session, node_placement
+from pipeline.hardware.memory import HostMemory
+from pipeline.hardware.tf32 import fp32_math, set_tf32, tf32_ops
 from pipeline.models import ModelSpec, build_model
 from pipeline.train import policy as policy_module
-from pipeline.train.tf32 import fp32_math, set_tf32, tf32_ops
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -157,8 +158,8 @@ def test_training_policy_names_tf32_when_it_is_on(
 
 
 def test_training_peak_is_measured_in_the_arithmetic_of_the_work(fake_cuda, monkeypatch):
-    from pipeline.bench import peak
-    from pipeline.bench.peak import Peak
+    from pipeline.hardware import peak
+    from pipeline.hardware.peak import Peak
     from pipeline.train.resources import compute_report
 
     fake_cuda((8, 6))

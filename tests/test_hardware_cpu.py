@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.hardware.cpu import OVERRIDE_ENV, CpuFeatures, CpuFlagsError, detect
-from pipeline.train.policy import choose_precision, cpu_has_native_bf16
+from pipeline.hardware.precision import choose_precision, cpu_has_native_bf16
 
 AVX2 = CpuFeatures(frozenset({"avx2", "fma"}), "test")
 AVX512 = CpuFeatures(frozenset({"avx2", "fma", "avx512f"}), "test")

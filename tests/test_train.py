@@ -4,12 +4,13 @@ import torch
 from pipeline.config import Params, TrainParams
 from pipeline.data import digits
 from pipeline.data.split import channel_stats, split
+from pipeline.hardware.device import DeviceError, resolve_device
+from pipeline.hardware.precision import choose_precision
 from pipeline.model_io import ModelFileError, load_trained, make_card, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.registry import UnknownModelError
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.loop import Trainer
-from pipeline.train.policy import DeviceError, choose_precision, resolve_device
 
 
 @pytest.mark.parametrize(

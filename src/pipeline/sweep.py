@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import paths
+from pipeline.charts.pareto import ParetoPanel, ParetoPoint, write_pareto_chart
 from pipeline.records import dotted_get
 
 Kind = Literal["workspace", "baseline", "experiment"]
@@ -289,6 +290,29 @@ def _dominates(accuracy: float, cost: float, other_accuracy: float, other_cost: 
     return no_worse and (accuracy > other_accuracy or cost < other_cost)
 
 
+# pipeline-pareto --plot: one panel per cost, (axis title, the run's cost).
+CHART_COSTS: dict[str, tuple[str, Callable[[Run], float | None]]] = {
+    "energy": ("training energy, J/image (log scale)", lambda run: run.joules_per_image),
+    "wall time": ("training wall time, s (log scale)", lambda run: run.wall_seconds),
+}
+
+
+def chart_panels(runs: Sequence[Run]) -> list[ParetoPanel]:
+    """Each cost's points (runs with an accuracy and that cost) and its front; runs without the
+    cost are counted, never drawn at zero."""
+    panels = []
+    for name, (title, cost) in CHART_COSTS.items():
+        front = {id(run) for run in pareto_front(runs, cost)}
+        points = [
+            ParetoPoint(run.name, run.accuracy, price, id(run) in front)
+            for run in runs
+            if run.accuracy is not None and (price := cost(run)) is not None
+        ]
+        left_off = sum(1 for run in runs if run.accuracy is not None and cost(run) is None)
+        panels.append(ParetoPanel(name, title, points, left_off))
+    return panels
+
+
 def least_energy_meeting_target(
     runs: Sequence[Run], target: float | None, scope: str | None = None
 ) -> Run | None:
@@ -437,9 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs, left_out = select_runs(runs_from_exp_show(document), args.max_spread, status)
     print(report(runs, args.target, left_out))
     if args.plot is not None:
-        from pipeline.charts.pareto import write_pareto_chart  # imports vl-convert
-
-        write_pareto_chart(args.plot, runs)
+        write_pareto_chart(args.plot, chart_panels(runs))
         print(f"\nchart: {args.plot}")
     return 0
 

@@ -18,11 +18,11 @@ from pipeline.export.session import (
     node_placement,
     session_logits,
 )
+from pipeline.hardware.precision import choose_precision
+from pipeline.hardware.tf32 import TF32_CAPABILITY, fp32_math
 from pipeline.inference import predict_logits
 from pipeline.io import sha256_file
 from pipeline.preprocess import Normalize
-from pipeline.train.policy import choose_precision
-from pipeline.train.tf32 import TF32_CAPABILITY, fp32_math
 
 GPU_PROVIDERS = {PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]}
 CPU_PROVIDER = PROVIDER_NAMES["cpu"]

@@ -1,71 +1,16 @@
-"""Peak memory of one backend, and which counter measured it."""
+"""Peak memory of one backend, and which counter measured it: the host and PyTorch's CUDA
+allocator through pipeline.hardware.memory; onnxruntime's CUDA arena through NVML (the energy
+meters' GPU handle), which is why this part lives above the energy layer."""
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
 from pipeline.energy.base import MeterUnavailable
 from pipeline.energy.nvml import NvmlGpus
-
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def _status_kib(key: str) -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Linux resets the process's peak RSS (VmHWM) to its current RSS on "5" (since 4.0)."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-class HostMemory:
-    """Process RSS: peak during a row (VmHWM after a reset) minus RSS before the backend existed."""
-
-    def __init__(self) -> None:
-        self.base_kib = _status_kib("VmRSS")
-        self.method = "process RSS peak - RSS before backend (VmHWM)"
-
-    def start_row(self) -> None:
-        if not _reset_rss_peak():
-            self.method = "process RSS after row - RSS before backend"
-
-    def peak_mb(self) -> float | None:
-        key = "VmHWM" if self.method.startswith("process RSS peak") else "VmRSS"
-        now = _status_kib(key)
-        if now is None or self.base_kib is None:
-            return None
-        return max(now - self.base_kib, 0) / 1024.0
-
-
-class TorchCudaMemory:
-    """PyTorch's CUDA allocator: max allocated during a row minus allocated before the backend."""
-
-    method = "torch.cuda.max_memory_allocated - allocated before backend"
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.base = torch.cuda.memory_allocated(device)
-
-    def start_row(self) -> None:
-        torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak_mb(self) -> float | None:
-        return max(torch.cuda.max_memory_allocated(self.device) - self.base, 0) / 2**20
+from pipeline.hardware.memory import HostMemory, TorchCudaMemory
 
 
 class NvmlMemory:

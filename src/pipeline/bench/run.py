@@ -15,14 +15,14 @@ import torch
 
 from pipeline.bench.backends import GPU_PROVIDERS, OrtBackend, TorchBackend, engine_precision
 from pipeline.bench.memory import memory_probe
-from pipeline.bench.peak import Peak, flops_per_image, peaks_for
 from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import spread, time_call
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
 from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
 from pipeline.hardware.cpu import detect as detect_cpu
-from pipeline.train.policy import resolve_device
+from pipeline.hardware.device import resolve_device
+from pipeline.hardware.peak import Peak, flops_per_image, peaks_for
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
     from pipeline.config import BenchmarkParams, EnergyParams

@@ -1,44 +1,56 @@
 """pipeline-pareto's chart: accuracy against J/image and against wall seconds, every run a grey
 point, the Pareto front joined and named. Runs without a figure are left off that panel (and
-counted in its subtitle), never drawn at zero."""
+counted in its subtitle), never drawn at zero. It draws what pipeline-pareto hands it: which run
+is on a front is decided there (pipeline.sweep), not here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.charts.render import message_chart, write_chart
-from pipeline.sweep import Run, pareto_front
 
 TITLE = "Experiments: accuracy against cost"
-COSTS: dict[str, tuple[str, Callable[[Run], float | None]]] = {
-    "energy": ("training energy, J/image (log scale)", lambda run: run.joules_per_image),
-    "wall time": ("training wall time, s (log scale)", lambda run: run.wall_seconds),
-}
 PLACE = {"field": "place", "type": "nominal", "title": None}
 PLACE_SCALE = {"domain": ["Pareto front", "other run"], "range": ["#d62728", "#9e9e9e"]}
 
 
-def _points(runs: Sequence[Run], cost: Callable[[Run], float | None]) -> list[dict[str, Any]]:
-    front = {id(run) for run in pareto_front(runs, cost)}
+@dataclass(frozen=True)
+class ParetoPoint:
+    name: str
+    accuracy: float
+    cost: float
+    on_front: bool
+
+
+@dataclass(frozen=True)
+class ParetoPanel:
+    """One cost axis: the runs with a figure for it, and how many runs had none (not drawn)."""
+
+    name: str  # "energy" | "wall time"
+    axis_title: str
+    points: Sequence[ParetoPoint]
+    left_off: int
+
+
+def _points(panel: ParetoPanel) -> list[dict[str, Any]]:
     return [
         {
-            "name": run.name,
-            "accuracy": run.accuracy,
-            "cost": cost(run),
-            "place": "Pareto front" if id(run) in front else "other run",
+            "name": point.name,
+            "accuracy": point.accuracy,
+            "cost": point.cost,
+            "place": "Pareto front" if point.on_front else "other run",
         }
-        for run in runs
-        if run.accuracy is not None and cost(run) is not None
+        for point in panel.points
     ]
 
 
-def _panel(runs: Sequence[Run], name: str) -> dict[str, Any]:
-    title, cost = COSTS[name]
-    points = _points(runs, cost)
-    left_off = sum(1 for run in runs if run.accuracy is not None and cost(run) is None)
-    x = {"field": "cost", "type": "quantitative", "title": title, "scale": {"type": "log"}}
+def _panel(panel: ParetoPanel) -> dict[str, Any]:
+    name, left_off = panel.name, panel.left_off
+    x = {"field": "cost", "type": "quantitative", "title": panel.axis_title}
+    x["scale"] = {"type": "log"}
     y = {"field": "accuracy", "type": "quantitative", "title": "test accuracy"}
     y |= {"scale": {"zero": False, "padding": 12}, "axis": {"format": ".2%"}}
     on_front = {"filter": "datum.place === 'Pareto front'"}
@@ -49,7 +61,7 @@ def _panel(runs: Sequence[Run], name: str) -> dict[str, Any]:
         },
         "width": 340,
         "height": 260,
-        "data": {"values": points},
+        "data": {"values": _points(panel)},
         "encoding": {"x": x, "y": y},
         "layer": [
             {
@@ -70,15 +82,16 @@ def _panel(runs: Sequence[Run], name: str) -> dict[str, Any]:
     }
 
 
-def pareto_chart(runs: Sequence[Run]) -> dict[str, Any]:
-    if not any(run.accuracy is not None for run in runs):
+def pareto_chart(panels: Sequence[ParetoPanel]) -> dict[str, Any]:
+    # Every run with an accuracy is a point or left off in each panel.
+    if not any(panel.points or panel.left_off for panel in panels):
         return message_chart(TITLE, "no run has an accuracy yet: nothing to plot")
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "title": {"text": TITLE, "anchor": "start"},
-        "hconcat": [_panel(runs, name) for name in COSTS],
+        "hconcat": [_panel(panel) for panel in panels],
     }
 
 
-def write_pareto_chart(path: str | Path, runs: Sequence[Run]) -> None:
-    write_chart(path, pareto_chart(runs))
+def write_pareto_chart(path: str | Path, panels: Sequence[ParetoPanel]) -> None:
+    write_chart(path, pareto_chart(panels))

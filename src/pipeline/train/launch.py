@@ -24,8 +24,8 @@ import torch
 
 from pipeline.config import DistributedParams, Params
 from pipeline.errors import PipelineError
+from pipeline.hardware.device import resolve_device
 from pipeline.train.distributed import is_worker, join_group, leave_group
-from pipeline.train.policy import resolve_device
 from pipeline.train.run import run_training
 
 RUN_ID = "pipeline-train"  # the rendezvous id; every node of one run must use the same

@@ -18,9 +18,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.hardware.precision import Precision
 from pipeline.train.augment import Augment
 from pipeline.train.batches import make_batches
-from pipeline.train.policy import Precision
 from pipeline.train.schedule import make_scheduler
 from pipeline.train.state import EpochStats, ProcessWork, TrainState
 

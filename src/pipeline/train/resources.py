@@ -1,32 +1,15 @@
-"""What a run cost: peak memory and achieved FLOP/s."""
+"""What a training run achieved: FLOP/s, and its share of the device's measured peak."""
 
 from __future__ import annotations
 
-import resource
-import sys
-
 import torch
+
+from pipeline.hardware import peak
+from pipeline.hardware.tf32 import fp32_name
 
 # A training step is one forward and a backward that costs about two forwards.
 TRAIN_FLOPS_PER_FORWARD = 3
 PEAK_MATH = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> dict[str, float | str]:
-    """CUDA: max allocated by PyTorch. CPU: the process's peak resident set (whole process)."""
-    if device.type == "cuda":
-        return {
-            "bytes": float(torch.cuda.max_memory_allocated(device)),
-            "method": "torch.cuda.max_memory_allocated",
-        }
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {"bytes": float(peak * scale), "method": "peak RSS of the process"}
 
 
 def compute_report(
@@ -45,16 +28,13 @@ def compute_report(
         "fraction_of_peak": None,
     }
     if device.type == "cuda":
-        from pipeline.bench.peak import cuda_peak
-        from pipeline.train.tf32 import fp32_name
-
         # The peak in the arithmetic of the work: fp32 work under TF32 is bounded by TF32's peak.
         math = PEAK_MATH.get(precision_dtype) or fp32_name(device)
-        peak = cuda_peak(device, math)
+        measured = peak.cuda_peak(device, math)
         report.update(
-            device_peak_gflops=peak.gflops,
-            peak_method=peak.method,
-            fraction_of_peak=achieved / 1e9 / peak.gflops,
+            device_peak_gflops=measured.gflops,
+            peak_method=measured.method,
+            fraction_of_peak=achieved / 1e9 / measured.gflops,
         )
     else:
         report["peak_note"] = "device peak is measured on CUDA only; see the benchmark for CPU"

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.bench.peak import flops_per_image
 from pipeline.config import Params, TrainParams
 from pipeline.data.storage import read_meta, read_split_tensors
 from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
+from pipeline.hardware.memory import peak_memory, reset_peak_memory
+from pipeline.hardware.peak import flops_per_image
 from pipeline.io import sha256_file, sha256_json
 from pipeline.model_io import make_card, save_trained
 from pipeline.models import ModelSpec, build_model
@@ -35,7 +36,7 @@ from pipeline.train.checkpoint import find_resume, remove_run, report, save_chec
 from pipeline.train.distributed import gather_rng_states, maybe_inject_fault
 from pipeline.train.loop import Trainer
 from pipeline.train.policy import resolve_policy
-from pipeline.train.resources import compute_report, peak_memory, reset_peak_memory
+from pipeline.train.resources import compute_report
 from pipeline.train.state import EpochStats
 from pipeline.versioning import code_version
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.train.tf32 import TF32_CAPABILITY, fp32_math
+from pipeline.hardware.tf32 import TF32_CAPABILITY, fp32_math
 
 CPU_MATMUL_SIZES = (1024, 2048)  # 2-17 GFLOP a product: compute-bound on any CPU
 GPU_MATMUL_SIZE = 8192
