@@ -50,6 +50,7 @@ def test_the_derived_code_deps_follow_the_pipeline_order():
     assert "src/pipeline/bench" in derived["benchmark"]
     for name in ("check_params", "prepare", "evaluate", "export"):
         assert not {"src/pipeline/bench", "src/pipeline/train"} & derived[name], name
+    assert "src/pipeline/bench" not in derived["train"]
 
 
 def test_outputs_match_paths_module():
