@@ -19,6 +19,7 @@ from pipeline.bench.peak import Peak, flops_per_image, peaks_for
 from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import spread, time_call
 from pipeline.energy import measure_for_at_least, meter_from_params
+from pipeline.errors import describe
 from pipeline.export.safety import UnsafeModelError
 from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
 from pipeline.hardware.cpu import detect as detect_cpu
@@ -106,8 +107,7 @@ def _row(spec: Spec, batch_size: int, **values) -> dict[str, Any]:
 
 
 def _why(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    return describe(error)[:300]
 
 
 def is_noisy(spread: float | None, max_spread: float) -> bool:
