@@ -169,7 +169,7 @@ def benchmark_backend(
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
     # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
     try:
-        predictions = backend.logits(images).argmax(1)
+        predictions = backend.logits(images, params.accuracy_batch_size).argmax(1)
         accuracy = float((predictions == labels).mean())
     except Exception as error:
         accuracy = None
