@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_train import make_trainer
 
 from pipeline.bench.backends import TorchBackend
 from pipeline.export.session import session_logits
 from pipeline.inference import in_batches, predict_logits
+from test_train import make_trainer
 
 
 def test_batches_are_consecutive_aligned_and_the_last_one_is_short():

@@ -348,9 +348,6 @@ class BenchmarkParams(Section):
         0.005,
         description="The headline's best backend must keep top-1 within this of PyTorch fp32.",
     )
-    accuracy_batch_size: BatchSize = Field(
-        256, description="Images per forward pass of each backend's top-1 pass over the test set."
-    )
 
     _device = field_validator("device")(_check_device)
 

@@ -28,7 +28,7 @@ from pipeline.train.policy import resolve_device
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
     from pipeline.config import BenchmarkParams, EnergyParams
 
-ACCURACY_BATCH = 256
+ACCURACY_BATCH = 256  # batch of the accuracy pass; also the top of its TensorRT profile
 FIRST_ROUND = "_first_round_ms"  # a row's first-round latencies until timed_rounds merges them
 
 
@@ -169,7 +169,7 @@ def benchmark_backend(
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
     # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
     try:
-        predictions = backend.logits(images, params.accuracy_batch_size).argmax(1)
+        predictions = backend.logits(images, ACCURACY_BATCH).argmax(1)
         accuracy = float((predictions == labels).mean())
     except Exception as error:
         accuracy = None
