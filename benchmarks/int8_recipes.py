@@ -30,6 +30,7 @@ from pipeline.export.variants import calibration_sample, to_int8
 from pipeline.hardware.cpu import detect
 from pipeline.inference import predict_logits
 
+ACCURACY_BATCH = 256  # images per forward pass of the parity checks
 RECIPES = {
     "U8S8": {"activations": "uint8", "reduce_range": False},
     "U8S8 reduce_range": {"activations": "uint8", "reduce_range": True},
@@ -74,7 +75,7 @@ def main() -> None:
     cpu = detect()
     model, card, train, test = load_model(args)
     images, labels = np.ascontiguousarray(test[0]), np.asarray(test[1])
-    torch_logits = predict_logits(model, torch.from_numpy(images), 256).numpy()
+    torch_logits = predict_logits(model, torch.from_numpy(images), ACCURACY_BATCH).numpy()
     with tempfile.TemporaryDirectory(prefix="int8-recipes.") as folder:
         files = {"fp32": Path(folder) / "fp32.onnx"}
         export_onnx(model, torch.from_numpy(images[:2]), files["fp32"], 18,
@@ -85,7 +86,8 @@ def main() -> None:
             to_int8(files["fp32"], files[name], sample, Int8Params(**recipe), cpu=cpu)
         rows = {}
         for name, path in files.items():
-            parity = compare(torch_logits, session_logits(make_session(path), images), labels)
+            logits = session_logits(make_session(path), images, ACCURACY_BATCH)
+            parity = compare(torch_logits, logits, labels)
             rows[name] = {"parity": parity, "ms": {b: [] for b in args.batch_sizes}}
         for _ in range(0 if args.accuracy_only else args.rounds):
             for batch in args.batch_sizes:

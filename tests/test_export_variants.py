@@ -107,7 +107,7 @@ def test_parity_per_variant_on_cpu(exported, variant):
     assert session.get_inputs()[0].type == "tensor(uint8)"
     assert session.get_outputs()[0].type == "tensor(float)"
     torch_logits = exported["model"](torch.from_numpy(images)).detach().numpy()
-    parity = compare(torch_logits, session_logits(session, images), labels)
+    parity = compare(torch_logits, session_logits(session, images, 256), labels)
     gate = getattr(exported["params"].export.gates, variant)
     assert problems(parity, gate, variant) == []
     assert parity.torch_accuracy > 0.8
@@ -122,7 +122,7 @@ def test_included_preprocessing_takes_raw_uint8_like_pytorch_on_normalised_input
         normalised = model.normalize(torch.from_numpy(images))
         expected = model.model(normalised).numpy()
     session = make_session(variant_path(exported["dir"], "fp32"))
-    got = session_logits(session, images)
+    got = session_logits(session, images, 256)
     assert images.dtype == np.uint8
     np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
     assert np.abs(got - expected).max() < 1e-4

@@ -154,7 +154,7 @@ def test_tensorrt_engines_are_keyed_by_file_and_fp16_only_for_fp16(tmp_path, mon
         for variant, path in files.items()
     }
     _tensorrt_or_skip(built["fp32"])
-    logits = {variant: backend.logits(images[:64]) for variant, backend in built.items()}
+    logits = {variant: backend.logits(images[:64], 64) for variant, backend in built.items()}
     for variant, path in files.items():
         folder = paths.TENSORRT_CACHE / sha256_file(path)
         assert any(folder.rglob("*.engine")), f"no {variant} engine under {folder}"
@@ -163,7 +163,7 @@ def test_tensorrt_engines_are_keyed_by_file_and_fp16_only_for_fp16(tmp_path, mon
     # An fp32 engine computes in fp32/TF32, not fp16: far closer to the fp32 CPU logits.
     from pipeline.export.session import make_session, session_logits
 
-    reference = session_logits(make_session(files["fp32"]), built["fp32"]._feed(images[:64]))
+    reference = session_logits(make_session(files["fp32"]), built["fp32"]._feed(images[:64]), 64)
     fp32_error = abs(logits["fp32"] - reference).max()
     assert fp32_error < 5e-3, fp32_error
     call = built["fp32"].bind(images[:8])  # its own engine, built for batch 8 exactly

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -413,7 +413,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ParamsError(f"{path}: not valid YAML ({first_line(error)})") from None
     return parse_params(raw, source=str(path))
 
 

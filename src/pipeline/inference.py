@@ -1,9 +1,30 @@
-"""Batched forward passes over uint8 images, shared by validation, evaluation and export."""
+"""Batched forward passes: one loop shared by validation, evaluation, export parity and the
+benchmark's accuracy pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
 import torch
 from torch import nn
+
+Out = TypeVar("Out")
+
+
+def in_batches(forward: Callable[..., Out], batch_size: int, *arrays: Any) -> Iterator[Out]:
+    """``forward`` over aligned, consecutive slices of ``arrays`` (tensors or numpy arrays),
+    lazily and in order: at most ``batch_size`` items each, the last batch possibly shorter,
+    nothing for empty arrays. Checked here, before the first batch, not when first consumed."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    lengths = {len(array) for array in arrays}
+    if len(lengths) != 1:
+        raise ValueError(f"in_batches needs one or more arrays of one length, got {lengths}")
+    return (
+        forward(*(array[start : start + batch_size] for array in arrays))
+        for start in range(0, lengths.pop(), batch_size)
+    )
 
 
 @torch.inference_mode()
@@ -12,8 +33,9 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (float32, on the CPU) of ``model`` over uint8 NCHW ``images``, in order."""
     model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        outputs.append(model(batch).float().cpu())
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return model(batch.to(device, non_blocking=True)).float().cpu()
+
+    outputs = list(in_batches(forward, batch_size, images))
     return torch.cat(outputs) if outputs else torch.empty(0)

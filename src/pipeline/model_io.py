@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.io import load_tensors, read_json, save_tensors, write_json
 from pipeline.models import ModelSpec, build_model, check_model_size
 from pipeline.preprocess import WithPreprocessing
@@ -156,8 +156,7 @@ def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, dict[str, A
     try:
         model.load_state_dict(load_tensors(weights_path))
     except (SafetensorError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ModelFileError(f"{weights_path}: cannot load ({first})") from None
+        raise ModelFileError(f"{weights_path}: cannot load ({first_line(error)})") from None
     norm = card["normalisation"]
     wrapped = WithPreprocessing(model, norm["mean"], norm["std"])
     return wrapped.eval(), card

@@ -20,7 +20,7 @@ from pipeline.export.session import (
 )
 from pipeline.hardware.precision import choose_precision
 from pipeline.hardware.tf32 import TF32_CAPABILITY, fp32_math
-from pipeline.inference import predict_logits
+from pipeline.inference import in_batches, predict_logits
 from pipeline.io import sha256_file
 from pipeline.preprocess import Normalize
 
@@ -82,14 +82,15 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # CUDA calls return before the work is done
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         if not self.channels_last and self.autocast_dtype is None:
-            return predict_logits(self.model, torch.from_numpy(images), 256, self.device).numpy()
-        parts = [
-            self._forward(self._input(images[start : start + 256])).float().cpu()
-            for start in range(0, len(images), 256)
-        ]
-        return torch.cat(parts).numpy()
+            tensor = torch.from_numpy(images)
+            return predict_logits(self.model, tensor, batch_size, self.device).numpy()
+
+        def forward(batch: np.ndarray) -> torch.Tensor:
+            return self._forward(self._input(batch)).float().cpu()
+
+        return torch.cat(list(in_batches(forward, batch_size, images))).numpy()
 
 
 def tensorrt_cache_dir(model_sha256: str, precision: str, profile: tuple[int, int, int]) -> Path:
@@ -254,5 +255,5 @@ class OrtBackend:
         if self._binding is not None:
             self._binding.synchronize_outputs()
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return session_logits(self.session, self._feed(images))
+    def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        return session_logits(self.session, self._feed(images), batch_size)

@@ -18,6 +18,7 @@ from pipeline.bench.memory import memory_probe
 from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import spread, time_call
 from pipeline.energy import measure_for_at_least, meter_from_params
+from pipeline.errors import describe
 from pipeline.export.safety import UnsafeModelError
 from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
 from pipeline.hardware.cpu import detect as detect_cpu
@@ -27,7 +28,7 @@ from pipeline.hardware.peak import Peak, flops_per_image, peaks_for
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
     from pipeline.config import BenchmarkParams, EnergyParams
 
-ACCURACY_BATCH = 256
+ACCURACY_BATCH = 256  # batch of the accuracy pass; also the top of its TensorRT profile
 FIRST_ROUND = "_first_round_ms"  # a row's first-round latencies until timed_rounds merges them
 
 
@@ -106,8 +107,7 @@ def _row(spec: Spec, batch_size: int, **values) -> dict[str, Any]:
 
 
 def _why(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    return describe(error)[:300]
 
 
 def is_noisy(spread: float | None, max_spread: float) -> bool:
@@ -169,7 +169,7 @@ def benchmark_backend(
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
     # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
     try:
-        predictions = backend.logits(images).argmax(1)
+        predictions = backend.logits(images, ACCURACY_BATCH).argmax(1)
         accuracy = float((predictions == labels).mean())
     except Exception as error:
         accuracy = None

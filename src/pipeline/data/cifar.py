@@ -19,6 +19,7 @@ from pipeline.data import torchvision_files
 from pipeline.data.errors import DataSourceError
 from pipeline.data.safe_pickle import load_array_dict
 from pipeline.data.types import LabelledImages, SourceData
+from pipeline.errors import first_line
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -34,8 +35,9 @@ def read_pickle_dict(path: Path) -> dict[str, Any]:
         with open(path, "rb") as handle:
             return load_array_dict(handle)
     except Exception as error:  # any failure of an untrusted stream is the file's fault
-        detail = (str(error).splitlines() or [""])[0] or type(error).__name__
-        raise DataSourceError(f"{path}: not a CIFAR-10 python batch ({detail})") from None
+        raise DataSourceError(
+            f"{path}: not a CIFAR-10 python batch ({first_line(error)})"
+        ) from None
 
 
 def read_batch(path: Path) -> LabelledImages:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.errors import describe
+
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"})
 # Pillow opens 16-bit greyscale PNGs as I;16 (older versions: I), and its conversion to L
@@ -142,13 +144,8 @@ def probe_chunk(start: int, paths: Sequence[str], max_pixels: int) -> list[Probe
             except BadImage as bad:
                 probes.append(Probe(digest, reason=str(bad)))
             except Exception as error:  # any header-parser failure is the file's fault
-                probes.append(Probe(digest, reason=f"bad header ({_describe(error)})"))
+                probes.append(Probe(digest, reason=f"bad header ({describe(error)})"))
     return probes
-
-
-def _describe(error: Exception) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def decode_one(path: str, max_pixels: int, channels: int, height: int, width: int) -> np.ndarray:
@@ -161,7 +158,7 @@ def decode_one(path: str, max_pixels: int, channels: int, height: int, width: in
     except (BadImage, MemoryError):
         raise
     except Exception as error:  # decoder errors vary by format: OSError, SyntaxError, zlib...
-        raise BadImage(f"cannot decode ({_describe(error)})") from None
+        raise BadImage(f"cannot decode ({describe(error)})") from None
     if converted.size != (width, height):
         # Stretched to the target (no crop), like torchvision's Resize((h, w)).
         converted = converted.resize((width, height), Image.Resampling.BILINEAR)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.data.errors import DataSourceError
+from pipeline.errors import first_line
 from pipeline.io import sha256_file
 
 
@@ -51,10 +52,9 @@ def locate(
         try:
             downloader(root)
         except Exception as error:  # network, mirror and checksum failures all end here
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise DataSourceError(
-                f"data.source {source}: download into {root.as_posix()} failed ({first_line}); "
-                "put the files there by hand or check the network"
+                f"data.source {source}: download into {root.as_posix()} failed "
+                f"({first_line(error)}); put the files there by hand or check the network"
             ) from None
         found = {name: find(root, name, compressed_ok) for name in names}
         missing = [name for name, path in found.items() if path is None]

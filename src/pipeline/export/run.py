@@ -39,11 +39,17 @@ def _parity_provider(variant: str) -> str:
 
 
 def check_variant(
-    path: Path, variant: str, inputs: np.ndarray, torch_logits: np.ndarray, labels, gate
+    path: Path,
+    variant: str,
+    inputs: np.ndarray,
+    torch_logits: np.ndarray,
+    labels,
+    gate,
+    batch_size: int,
 ) -> dict[str, Any]:
     """File facts and parity of one exported file against PyTorch fp32's logits."""
     session = make_session(path, _parity_provider(variant), log=[])
-    parity = compare(torch_logits, session_logits(session, inputs), labels)
+    parity = compare(torch_logits, session_logits(session, inputs, batch_size), labels)
     provider = session.get_providers()[0]
     found = problems(parity, gate, variant)
     record = {
@@ -102,13 +108,16 @@ def export_all(
         described = to_int8(fp32_path, variant_path(onnx_dir, "int8"), calibration, settings.int8)
         built["int8"] = {"quantization": described | {"calibration_seed": params.seed}}
 
-    torch_logits = predict_logits(model, images, params.evaluate.batch_size).numpy()
+    batch_size = params.evaluate.batch_size  # both sides of the parity check
+    torch_logits = predict_logits(model, images, batch_size).numpy()
     inputs = np.ascontiguousarray(feed(images).numpy())
     records = {}
     for name, extra in built.items():
         gate = getattr(settings.gates, name)
         path = variant_path(onnx_dir, name)
-        records[name] = check_variant(path, name, inputs, torch_logits, labels.numpy(), gate)
+        records[name] = check_variant(
+            path, name, inputs, torch_logits, labels.numpy(), gate, batch_size
+        )
         records[name].update(extra)
         _print_line(name, records[name])
     fp32 = records.pop("fp32")

@@ -8,7 +8,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 
 class UnsafeModelError(PipelineError):
@@ -64,8 +64,5 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise UnsafeModelError(f"{path}: ONNX check failed: {first_line}") from None
+        raise UnsafeModelError(f"{path}: ONNX check failed: {first_line(error)}") from None
     return model

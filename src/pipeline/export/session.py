@@ -127,13 +127,15 @@ def node_placement(session) -> dict[str, list[str]] | None:
     return {provider: ops for provider, ops in placed.items() if ops} or None
 
 
-def session_logits(session, inputs, batch_size: int = 256):
+def session_logits(session, inputs, batch_size: int):
     """Logits of an onnxruntime session over ``inputs`` (numpy, NCHW), batch by batch."""
     import numpy as np
 
+    from pipeline.inference import in_batches  # here: it loads torch, which sessions don't need
+
     input_name = session.get_inputs()[0].name
-    outputs = [
-        session.run(None, {input_name: inputs[start : start + batch_size]})[0]
-        for start in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(outputs).astype(np.float32)
+
+    def forward(batch):
+        return session.run(None, {input_name: batch})[0]
+
+    return np.concatenate(list(in_batches(forward, batch_size, inputs))).astype(np.float32)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.errors import first_line
 from pipeline.models.registry import ModelSpec, build_model
 
 DOWNSAMPLING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -56,8 +57,7 @@ def trace_fit(spec: ModelSpec) -> Fit:
             model(image)
         error = None
     except (RuntimeError, ValueError) as failure:
-        lines = str(failure).strip().splitlines()
-        error = lines[0] if lines else type(failure).__name__
+        error = first_line(failure)
     finally:
         for handle in handles:
             handle.remove()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, describe
 from pipeline.io import atomic_open
 
 NAME = re.compile(r"^epoch-(\d{4,})-([0-9a-f]{12})\.pt$")
@@ -130,8 +130,7 @@ def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str 
     except PipelineError:
         raise
     except Exception as error:  # truncated, corrupt or hostile: try the previous one
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return None, f"{path.name} unreadable ({type(error).__name__}: {first_line[:120]})"
+        return None, f"{path.name} unreadable ({describe(error)[:160]})"
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         return None, f"{path.name} belongs to another run"
     return state, None

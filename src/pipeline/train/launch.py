@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.config import DistributedParams, Params
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, describe, first_line
 from pipeline.hardware.device import resolve_device
 from pipeline.train.distributed import is_worker, join_group, leave_group
 from pipeline.train.run import run_training
@@ -139,9 +139,8 @@ def launch(params: Params, root: Path, nproc: int) -> None:
         except ChildFailedError as error:
             raise PipelineError(failure_message(error, dist.max_restarts)) from None
         except RendezvousError as error:  # e.g. another node never came, or is unreachable
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise PipelineError(
-                f"rendezvous at {endpoint} failed ({type(error).__name__}: {first}); check "
+                f"rendezvous at {endpoint} failed ({describe(error)}); check "
                 "train.distributed.rdzv_endpoint and that all nnodes nodes started"
             ) from None
 
@@ -153,7 +152,7 @@ def _recorded(failure) -> str:
         message = message.get("message", "")
     if failure.error_file == "<N/A>" or not message:
         return ""
-    return str(message).strip().splitlines()[0]
+    return first_line(str(message))
 
 
 def root_cause(failures: dict) -> tuple[int, Any]:

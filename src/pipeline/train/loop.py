@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
 from pipeline.hardware.precision import Precision
+from pipeline.inference import in_batches
 from pipeline.train.augment import Augment
 from pipeline.train.batches import make_batches
 from pipeline.train.schedule import make_scheduler
@@ -213,12 +214,16 @@ class Trainer:
         model = self.eval_model.eval()
         images, labels = self.val
         sums = torch.zeros(3, device=self.device)
-        for start in range(0, len(images), batch_size):
-            batch, target = images[start : start + batch_size], labels[start : start + batch_size]
+
+        def loss_and_correct(batch: torch.Tensor, target: torch.Tensor):
             with self._autocast():
                 logits = model(self._input(batch)).float()
-            sums[0] += nn.functional.cross_entropy(logits, target, reduction="sum")
-            sums[1] += (logits.argmax(1) == target).sum()
+            loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+            return loss, (logits.argmax(1) == target).sum()
+
+        for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
+            sums[0] += loss
+            sums[1] += correct
         sums[2] = len(images)
         loss_sum, correct, count = self.all_reduce(sums).tolist()  # sync
         return loss_sum / count, correct / count
