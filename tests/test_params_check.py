@@ -101,8 +101,8 @@ def test_a_small_imagefolder_size_is_named():
 
 
 def test_source_shapes_match_the_loaded_digits():
-    from pipeline.data import digits
     from pipeline.catalog import SOURCES
+    from pipeline.data import digits
 
     channels, side = SOURCES["digits"].shape
     assert digits.load().pools["all"].images.shape[1:] == (channels, side, side)

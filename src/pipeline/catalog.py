@@ -46,7 +46,8 @@ class Registry(Generic[Entry]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"{self.key} {name!r} is unknown; choose one of {self.names()}") from None
+            known = ", ".join(self.names())
+            raise KeyError(f"{self.key} {name!r} is unknown; choose one of {known}") from None
 
 
 @dataclass(frozen=True)
