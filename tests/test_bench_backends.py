@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_export_variants import tiny_trained_model
 
-from pipeline.bench.backends import OrtBackend, TorchBackend
+from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.report import ROW_FIELDS, headline
 from pipeline.bench.run import Spec, benchmark_backend, run_benchmark
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
@@ -122,6 +122,24 @@ def test_asking_for_cuda_builds_a_cpu_session_and_says_why(exported):
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
     assert backend.status == "fallback" and not backend.on_gpu
     assert "CUDAExecutionProvider unavailable" in backend.reason
+    assert backend.peak_key == "cpu"  # measured against what ran, not what was asked for
+
+
+def test_every_backend_states_what_a_row_needs_and_what_it_planned(exported):
+    model, card, variants, _ = exported
+    norm, device = card["normalisation"], torch.device("cpu")
+    built = {
+        TorchBackend.planned(device): TorchBackend(model, device),
+        TorchBackend.planned(device, engine=True): TorchBackend(model, device, engine=True),
+        OrtBackend.planned("int8", "cpu"): OrtBackend(
+            variants["int8"], "int8", "cpu", 1, norm["mean"], norm["std"]
+        ),
+    }
+    members = [*Backend.__annotations__, "bind", "sync", "logits"]
+    for planned, backend in built.items():
+        assert [name for name in members if not hasattr(backend, name)] == []
+        assert planned == (backend.name, backend.variant, backend.provider, backend.memory_kind)
+        assert (backend.peak_key, backend.memory_kind, backend.on_gpu) == ("cpu", "host", False)
 
 
 def test_a_backend_that_cannot_be_built_or_run_gives_failed_rows(exported):
