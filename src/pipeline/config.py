@@ -508,8 +508,9 @@ def _rows(prefix: str, values: BaseModel) -> list[str]:
 
 
 def params_table() -> str:
-    """Markdown table of every param: default, numeric range and description (for the README)."""
-    header = ["| param | default | range | meaning |", "|---|---|---|---|"]
+    """Markdown table of every param: default, registry choices or numeric range, and description
+    (for the README)."""
+    header = ["| param | default | allowed | meaning |", "|---|---|---|---|"]
     return "\n".join([*header, *_rows("", Params())])
 
 
