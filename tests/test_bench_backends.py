@@ -8,7 +8,7 @@ from test_export_variants import tiny_trained_model
 
 from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.report import ROW_FIELDS, headline
-from pipeline.bench.run import Spec, benchmark_backend, run_benchmark
+from pipeline.bench.run import Spec, backend_specs, benchmark_backend, run_benchmark
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
@@ -174,3 +174,30 @@ def test_benchmark_params_are_validated():
     params = parse_params({"benchmark": {"max_accuracy_drop": 0.01}})
     assert params.benchmark.max_accuracy_drop == 0.01
     assert BenchmarkParams().providers == ["cpu"]
+
+
+def test_a_provider_added_to_the_catalog_alone_is_validated_requested_and_reported(
+    exported, monkeypatch
+):
+    """The 'add a backend' recipe: one Provider entry, no other edit. This onnxruntime build
+    has no OpenVINO, so the row must say it fell back to the CPU, never claim OpenVINO."""
+    from pipeline import catalog
+    from pipeline.export.session import provider_chain
+
+    openvino = catalog.Provider(
+        "openvino", "Intel OpenVINO", "OpenVINOExecutionProvider", ("cpu",), False, "host", "cpu"
+    )
+    monkeypatch.setitem(catalog.PROVIDERS._entries, "openvino", openvino)
+    model, card, variants, (images, labels) = exported
+    params = parse_params({"benchmark": {"device": "cpu", "providers": ["openvino"], **FAST}})
+    assert provider_chain("openvino") == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    specs, device = backend_specs(params.benchmark, model, card, {"fp32": variants["fp32"]}, 1)
+    planned = [spec for spec in specs if spec.provider == "openvino"]
+    assert [(spec.name, spec.memory) for spec in planned] == [("onnxruntime_openvino", "host")]
+    energy = EnergyParams(min_window_s=0.05)
+    rows = benchmark_backend(planned[0], params.benchmark, device, images, labels, energy)
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    assert all(r["status"] == "fallback" for r in rows), rows[0]["reason"]
+    assert all(r["reason"].startswith("OpenVINOExecutionProvider unavailable") for r in rows)
+    assert all(r["providers_used"] == "CPUExecutionProvider" for r in rows)
+    assert all(r["images_per_s"] > 0 and r["top1_accuracy"] > 0.8 for r in rows)

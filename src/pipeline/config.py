@@ -11,6 +11,7 @@ value.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -60,12 +61,13 @@ def _check_device(device: str) -> str:
     raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
-def _one_of(names: list[str]) -> AfterValidator:
-    """A str that must be one of ``names`` (a registry's, read from pipeline.catalog)."""
+def _one_of(names: Callable[[], list[str]]) -> AfterValidator:
+    """A str that must be one of ``names()``: a registry's, read from pipeline.catalog when a
+    value is checked (so an entry added there is all it takes)."""
 
     def check(value: str) -> str:
-        if value not in names:
-            raise ValueError(f"must be one of {', '.join(names)}")
+        if value not in names():
+            raise ValueError(f"must be one of {', '.join(names())}")
         return value
 
     return AfterValidator(check)
@@ -82,9 +84,9 @@ def _choices(names: list[str]) -> dict[str, Any]:
     return {"choices": names}  # the README's params table lists them
 
 
-SourceName = Annotated[str, _one_of(SOURCES.names())]
-ProviderName = Annotated[str, _one_of(PROVIDERS.names())]
-VariantName = Annotated[str, _one_of(derived_variants())]
+SourceName = Annotated[str, _one_of(SOURCES.names)]
+ProviderName = Annotated[str, _one_of(PROVIDERS.names)]
+VariantName = Annotated[str, _one_of(derived_variants)]
 ArchName = Annotated[str, AfterValidator(_check_arch)]
 
 

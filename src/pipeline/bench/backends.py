@@ -19,7 +19,6 @@ from pipeline import paths
 from pipeline.catalog import PROVIDERS, provider_running
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import (
-    PROVIDER_NAMES,
     failure_reason,
     make_session,
     node_placement,
@@ -184,7 +183,7 @@ def ort_precision(variant: str, runs_on: str, capability: tuple[int, int] | None
     Ampere and newer (its default; onnxruntime has no switch for it); the CUDA provider is asked
     for IEEE fp32 (use_tf32=0), and CPUs have no TF32."""
     tf32_gpu = capability is not None and tuple(capability) >= TF32_CAPABILITY
-    if variant == "fp32" and runs_on == PROVIDER_NAMES["tensorrt"] and tf32_gpu:
+    if variant == "fp32" and runs_on == PROVIDERS["tensorrt"].ort_name and tf32_gpu:
         return "tf32"
     return variant
 
@@ -245,7 +244,7 @@ class OrtBackend:
         self._sha256 = sha256_file(path) if provider == "tensorrt" else ""
         log: list[str] = []
         self.session = self._session((1, max_batch, max_batch), log)
-        wanted = PROVIDER_NAMES[provider]
+        wanted = PROVIDERS[provider].ort_name
         self.status, self.reason, self.providers_used = placement_status(
             wanted, self.session.get_providers(), node_placement(self.session), log
         )

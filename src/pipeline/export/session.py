@@ -14,7 +14,6 @@ from typing import Any
 from pipeline.catalog import PROVIDERS
 from pipeline.export.safety import check_onnx_file
 
-PROVIDER_NAMES = {provider.name: provider.ort_name for provider in PROVIDERS}
 RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What onnxruntime logs when a provider cannot start, most specific first.
