@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_export_variants import tiny_trained_model
 
-from pipeline.bench.backends import OrtBackend, TorchBackend
+from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.report import ROW_FIELDS, headline
-from pipeline.bench.run import Spec, benchmark_backend, run_benchmark
+from pipeline.bench.run import Spec, backend_specs, benchmark_backend, run_benchmark
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
@@ -122,6 +122,24 @@ def test_asking_for_cuda_builds_a_cpu_session_and_says_why(exported):
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
     assert backend.status == "fallback" and not backend.on_gpu
     assert "CUDAExecutionProvider unavailable" in backend.reason
+    assert backend.peak_key == "cpu"  # measured against what ran, not what was asked for
+
+
+def test_every_backend_states_what_a_row_needs_and_what_it_planned(exported):
+    model, card, variants, _ = exported
+    norm, device = card["normalisation"], torch.device("cpu")
+    built = {
+        TorchBackend.planned(device): TorchBackend(model, device),
+        TorchBackend.planned(device, engine=True): TorchBackend(model, device, engine=True),
+        OrtBackend.planned("int8", "cpu"): OrtBackend(
+            variants["int8"], "int8", "cpu", 1, norm["mean"], norm["std"]
+        ),
+    }
+    members = [*Backend.__annotations__, "bind", "sync", "logits"]
+    for planned, backend in built.items():
+        assert [name for name in members if not hasattr(backend, name)] == []
+        assert planned == (backend.name, backend.variant, backend.provider, backend.memory_kind)
+        assert (backend.peak_key, backend.memory_kind, backend.on_gpu) == ("cpu", "host", False)
 
 
 def test_a_backend_that_cannot_be_built_or_run_gives_failed_rows(exported):
@@ -156,3 +174,30 @@ def test_benchmark_params_are_validated():
     params = parse_params({"benchmark": {"max_accuracy_drop": 0.01}})
     assert params.benchmark.max_accuracy_drop == 0.01
     assert BenchmarkParams().providers == ["cpu"]
+
+
+def test_a_provider_added_to_the_catalog_alone_is_validated_requested_and_reported(
+    exported, monkeypatch
+):
+    """The 'add a backend' recipe: one Provider entry, no other edit. This onnxruntime build
+    has no OpenVINO, so the row must say it fell back to the CPU, never claim OpenVINO."""
+    from pipeline import catalog
+    from pipeline.export.session import provider_chain
+
+    openvino = catalog.Provider(
+        "openvino", "Intel OpenVINO", "OpenVINOExecutionProvider", ("cpu",), False, "host", "cpu"
+    )
+    monkeypatch.setitem(catalog.PROVIDERS._entries, "openvino", openvino)
+    model, card, variants, (images, labels) = exported
+    params = parse_params({"benchmark": {"device": "cpu", "providers": ["openvino"], **FAST}})
+    assert provider_chain("openvino") == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    specs, device = backend_specs(params.benchmark, model, card, {"fp32": variants["fp32"]}, 1)
+    planned = [spec for spec in specs if spec.provider == "openvino"]
+    assert [(spec.name, spec.memory) for spec in planned] == [("onnxruntime_openvino", "host")]
+    energy = EnergyParams(min_window_s=0.05)
+    rows = benchmark_backend(planned[0], params.benchmark, device, images, labels, energy)
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    assert all(r["status"] == "fallback" for r in rows), rows[0]["reason"]
+    assert all(r["reason"].startswith("OpenVINOExecutionProvider unavailable") for r in rows)
+    assert all(r["providers_used"] == "CPUExecutionProvider" for r in rows)
+    assert all(r["images_per_s"] > 0 and r["top1_accuracy"] > 0.8 for r in rows)

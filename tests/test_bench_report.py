@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.bench.report import ROW_FIELDS, headline, rows_to_csv, rows_to_markdown
-from pipeline.bench.run import batch_of, derive, is_noisy
+from pipeline.bench.run import PEAK_KEY, batch_of, derive, is_noisy
 from pipeline.bench.timing import Timing, spread, time_call
 from pipeline.hardware.peak import Peak
 
@@ -83,9 +83,18 @@ def test_batch_of_repeats_a_small_split():
 
 
 def row(
-    backend, variant, batch, ips, acc, status="ok", reason="", providers="CPUExecutionProvider"
+    backend,
+    variant,
+    batch,
+    ips,
+    acc,
+    status="ok",
+    reason="",
+    providers="CPUExecutionProvider",
+    peak="cpu",
 ):
     values = dict.fromkeys(ROW_FIELDS)
+    values[PEAK_KEY] = peak  # what the backend says (Backend.peak_key)
     values.update(
         backend=backend,
         variant=variant,
@@ -134,7 +143,15 @@ def test_headline_without_an_eligible_row_says_so():
 
 def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
     rows = sample_rows()
-    gpu = row("onnxruntime_cuda", "fp16", 64, 1e6, 0.95, providers="CUDAExecutionProvider")
+    gpu = row(
+        "onnxruntime_cuda",
+        "fp16",
+        64,
+        1e6,
+        0.95,
+        providers="CUDAExecutionProvider",
+        peak="cuda_fp16",
+    )
     rows.append(gpu)
     peaks = {"cpu": Peak(100.0, "test", {}), "cuda_fp16": Peak(1000.0, "test", {})}
     derive(rows, flops=2_000_000, peaks=peaks)
@@ -147,6 +164,7 @@ def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
     assert rows[3]["peak_gflops"] == 100.0  # a fallback ran on the CPU: the CPU's peak
     failed = rows[4]
     assert failed["gflops_per_s"] is None and failed["flops_per_image"] == 2_000_000
+    assert all(set(r) == set(ROW_FIELDS) for r in rows)  # the peak key is no report column
 
 
 def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():

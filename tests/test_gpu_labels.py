@@ -26,7 +26,6 @@ from pipeline.bench.backends import (
     tensorrt_options,
 )
 from pipeline.bench.memory import NvmlMemory, memory_probe
-from pipeline.bench.run import _peak_key
 from pipeline.config import TrainParams
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import make_session, node_placement
@@ -90,10 +89,31 @@ def test_rows_name_the_precision_they_ran_and_their_peak():
     assert ort_precision("fp32", CUDA, (9, 0)) == "fp32"  # asked for with use_tf32=0
     assert ort_precision("fp16", TRT, (9, 0)) == "fp16"
     assert ort_precision("fp32", CPU, None) == "fp32"
-    row = {"providers_used": f"{TRT}+{CUDA}", "variant": "fp32", "precision": "tf32"}
-    assert _peak_key(row) == "cuda_tf32"
-    assert _peak_key({**row, "precision": "int8", "variant": "int8"}) == "cuda_fp16"
-    assert _peak_key({**row, "providers_used": CPU}) == "cpu"
+
+
+def test_a_backend_is_held_against_the_peak_of_what_really_runs(tmp_path, monkeypatch):
+    """Faked: only the session's answer (TensorRT started, or nothing but the CPU did)."""
+    from pipeline.bench import backends
+
+    monkeypatch.chdir(tmp_path)
+    path = tiny_onnx(tmp_path / "m.onnx")
+    runs_on = [TRT, CUDA, CPU]
+    tensor = SimpleNamespace(name=INPUT_NAME, type="tensor(float)")
+    session = SimpleNamespace(
+        get_providers=lambda: list(runs_on),
+        get_inputs=lambda: [tensor],
+        get_outputs=lambda: [tensor],
+    )
+    monkeypatch.setattr(backends, "make_session", lambda *args, **kwargs: session)
+
+    def facts(variant, provider):
+        backend = OrtBackend(path, variant, provider, 1, [0.0], [1.0], (1, 2, 2), capability=(8, 0))
+        return backend.on_gpu, backend.precision, backend.peak_key, backend.memory_kind
+
+    assert facts("fp32", "tensorrt") == (True, "tf32", "cuda_tf32", "ort_cuda")
+    assert facts("int8", "tensorrt") == (True, "int8", "cuda_fp16", "ort_cuda")  # no int8 peak
+    runs_on[:] = [CPU]  # the GPU provider did not start: a CPU row, though NVML still counts
+    assert facts("fp16", "cuda") == (False, "fp16", "cpu", "ort_cuda")
 
 
 def test_a_backend_keys_its_engines_by_its_own_file(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """check_params knows every registry and the model's size, so a bad name fails before DVC
-deletes any output (the schema alone passes a free-text arch)."""
+deletes any output (the schema refuses unregistered names; check_params what only the
+implementation knows, e.g. whether torchvision has a model)."""
 
 import pytest
 
@@ -15,14 +16,13 @@ def params_with(**sections):
 @pytest.mark.parametrize(
     ("arch", "expected"),
     [
-        ("resnet9000", "model.arch 'resnet9000' is unknown"),
+        ("resnet9000", "'model.arch': 'resnet9000' .must be one of resnet_cifar, small_cnn, "),
         ("torchvision:not_a_net", "torchvision has no classification model 'not_a_net'"),
     ],
 )
-def test_unknown_arch_fails_in_check_params(arch, expected):
-    params = params_with(model={"arch": arch})
+def test_unknown_arch_fails_before_any_stage(arch, expected):
     with pytest.raises(ParamsError, match=expected) as caught:
-        check_params(params)
+        check_params(params_with(model={"arch": arch}))
     assert "\n" not in str(caught.value)
 
 
@@ -41,12 +41,23 @@ def test_a_model_too_large_to_allocate_fails_before_allocating():
         check_params(params)
 
 
-def test_registry_names_are_checked_against_the_registries(monkeypatch):
-    from pipeline.data import sources
+@pytest.mark.parametrize(
+    ("registry", "name", "section"),
+    [
+        ("SOURCES", "cifar10", {"data": {"source": "cifar10"}}),
+        ("VARIANTS", "int8", {"export": {"variants": ["int8"]}}),
+    ],
+)
+def test_a_registered_name_whose_implementation_is_gone_fails(monkeypatch, registry, name, section):
+    from dataclasses import replace
 
-    monkeypatch.delitem(sources.LOADERS, "cifar10")
-    with pytest.raises(ParamsError, match="data.source 'cifar10' is unknown"):
-        check_params(params_with(data={"source": "cifar10"}))
+    from pipeline import catalog
+
+    entries = getattr(catalog, registry)._entries
+    broken = replace(entries[name], target=entries[name].target.replace(":", "_gone:"))
+    monkeypatch.setitem(entries, name, broken)
+    with pytest.raises(ParamsError, match=f"'{name}' is registered but its implementation"):
+        check_params(params_with(**section))
 
 
 @pytest.mark.parametrize(
@@ -90,8 +101,8 @@ def test_a_small_imagefolder_size_is_named():
 
 
 def test_source_shapes_match_the_loaded_digits():
+    from pipeline.catalog import SOURCES
     from pipeline.data import digits
-    from pipeline.params_check import SOURCE_SHAPES
 
-    channels, side = SOURCE_SHAPES["digits"]
+    channels, side = SOURCES["digits"].shape
     assert digits.load().pools["all"].images.shape[1:] == (channels, side, side)

@@ -11,14 +11,16 @@ value.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
+from pipeline.catalog import PROVIDERS, SOURCES, arch_names, derived_variants, is_known_arch
 from pipeline.errors import PipelineError, first_line
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -59,11 +61,42 @@ def _check_device(device: str) -> str:
     raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
+def _one_of(names: Callable[[], list[str]]) -> AfterValidator:
+    """A str that must be one of ``names()``: a registry's, read from pipeline.catalog when a
+    value is checked (so an entry added there is all it takes)."""
+
+    def check(value: str) -> str:
+        if value not in names():
+            raise ValueError(f"must be one of {', '.join(names())}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_arch(arch: str) -> str:
+    # Whether torchvision really has <name> is check_params' question (it imports torchvision).
+    if is_known_arch(arch):
+        return arch
+    raise ValueError(f"must be one of {', '.join(arch_names())}")
+
+
+def _choices(names: list[str]) -> dict[str, Any]:
+    return {"choices": names}  # the README's params table lists them
+
+
+SourceName = Annotated[str, _one_of(SOURCES.names)]
+ProviderName = Annotated[str, _one_of(PROVIDERS.names)]
+VariantName = Annotated[str, _one_of(derived_variants)]
+ArchName = Annotated[str, AfterValidator(_check_arch)]
+
+
 class DataParams(Section):
     """Where images come from and how they are split."""
 
-    source: Literal["digits", "mnist", "fashion_mnist", "cifar10", "imagefolder"] = Field(
-        "digits", description="digits is scikit-learn's bundled 8x8 set: no network, no files."
+    source: SourceName = Field(
+        "digits",
+        description="digits is scikit-learn's bundled 8x8 set: no network, no files.",
+        json_schema_extra=_choices(SOURCES.names()),
     )
     root: str = Field("data/raw", description="Folder holding the raw files of file sources.")
     download: bool = Field(False, description="Download torchvision datasets when missing.")
@@ -105,7 +138,11 @@ class DataParams(Section):
 class ModelParams(Section):
     """Which network to build (see pipeline.models for the registry)."""
 
-    arch: str = Field("small_cnn", description="Registry name, or torchvision:<name>.")
+    arch: ArchName = Field(
+        "small_cnn",
+        description="Registry name, or torchvision:<name>.",
+        json_schema_extra=_choices(arch_names()),
+    )
     width: Annotated[int, Field(gt=0, le=1024)] = Field(
         32,
         description="Channels of the first conv layer (check_params also refuses models over "
@@ -293,9 +330,10 @@ class ExportParams(Section):
     include_preprocessing: bool = Field(
         True, description="Fold normalisation into the graph: the model takes raw uint8 pixels."
     )
-    variants: list[Literal["fp16", "int8"]] = Field(
+    variants: list[VariantName] = Field(
         ["fp16", "int8"],
         description="Derived from the fp32 model (always exported): fp16 for GPUs, int8 for CPUs.",
+        json_schema_extra=_choices(derived_variants()),
     )
     int8: Int8Params = Field(Int8Params(), description="How the int8 variant is quantised.")
     gates: ParityGates = Field(
@@ -316,8 +354,11 @@ class BenchmarkParams(Section):
     device: str = Field(
         "auto", description="Device of the PyTorch backends: auto | cpu | cuda[:N]."
     )
-    providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
-        ["cpu"], min_length=1, description="onnxruntime execution providers to try."
+    providers: list[ProviderName] = Field(
+        ["cpu"],
+        min_length=1,
+        description="onnxruntime execution providers to try.",
+        json_schema_extra=_choices(PROVIDERS.names()),
     )
     batch_sizes: list[BatchSize] = Field(
         [1, 64], min_length=1, max_length=64, description="Batch sizes."
@@ -437,7 +478,10 @@ def _number(value: float) -> str:
 
 
 def _allowed(field: FieldInfo) -> str:
-    """A field's numeric range as `lo..hi` (`>`/`<` mark open ends); empty when it has none."""
+    """A field's registry choices, or its numeric range as `lo..hi` (`>`/`<` mark open ends);
+    empty when it has neither."""
+    if isinstance(field.json_schema_extra, dict) and "choices" in field.json_schema_extra:
+        return ", ".join(f"`{name}`" for name in field.json_schema_extra["choices"])
     low = high = ""
     for bound in _constraints(field.annotation, field.metadata):
         if isinstance(bound, annotated_types.Ge):
@@ -466,8 +510,9 @@ def _rows(prefix: str, values: BaseModel) -> list[str]:
 
 
 def params_table() -> str:
-    """Markdown table of every param: default, numeric range and description (for the README)."""
-    header = ["| param | default | range | meaning |", "|---|---|---|---|"]
+    """Markdown table of every param: default, registry choices or numeric range, and description
+    (for the README)."""
+    header = ["| param | default | allowed | meaning |", "|---|---|---|---|"]
     return "\n".join([*header, *_rows("", Params())])
 
 

@@ -2,12 +2,14 @@
 the size of the model it will build, and that the model fits the images' size (where that is
 known without data), before DVC deletes any stage's outputs.
 
-config.py keeps its own Literal lists for the fixed registries (sources, providers, variants);
-this module also asks the registries themselves, so the two cannot drift apart unnoticed.
+config.py refuses a name that pipeline.catalog does not register; this module checks that each
+chosen entry's implementation really imports, and what only the implementation knows (whether
+torchvision has a model of that name).
 """
 
 from __future__ import annotations
 
+from pipeline.catalog import SOURCES, VARIANTS, resolve
 from pipeline.config import ModelParams, Params, ParamsError
 from pipeline.errors import PipelineError
 from pipeline.models import ModelSpec, check_model_size
@@ -16,25 +18,26 @@ from pipeline.models.fit import trace_fit
 # Stand-ins for what only prepare knows: the head's size barely moves the parameter count.
 NOMINAL_CLASSES = 10
 NOMINAL_IMAGE_SIZE = 32
-# (channels, square side) of the fixed sources; imagefolder's come from data.channels/image_size.
-SOURCE_SHAPES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}
 
 
-def _check_name(key: str, value: str, known: dict | set) -> None:
-    if value not in known:
-        raise ParamsError(f"params.yaml: {key} {value!r} is unknown; choose one of {sorted(known)}")
+def _implementation(key: str, name: str, target: str, package: str) -> None:
+    """Import a chosen entry's target: a registry entry without a working one fails here."""
+    try:
+        resolve(target, package)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ParamsError(
+            f"params.yaml: {key} {name!r} is registered but its implementation {target!r} does "
+            f"not load ({type(error).__name__}: {error})"
+        ) from None
 
 
 def check_registries(params: Params) -> None:
-    from pipeline.data.sources import LOADERS
-    from pipeline.export.session import PROVIDER_NAMES
-    from pipeline.export.variants import VARIANT_FILES
-
-    _check_name("data.source", params.data.source, LOADERS)
-    for provider in params.benchmark.providers:
-        _check_name("benchmark.providers", provider, PROVIDER_NAMES)
-    for variant in params.export.variants:
-        _check_name("export.variants", variant, VARIANT_FILES)
+    """The chosen source's loader and variants' converters import (providers are onnxruntime's
+    own names; archs are built by model_parameters)."""
+    source = SOURCES[params.data.source]
+    _implementation("data.source", source.name, source.target, "pipeline.data")
+    for name in params.export.variants:
+        _implementation("export.variants", name, VARIANTS[name].target, "pipeline.export")
 
 
 def model_parameters(model: ModelParams, channels: int | None) -> int:
@@ -56,8 +59,8 @@ def model_parameters(model: ModelParams, channels: int | None) -> int:
 def input_shape(params: Params) -> tuple[int, int] | None:
     """(channels, side) of the prepared images; None for imagefolder without data.image_size
     (only prepare knows its size then)."""
-    if params.data.source in SOURCE_SHAPES:
-        return SOURCE_SHAPES[params.data.source]
+    if shape := SOURCES[params.data.source].shape:
+        return shape
     if params.data.image_size is None:
         return None
     return params.data.channels or 3, params.data.image_size

@@ -1,18 +1,24 @@
-"""The things being timed: PyTorch (eager, and with the engine's settings) and onnxruntime."""
+"""The things being timed: PyTorch (eager, and with the engine's settings) and onnxruntime.
+
+:class:`Backend` declares what a benchmark row needs of one; each backend states its own
+memory counter and peak, so bench/run.py never guesses them from a provider string.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from pipeline import paths
+from pipeline.catalog import PROVIDERS, provider_running
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import (
-    PROVIDER_NAMES,
     failure_reason,
     make_session,
     node_placement,
@@ -24,9 +30,46 @@ from pipeline.inference import in_batches, predict_logits
 from pipeline.io import sha256_file
 from pipeline.preprocess import Normalize
 
-GPU_PROVIDERS = {PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]}
-CPU_PROVIDER = PROVIDER_NAMES["cpu"]
+GPU_PROVIDERS = {provider.ort_name for provider in PROVIDERS if provider.on_gpu}
+CPU_PROVIDER = PROVIDERS["cpu"].ort_name
 CPU_FP16_NOTE = "CPU provider runs fp16 nodes through casts to fp32"
+
+
+class Planned(NamedTuple):
+    """What a backend will be, known before it is built (its memory counter starts first)."""
+
+    name: str
+    variant: str
+    provider: str
+    memory_kind: str
+
+
+class Backend(Protocol):
+    """What one benchmark row needs of the thing it times."""
+
+    name: str  # the row's backend column: pytorch_eager, onnxruntime_cuda, ...
+    variant: str  # the model file or settings timed: fp32, fp16, int8, bf16 (engine autocast)
+    provider: str  # what was asked for: a torch device type or a registered onnxruntime provider
+    precision: str  # the arithmetic it really computes in (tf32 where TensorRT picks it)
+    providers_used: list[str]  # what really runs, as the framework names it
+    status: str  # ok | partial | fallback
+    reason: str  # why not ok
+    note: str
+    on_gpu: bool  # where it really runs
+    memory_kind: str  # host | torch_cuda | ort_cuda: the counter that sees its memory
+    peak_key: str  # the key of hardware/peak.py's peaks it is measured against
+
+    def bind(self, images: np.ndarray) -> Callable[[], object]:
+        """A call that runs one batch of ``images``; it may return before the work is done."""
+        ...
+
+    def sync(self) -> None:
+        """Wait until the work of every call made so far is done."""
+        ...
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """float32 logits of every image, for the accuracy pass."""
+        ...
 
 
 def engine_precision(device: torch.device):
@@ -39,16 +82,23 @@ class TorchBackend:
     """PyTorch eager fp32 (the baseline of every ratio), or with the engine's inference settings:
     channels_last and the precision policy's autocast (bf16/fp16 on GPUs, none on CPUs)."""
 
+    @staticmethod
+    def planned(device: torch.device, engine: bool = False) -> Planned:
+        variant = engine_precision(device).name if engine else "fp32"
+        memory = "torch_cuda" if device.type == "cuda" else "host"
+        name = "pytorch_engine" if engine else "pytorch_eager"
+        return Planned(name, variant, device.type, memory)
+
     def __init__(self, model: torch.nn.Module, device: torch.device, engine: bool = False) -> None:
-        self.name = "pytorch_engine" if engine else "pytorch_eager"
+        self.name, _, self.provider, self.memory_kind = self.planned(device, engine)
         precision = engine_precision(device) if engine else None
         self.autocast_dtype = precision.autocast_dtype if precision else None
         self.variant = precision.name if precision else "fp32"
         self.precision = self.variant
         self.channels_last = engine
-        self.provider = device.type
         self.providers_used = [str(device)]
         self.on_gpu = device.type == "cuda"
+        self.peak_key = f"cuda_{self.precision}" if self.on_gpu else "cpu"
         self.status, self.reason = "ok", ""
         autocast = f", autocast {self.variant}" if self.autocast_dtype else ""
         self.note = f"channels_last{autocast}" if engine else ""
@@ -134,7 +184,7 @@ def ort_precision(variant: str, runs_on: str, capability: tuple[int, int] | None
     Ampere and newer (its default; onnxruntime has no switch for it); the CUDA provider is asked
     for IEEE fp32 (use_tf32=0), and CPUs have no TF32."""
     tf32_gpu = capability is not None and tuple(capability) >= TF32_CAPABILITY
-    if variant == "fp32" and runs_on == PROVIDER_NAMES["tensorrt"] and tf32_gpu:
+    if variant == "fp32" and runs_on == PROVIDERS["tensorrt"].ort_name and tf32_gpu:
         return "tf32"
     return variant
 
@@ -171,6 +221,11 @@ class OrtBackend:
     that size is bound, besides the session for the accuracy pass (batches of 1..max_batch).
     """
 
+    @staticmethod
+    def planned(variant: str, provider: str) -> Planned:
+        memory = PROVIDERS[provider].memory_kind
+        return Planned(f"onnxruntime_{provider}", variant, provider, memory)
+
     def __init__(
         self,
         path: Path,
@@ -184,23 +239,21 @@ class OrtBackend:
         device_index: int = 0,
         capability: tuple[int, int] | None = None,
     ) -> None:
-        self.name = f"onnxruntime_{provider}"
-        self.path, self.variant, self.provider, self.threads = (
-            Path(path),
-            variant,
-            provider,
-            threads,
-        )
+        self.name, self.variant, self.provider, self.memory_kind = self.planned(variant, provider)
+        self.path, self.threads = Path(path), threads
         self.device_index, self.image_shape = device_index, image_shape
         self._sha256 = sha256_file(path) if provider == "tensorrt" else ""
         log: list[str] = []
         self.session = self._session((1, max_batch, max_batch), log)
-        wanted = PROVIDER_NAMES[provider]
+        wanted = PROVIDERS[provider].ort_name
         self.status, self.reason, self.providers_used = placement_status(
             wanted, self.session.get_providers(), node_placement(self.session), log
         )
-        self.on_gpu = self.providers_used[0] in GPU_PROVIDERS
+        # What really runs decides where the row counts, never what was asked for.
+        running = provider_running(self.providers_used[0]) or PROVIDERS["cpu"]
+        self.on_gpu = running.on_gpu
         self.precision = ort_precision(variant, self.providers_used[0], capability)
+        self.peak_key = running.peak_key(self.precision)
         on_cpu_fp16 = variant == "fp16" and not self.on_gpu
         self.note = CPU_FP16_NOTE if on_cpu_fp16 else ""
         self.input_name = self.session.get_inputs()[0].name

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline.bench.backends import GPU_PROVIDERS, OrtBackend, TorchBackend, engine_precision
+from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.memory import memory_probe
 from pipeline.bench.report import BASELINE, ROW_FIELDS
 from pipeline.bench.timing import spread, time_call
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_chec
 
 ACCURACY_BATCH = 256  # batch of the accuracy pass; also the top of its TensorRT profile
 FIRST_ROUND = "_first_round_ms"  # a row's first-round latencies until timed_rounds merges them
+PEAK_KEY = "_peak_key"  # the backend's peak until derive reads it (not a report column)
 
 
 def physical_cores() -> int:
@@ -55,24 +56,18 @@ class Spec:
     variant: str
     provider: str
     memory: str  # host | torch_cuda | ort_cuda
-    build: Callable[[], Any]
+    build: Callable[[], Backend]
 
 
 def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path], threads: int):
     device = resolve_device(params.device)
     norm = card["normalisation"]
     max_batch = max([*params.batch_sizes, ACCURACY_BATCH])
-    torch_memory = "torch_cuda" if device.type == "cuda" else "host"
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     specs = [
+        Spec(*TorchBackend.planned(device), lambda: TorchBackend(model, device)),
         Spec(
-            "pytorch_eager", "fp32", device.type, torch_memory, lambda: TorchBackend(model, device)
-        ),
-        Spec(
-            "pytorch_engine",
-            engine_precision(device).name,
-            device.type,
-            torch_memory,
+            *TorchBackend.planned(device, engine=True),
             lambda: TorchBackend(model, device, engine=True),
         ),
     ]
@@ -93,8 +88,7 @@ def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path
                     capability,
                 )
 
-            memory = "host" if provider == "cpu" else "ort_cuda"
-            specs.append(Spec(f"onnxruntime_{provider}", variant, provider, memory, build))
+            specs.append(Spec(*OrtBackend.planned(variant, provider), build))
     return specs, device
 
 
@@ -150,6 +144,7 @@ def benchmark_backend(
         "note": backend.note,
         "providers_used": "+".join(backend.providers_used),
         "session_create_ms": (time.perf_counter() - started) * 1000.0,
+        PEAK_KEY: backend.peak_key,
     }
     rows = []
     for size in params.batch_sizes:
@@ -246,23 +241,15 @@ def timed_rounds(specs, params: BenchmarkParams, rows: list[dict], images) -> No
         merge_rounds(row, [first, *timed], params.max_spread)
 
 
-def _peak_key(row: dict) -> str:
-    """Which measured peak bounds a row: where it ran, and in what arithmetic."""
-    used = row["providers_used"] or ""
-    if not (used.startswith("cuda") or any(name in used for name in GPU_PROVIDERS)):
-        return "cpu"
-    precision = row["precision"] or row["variant"]
-    return "cuda_fp16" if precision == "int8" else f"cuda_{precision}"
-
-
 def derive(rows: list[dict], flops: int, peaks: dict[str, Peak]) -> None:
     """Columns that relate rows: GFLOP/s and share of peak, speed-up and accuracy vs eager."""
     base = {r["batch_size"]: r for r in rows if (r["backend"], r["variant"]) == BASELINE}
     for row in rows:
         row["flops_per_image"] = flops
+        peak_key = row.pop(PEAK_KEY, None)  # the backend's own (Backend.peak_key)
         if row["images_per_s"] is None:
             continue
-        peak = peaks.get(_peak_key(row))
+        peak = peaks.get(peak_key)
         row["gflops_per_s"] = flops * row["images_per_s"] / 1e9
         if peak:
             row["peak_gflops"] = peak.gflops

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from sklearn.datasets import load_digits
 
 from pipeline.data.types import LabelledImages, SourceData
 from pipeline.io import sha256_bytes
 
+if TYPE_CHECKING:
+    from pipeline.config import DataParams
+
 DIGITS_MAX_VALUE = 16  # the set stores grey levels 0..16
 
 
-def load() -> SourceData:
+def load(params: DataParams | None = None) -> SourceData:
+    """The whole set; ``params`` is taken like every source's loader, and nothing in it applies."""
     bunch = load_digits()
     scaled = np.rint(bunch.images * (255.0 / DIGITS_MAX_VALUE)).astype(np.uint8)
     images = scaled[:, None, :, :]  # N x 1 x 8 x 8

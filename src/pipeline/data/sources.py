@@ -1,35 +1,23 @@
-"""Source registry: ``data.source`` -> a loader returning :class:`SourceData`.
+"""``data.source`` -> :class:`SourceData`, through the loaders registered in pipeline.catalog.
 
 ``load_source`` then ``check_quarantine`` is what the prepare stage calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from pipeline.catalog import SOURCES, resolve
 from pipeline.config import DataParams
-from pipeline.data import cifar, digits, imagefolder, mnist
 from pipeline.data.errors import DataSourceError
 from pipeline.data.types import SourceData
 
-__all__ = ["LOADERS", "DataSourceError", "check_quarantine", "load_source"]
-
-
-# data.source -> loader; check_params refuses a name that is not here.
-LOADERS: dict[str, Callable[[DataParams], SourceData]] = {
-    "digits": lambda params: digits.load(),
-    "mnist": mnist.load,
-    "fashion_mnist": mnist.load,
-    "cifar10": cifar.load,
-    "imagefolder": imagefolder.load,
-}
+__all__ = ["DataSourceError", "check_quarantine", "load_source"]
 
 
 def load_source(params: DataParams) -> SourceData:
-    loader = LOADERS.get(params.source)
-    if loader is None:
+    """The loader registered for ``data.source`` in pipeline.catalog (it lives in this package)."""
+    if params.source not in SOURCES:
         raise DataSourceError(f"data.source {params.source!r} is not implemented")
-    return loader(params)
+    return resolve(SOURCES[params.source].target, __package__)(params)
 
 
 def check_quarantine(source: SourceData, max_bad_fraction: float) -> None:

@@ -11,13 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.catalog import PROVIDERS
 from pipeline.export.safety import check_onnx_file
 
-PROVIDER_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What onnxruntime logs when a provider cannot start, most specific first.
@@ -30,9 +26,9 @@ _FAILURE_PATTERNS = [
 
 
 def provider_chain(provider: str) -> list[str]:
-    """The providers to request for one backend: the one asked for, then the fallbacks below it."""
-    order = ["tensorrt", "cuda", "cpu"]
-    return [PROVIDER_NAMES[name] for name in order[order.index(provider) :]]
+    """The providers to request for one backend: the one asked for, then its fallbacks."""
+    entry = PROVIDERS[provider]
+    return [entry.ort_name, *(PROVIDERS[name].ort_name for name in entry.fallback)]
 
 
 @contextlib.contextmanager

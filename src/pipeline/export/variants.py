@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from pipeline.catalog import VARIANTS
 from pipeline.export.onnx_export import save_checked, set_metadata
 from pipeline.export.safety import check_onnx_file
 from pipeline.hardware.cpu import CpuFeatures
@@ -18,7 +19,7 @@ from pipeline.hardware.cpu import detect as detect_cpu
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
     from pipeline.config import Int8Params
 
-VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+VARIANT_FILES = {variant.name: variant.file for variant in VARIANTS}
 
 
 def variant_path(onnx_dir: str | Path, variant: str) -> Path:

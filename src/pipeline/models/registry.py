@@ -1,17 +1,16 @@
-"""Name -> constructor. Every model takes normalised float NCHW input and returns logits."""
+"""``model.arch`` -> a built model, through the archs registered in pipeline.catalog.
+
+Every model takes normalised float NCHW input and returns logits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from pipeline.catalog import ARCHS, arch_family, arch_names, resolve
 from pipeline.errors import PipelineError
-from pipeline.models.resnet_cifar import ResNetCifar
-from pipeline.models.small_cnn import SmallCNN
-from pipeline.models.torchvision_models import build_torchvision
 
 
 @dataclass(frozen=True)
@@ -28,43 +27,34 @@ class UnknownModelError(PipelineError):
     pass
 
 
-def _small_cnn(spec: ModelSpec) -> nn.Module:
-    return SmallCNN(spec.in_channels, spec.num_classes, spec.width, spec.dropout)
-
-
-def _resnet_cifar(spec: ModelSpec) -> nn.Module:
-    return ResNetCifar(spec.in_channels, spec.num_classes, spec.width, spec.dropout)
-
-
-_REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {
-    "small_cnn": _small_cnn,
-    "resnet_cifar": _resnet_cifar,
-}
-TORCHVISION_PREFIX = "torchvision:"
 # About 4 GB of fp32 weights (16 GB with AdamW's state): beyond that a width or arch is a typo.
 MAX_PARAMETERS = 1_000_000_000
 
 
 def available_archs() -> list[str]:
-    return [*sorted(_REGISTRY), f"{TORCHVISION_PREFIX}<name>"]
+    return arch_names()
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    if spec.arch.startswith(TORCHVISION_PREFIX):
-        name = spec.arch.removeprefix(TORCHVISION_PREFIX)
+    if member := arch_family(spec.arch):
+        family, name = member
         try:
-            return build_torchvision(name, spec.in_channels, spec.num_classes)
+            return resolve(family.target, __package__)(name, spec.in_channels, spec.num_classes)
         except KeyError:
             raise UnknownModelError(
-                f"model.arch {spec.arch!r}: torchvision has no classification model {name!r}"
+                f"model.arch {spec.arch!r}: {family.missing.format(name=name)}"
             ) from None
-    try:
-        constructor = _REGISTRY[spec.arch]
-    except KeyError:
+    if spec.arch not in ARCHS:
         raise UnknownModelError(
             f"model.arch {spec.arch!r} is unknown; choose one of {', '.join(available_archs())}"
-        ) from None
-    return constructor(spec)
+        )
+    constructor = resolve(ARCHS[spec.arch].target, __package__)
+    return constructor(
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
+        width=spec.width,
+        dropout=spec.dropout,
+    )
 
 
 def parameter_count(spec: ModelSpec) -> int:

@@ -1,0 +1,198 @@
+"""The registries: every name a params.yaml choice can take, and where its implementation lives.
+
+Pure data (no torch, no onnxruntime, no pydantic): config.py validates params against these
+lists, check_params and the README's params table read them, and the package that owns each
+choice imports its implementation from the entry's ``target`` ("pipeline.<package>.<module>:
+<attr>") through :func:`resolve`. Adding a model, a data source or an onnxruntime provider is
+one entry here (plus the module that implements it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+Entry = TypeVar("Entry", bound=_Named)
+
+
+class Registry(Generic[Entry]):
+    """Entries by name, in the order they were declared; ``key`` is the params key they fill."""
+
+    def __init__(self, key: str, entries: Iterable[Entry]) -> None:
+        self.key = key
+        self._entries = {entry.name: entry for entry in entries}
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(self.names())
+            raise KeyError(f"{self.key} {name!r} is unknown; choose one of {known}") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A ``data.source``: target is ``load(params: DataParams) -> SourceData``."""
+
+    name: str
+    description: str
+    target: str
+    shape: tuple[int, int] | None = None  # (channels, square side) when the source fixes it
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A ``model.arch``: target is ``constructor(in_channels=, num_classes=, width=, dropout=)``
+    returning an ``nn.Module`` that maps normalised float NCHW images to logits."""
+
+    name: str
+    description: str
+    target: str
+
+
+@dataclass(frozen=True)
+class ArchFamily:
+    """``<prefix><name>`` archs: target is ``build(name, in_channels, num_classes)``, which
+    raises KeyError for a name the family does not have."""
+
+    prefix: str
+    description: str
+    target: str
+    missing: str  # the error for a member it lacks; {name} is filled in
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}<name>"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A ``benchmark.providers`` entry: an onnxruntime execution provider."""
+
+    name: str
+    description: str
+    ort_name: str  # what onnxruntime calls it
+    fallback: tuple[str, ...]  # registry names requested after it, in order
+    on_gpu: bool
+    memory_kind: str  # host | ort_cuda: the counter that sees its memory (bench/memory.py)
+    peak: str  # cpu | cuda: the measured peak family a row on it is compared with
+
+    def peak_key(self, precision: str) -> str:
+        """The key of hardware/peak.py's peaks: 'cpu', or the GPU peak of the row's arithmetic.
+        No int8 matmul peak is measured, so int8 rows are held against the fp16 one."""
+        if not self.on_gpu:
+            return self.peak
+        return f"{self.peak}_{'fp16' if precision == 'int8' else precision}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An exported ONNX file; target is the function that writes it. fp32 is always exported,
+    the ``derived`` ones are made from it when ``export.variants`` lists them."""
+
+    name: str
+    description: str
+    file: str
+    target: str
+    derived: bool = True
+
+
+SOURCES: Registry[Source] = Registry("data.source", [
+    Source("digits", "scikit-learn's bundled 8x8 digits: no network, no files",
+           "pipeline.data.digits:load", (1, 8)),
+    Source("mnist", "MNIST idx files under data.root", "pipeline.data.mnist:load", (1, 28)),
+    Source("fashion_mnist", "Fashion-MNIST idx files under data.root",
+           "pipeline.data.mnist:load", (1, 28)),
+    Source("cifar10", "CIFAR-10 python batches under data.root", "pipeline.data.cifar:load",
+           (3, 32)),
+    Source("imagefolder", "data.root/<class>/<image> files of any size",
+           "pipeline.data.imagefolder:load"),
+])  # fmt: skip
+
+ARCHS: Registry[Arch] = Registry("model.arch", [
+    Arch("small_cnn", "a small conv net for tiny images (digits 8x8, MNIST 28x28); the default",
+         "pipeline.models.small_cnn:SmallCNN"),
+    Arch("resnet_cifar", "a ResNet-9 style residual net for 32x32 images",
+         "pipeline.models.resnet_cifar:ResNetCifar"),
+])  # fmt: skip
+
+ARCH_FAMILIES: list[ArchFamily] = [
+    ArchFamily("torchvision:", "a torchvision classification model, randomly initialised",
+               "pipeline.models.torchvision_models:build_torchvision",
+               "torchvision has no classification model {name!r}"),
+]  # fmt: skip
+
+PROVIDERS: Registry[Provider] = Registry("benchmark.providers", [
+    Provider("cpu", "onnxruntime's CPU kernels", "CPUExecutionProvider", (), False, "host",
+             "cpu"),
+    Provider("cuda", "CUDA and cuDNN kernels", "CUDAExecutionProvider", ("cpu",), True,
+             "ort_cuda", "cuda"),
+    Provider("tensorrt", "TensorRT engines, one per batch size", "TensorrtExecutionProvider",
+             ("cuda", "cpu"), True, "ort_cuda", "cuda"),
+])  # fmt: skip
+
+VARIANTS: Registry[Variant] = Registry("export.variants", [
+    Variant("fp32", "the exported model itself", "model.onnx",
+            "pipeline.export.onnx_export:export_onnx", derived=False),
+    Variant("fp16", "fp16 weights and activations, fp32 inputs and logits; for GPUs",
+            "model.fp16.onnx", "pipeline.export.variants:to_fp16"),
+    Variant("int8", "static int8 QDQ, calibrated on a train sample; for CPUs",
+            "model.int8.onnx", "pipeline.export.variants:to_int8"),
+])  # fmt: skip
+
+
+def derived_variants() -> list[str]:
+    return [variant.name for variant in VARIANTS if variant.derived]
+
+
+def arch_family(arch: str) -> tuple[ArchFamily, str] | None:
+    """(family, member name) of a ``<prefix><name>`` arch; None for any other string."""
+    for family in ARCH_FAMILIES:
+        if arch.startswith(family.prefix) and arch != family.prefix:
+            return family, arch.removeprefix(family.prefix)
+    return None
+
+
+def arch_names() -> list[str]:
+    """What ``model.arch`` accepts, as a person reads it."""
+    return [*sorted(ARCHS.names()), *(family.name for family in ARCH_FAMILIES)]
+
+
+def is_known_arch(arch: str) -> bool:
+    """A registered arch, or a family member by its form (whether the family really has that
+    member is for the owning package to say: torchvision is not imported here)."""
+    return arch in ARCHS or arch_family(arch) is not None
+
+
+def provider_running(ort_name: str) -> Provider | None:
+    """The registered provider onnxruntime calls ``ort_name``."""
+    return next((p for p in PROVIDERS if p.ort_name == ort_name), None)
+
+
+def resolve(target: str, package: str) -> Any:
+    """Import ``target`` ("module:attr"); it must live inside ``package`` (the one that owns the
+    choice), so a registry entry cannot make a package import code from another layer."""
+    module, _, attr = target.partition(":")
+    if not attr or not module.startswith(f"{package}."):
+        raise ValueError(f"target {target!r} is not a module:attr inside {package}")
+    return getattr(importlib.import_module(module), attr)

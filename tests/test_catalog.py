@@ -1,0 +1,110 @@
+"""The registries: every target resolves inside the package that owns it, and config, check_params
+and the params table take their names from them (never from a list of their own)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+import pytest
+
+from pipeline import catalog
+from pipeline.catalog import ARCH_FAMILIES, ARCHS, PROVIDERS, SOURCES, VARIANTS, resolve
+from pipeline.config import ParamsError, params_table, parse_params
+
+# (registry entries, the package that resolves their targets)
+OWNED = [
+    (list(SOURCES), "pipeline.data"),
+    (list(ARCHS), "pipeline.models"),
+    (ARCH_FAMILIES, "pipeline.models"),
+    (list(VARIANTS), "pipeline.export"),
+]
+TARGETS = [(entry, package) for entries, package in OWNED for entry in entries]
+
+
+@pytest.mark.parametrize(("entry", "package"), TARGETS, ids=[e.name for e, _ in TARGETS])
+def test_every_target_resolves_to_a_callable_inside_its_package(entry, package):
+    implementation = resolve(entry.target, package)
+    assert callable(implementation)
+    assert implementation.__module__.startswith(f"{package}.")
+    assert entry.description and "\n" not in entry.description
+
+
+def test_a_target_outside_its_package_is_refused():
+    with pytest.raises(ValueError, match="not a module:attr inside pipeline.data"):
+        resolve("pipeline.models.small_cnn:SmallCNN", "pipeline.data")
+    with pytest.raises(ValueError, match="not a module:attr"):
+        resolve("pipeline.data.digits", "pipeline.data")
+
+
+def test_the_catalog_imports_no_framework():
+    """Rank 2, pure data: config.py imports it, and pydantic-free tools may too."""
+    tree = ast.parse(inspect.getsource(catalog))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])
+    }
+    assert imported <= {"__future__", "importlib", "collections", "dataclasses", "typing"}
+
+
+def test_providers_fall_back_only_to_registered_providers_ending_on_the_cpu():
+    for provider in PROVIDERS:
+        assert all(name in PROVIDERS for name in provider.fallback)
+        last = PROVIDERS[(provider.fallback or (provider.name,))[-1]]
+        assert not last.on_gpu
+        assert provider.memory_kind == ("ort_cuda" if provider.on_gpu else "host")
+        assert catalog.provider_running(provider.ort_name) is provider
+    assert catalog.provider_running("NoSuchExecutionProvider") is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "registry"),
+    [("data", "source", SOURCES), ("benchmark", "providers", PROVIDERS)],
+)
+def test_config_accepts_exactly_the_registered_names(section, key, registry):
+    for name in registry.names():
+        value = [name] if key == "providers" else name
+        assert getattr(getattr(parse_params({section: {key: value}}), section), key) == value
+    bad = ["nope"] if key == "providers" else "nope"
+    with pytest.raises(ParamsError, match=f"must be one of {', '.join(registry.names())}"):
+        parse_params({section: {key: bad}})
+
+
+@pytest.mark.parametrize("value", [True, 1, 1.5, None])
+def test_registry_fields_stay_strict(value):
+    for section, key in [("data", "source"), ("model", "arch")]:
+        with pytest.raises(ParamsError, match=f"'{section}.{key}'"):
+            parse_params({section: {key: value}})
+    with pytest.raises(ParamsError, match="'benchmark.providers.0'"):
+        parse_params({"benchmark": {"providers": [value]}})
+
+
+def test_arch_takes_a_registered_name_or_a_family_member_by_form():
+    assert parse_params({"model": {"arch": "resnet_cifar"}}).model.arch == "resnet_cifar"
+    assert parse_params({"model": {"arch": "torchvision:anything"}}).model.arch  # check_params'
+    for bad in ["resnet9000", "torchvision:", "Small_CNN"]:
+        with pytest.raises(
+            ParamsError, match="must be one of resnet_cifar, small_cnn, torchvision"
+        ):
+            parse_params({"model": {"arch": bad}})
+
+
+def test_fp32_is_always_exported_so_only_derived_variants_can_be_asked_for():
+    assert catalog.derived_variants() == ["fp16", "int8"]
+    with pytest.raises(ParamsError, match="'export.variants.0': 'fp32'"):
+        parse_params({"export": {"variants": ["fp32"]}})
+
+
+def test_params_table_lists_each_registry_choice():
+    rows = {row.split(" | ")[0].strip("| `"): row for row in params_table().splitlines()}
+    assert "`cifar10`" in rows["data.source"] and "`imagefolder`" in rows["data.source"]
+    assert "`torchvision:<name>`" in rows["model.arch"]
+    assert "`tensorrt`" in rows["benchmark.providers"]
+    assert "`int8`" in rows["export.variants"] and "`fp32`" not in rows["export.variants"]
+
+
+def test_unknown_names_are_one_line_keyerrors():
+    with pytest.raises(KeyError, match="benchmark.providers 'gpu' is unknown; choose one of cpu"):
+        PROVIDERS["gpu"]
