@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pipeline.catalog import SOURCES, VARIANTS, resolve
 from pipeline.config import ModelParams, Params, ParamsError
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, describe
 from pipeline.models import ModelSpec, check_model_size
 from pipeline.models.fit import trace_fit
 
@@ -27,7 +27,7 @@ def _implementation(key: str, name: str, target: str, package: str) -> None:
     except (ImportError, AttributeError, ValueError) as error:
         raise ParamsError(
             f"params.yaml: {key} {name!r} is registered but its implementation {target!r} does "
-            f"not load ({type(error).__name__}: {error})"
+            f"not load ({describe(error)})"
         ) from None
 
 
