@@ -117,8 +117,8 @@ def test_a_gpu_provider_without_a_gpu_is_a_fallback_row_with_its_reason(matrix, 
 @no_gpu
 def test_asking_for_cuda_builds_a_cpu_session_and_says_why(exported):
     _, card, variants, _ = exported
-    norm = card["normalisation"]
-    backend = OrtBackend(variants["fp32"], "fp32", "cuda", 1, norm["mean"], norm["std"])
+    norm = card.normalisation
+    backend = OrtBackend(variants["fp32"], "fp32", "cuda", 1, norm.mean, norm.std)
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
     assert backend.status == "fallback" and not backend.on_gpu
     assert "CUDAExecutionProvider unavailable" in backend.reason

@@ -59,7 +59,7 @@ class Spec:
 
 def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path], threads: int):
     device = resolve_device(params.device)
-    norm = card["normalisation"]
+    norm = card.normalisation
     max_batch = max([*params.batch_sizes, ACCURACY_BATCH])
     torch_memory = "torch_cuda" if device.type == "cuda" else "host"
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
@@ -84,9 +84,9 @@ def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path
                     variant,
                     provider,
                     threads,
-                    norm["mean"],
-                    norm["std"],
-                    card["input_shape"],
+                    norm.mean,
+                    norm.std,
+                    card.input_shape,
                     max_batch,
                     device.index or 0,
                     capability,
