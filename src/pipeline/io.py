@@ -11,15 +11,17 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
-from pydantic import TypeAdapter, ValidationError
 from safetensors.numpy import load_file as load_numpy_file
 from safetensors.numpy import save as save_numpy_bytes
 from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save as save_torch_bytes
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _current_umask() -> int:
@@ -110,6 +112,9 @@ def read_json_record(
     """The JSON file ``path`` as the dataclass ``kind``, every field strictly typed (``true`` is
     not a count, ``"3"`` not a number); any problem is one ``error`` line naming file and field.
     ``what`` names the document in that line ("model card")."""
+    # Imported here: scripts that only write records (benchmarks/gpu_check.py) run without it.
+    from pydantic import TypeAdapter, ValidationError
+
     try:
         text = Path(path).read_bytes()
     except OSError as problem:

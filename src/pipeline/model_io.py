@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from torch import nn
 
-from pipeline.config import ModelParams
-from pipeline.data.storage import PreparedMeta
 from pipeline.errors import PipelineError
 from pipeline.io import (
     describe_validation_error,
@@ -24,6 +21,10 @@ from pipeline.io import (
 from pipeline.models import ModelSpec, build_model, check_model_size
 from pipeline.preprocess import WithPreprocessing
 from pipeline.safetensors_header import TensorFileError, read_header
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelParams
+    from pipeline.data.storage import PreparedMeta
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model.json"
@@ -74,6 +75,12 @@ class ModelCard:
 
     def model_spec(self) -> ModelSpec:
         """The spec to rebuild the model; model_params are checked as params.yaml's would be."""
+        # Imported here: scripts that only write cards (benchmarks/gpu_check.py) run without
+        # pydantic.
+        from pydantic import ValidationError
+
+        from pipeline.config import ModelParams
+
         channels, height, _ = self.input_shape
         try:
             model = ModelParams.model_validate({"arch": self.arch, **self.model_params})
