@@ -46,7 +46,7 @@ from pipeline.energy import cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
 from pipeline.hardware.peak import flops_per_image  # noqa: E402
 from pipeline.hardware.tf32 import fp32_math, fp32_name, tf32_ops  # noqa: E402
-from pipeline.model_io import make_card  # noqa: E402
+from pipeline.model_io import ModelCard, Normalisation  # noqa: E402
 from pipeline.models import ModelSpec, build_model  # noqa: E402
 from pipeline.preprocess import WithPreprocessing  # noqa: E402
 from pipeline.train.resources import compute_report  # noqa: E402
@@ -222,11 +222,12 @@ def machine_facts(device: torch.device, dry_run: bool) -> dict:
 def inference(model, data, settings: BenchSettings, energy: EnergySettings, folder: Path) -> dict:
     """Eager, engine and every onnxruntime provider through the benchmark stage's code."""
     model = model.to("cpu").eval()
-    spec_card = make_card(
-        ModelSpec("resnet_cifar", 3, 32, 10),
-        {"class_names": [str(i) for i in range(10)], "input_shape": [3, 32, 32]}
-        | {"mean": MEAN, "std": STD},
-        {},
+    spec_card = ModelCard(
+        arch="resnet_cifar",
+        class_names=tuple(str(i) for i in range(10)),
+        num_classes=10,
+        input_shape=(3, 32, 32),
+        normalisation=Normalisation(mean=tuple(MEAN), std=tuple(STD)),
     )
     variants, why = export_variants(model, folder)
     images, labels = data[0].numpy(), data[1].numpy()
@@ -327,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         0.0 if dry else args.min_seconds, repeats=2 if dry else 3,
     )  # fmt: skip
     energy = EnergySettings(min_window_s=0.05 if dry else 1.0)
-    spec = ModelSpec("resnet_cifar", 3, 32, 10, width=args.width)
+    spec = ModelSpec(
+        arch="resnet_cifar", in_channels=3, image_size=32, num_classes=10, width=args.width
+    )
     data = synthetic_set(args.images)
     skip = "--skip-tests" if args.skip_tests else ""
     report = {

@@ -35,7 +35,7 @@ from pipeline.data.split import channel_stats
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
 from pipeline.hardware.peak import Peak
-from pipeline.model_io import load_trained, make_card
+from pipeline.model_io import ModelCard, Normalisation, load_trained
 from pipeline.models import ModelSpec, available_archs, build_model
 from pipeline.preprocess import WithPreprocessing
 
@@ -61,7 +61,9 @@ def quick_train(arch: str, width: int, train, epochs: int, lr: float = 3e-3):
     images, labels = torch.from_numpy(train[0]), torch.from_numpy(train[1])
     channels, size = images.shape[1], images.shape[2]
     mean, std = channel_stats(train[0])
-    spec = ModelSpec(arch, channels, size, 10, width=width, dropout=0.0)
+    spec = ModelSpec(
+        arch=arch, in_channels=channels, image_size=size, num_classes=10, width=width, dropout=0.0
+    )
     model = WithPreprocessing(build_model(spec), mean, std).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     started = time.perf_counter()
@@ -78,13 +80,15 @@ def quick_train(arch: str, width: int, train, epochs: int, lr: float = 3e-3):
             f"({time.perf_counter() - started:.0f} s)",
             file=sys.stderr,
         )
-    meta = {
-        "class_names": [str(i) for i in range(10)],
-        "input_shape": [channels, size, size],
-        "mean": mean,
-        "std": std,
-    }
-    return model.eval(), make_card(spec, meta, {"width": width, "dropout": 0.0})
+    card = ModelCard(
+        arch=arch,
+        model_params={"width": width, "dropout": 0.0},
+        class_names=tuple(str(i) for i in range(10)),
+        num_classes=10,
+        input_shape=(channels, size, size),
+        normalisation=Normalisation(mean=tuple(mean), std=tuple(std)),
+    )
+    return model.eval(), card
 
 
 def pipeline_model(model_dir: Path, prepared: Path):
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     if args.model_dir:
         model, card, train, test = pipeline_model(args.model_dir, args.prepared)
-        cases.append((f"{card['arch']} ({args.model_dir})", model, card, train, test))
+        cases.append((f"{card.arch} ({args.model_dir})", model, card, train, test))
     else:
         train, test = digits_split(8, 1)
         model, card = quick_train("small_cnn", 32, train, epochs=5)

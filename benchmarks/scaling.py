@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from pipeline.config import load_params  # noqa: E402
 from pipeline.hardware.device import resolve_device  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
+from pipeline.prepare import prepare_data  # noqa: E402
 from pipeline.train.distributed import threads_per_process  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+ .*?([\d,]+) img/s", re.MULTILINE)
@@ -88,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         root = Path(tmp)
         with contextlib.redirect_stderr(io.StringIO()):  # keep prepare's line out of the table
-            prepare(params, root)
+            prepare_data(params, root)
         for _ in range(args.repeats):
             for n in counts:
                 rates[n].append(train_once(root, raw, n, args.epochs))

@@ -118,7 +118,8 @@ def engine_images_per_s(model, data, batch_size, steps, warmup) -> tuple[float, 
 
 def fresh_model(width: int) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelSpec("resnet_cifar", 3, 32, 10, width=width))
+    spec = ModelSpec(arch="resnet_cifar", in_channels=3, image_size=32, num_classes=10, width=width)
+    return build_model(spec)
 
 
 def median_of(repeats: int, measure) -> float:

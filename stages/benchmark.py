@@ -8,6 +8,7 @@ from pipeline.config import Params
 from pipeline.data.storage import read_split
 from pipeline.export.variants import variant_path
 from pipeline.model_io import load_trained
+from pipeline.records import benchmark_figures, write_record
 from pipeline.stage import run_stage
 
 
@@ -18,15 +19,15 @@ def benchmark(params: Params) -> None:
     rows, context = run_benchmark(
         params.benchmark, model, card, variants, test.images, test.labels, params.energy
     )
-    write_report(
+    summary = write_report(
         rows,
         machine_context() | context,
         params.benchmark.max_accuracy_drop,
-        paths.BENCHMARK_METRICS,
         paths.BENCHMARK_TABLE,
         paths.BENCHMARK_REPORT,
         paths.BENCHMARK_CHART,
     )
+    write_record(paths.BENCHMARK_METRICS, summary, benchmark_figures(summary))
 
 
 if __name__ == "__main__":

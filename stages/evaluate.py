@@ -14,7 +14,7 @@ from pipeline.stage import run_stage
 def evaluate(params: Params) -> None:
     model, _card = load_trained(paths.MODELS_DIR)
     images, labels = read_split_tensors(paths.PREPARED_DIR, "test")
-    class_names = read_meta(paths.PREPARED_DIR)["class_names"]
+    class_names = list(read_meta(paths.PREPARED_DIR).class_names)
     logits = predict_logits(model, images, params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels, class_names)
     write_confusion_csv(paths.CONFUSION_PLOT, logits, labels, class_names)

@@ -1,7 +1,17 @@
-"""Stage prepare: a data source -> uint8 train/val/test safetensors + meta.json."""
+"""Stage prepare: a data source -> uint8 train/val/test safetensors + meta.json, and
+metrics/data.json (figures) with metrics/details/data.json (the whole record)."""
 
-from pipeline.prepare import prepare
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.prepare import prepare_data
+from pipeline.records import DATA_FIGURES, write_record
 from pipeline.stage import run_stage
+
+
+def prepare(params: Params) -> None:
+    report = prepare_data(params)
+    write_record(paths.DATA_METRICS, report, DATA_FIGURES)
+
 
 if __name__ == "__main__":
     run_stage("prepare", prepare)

@@ -3,8 +3,18 @@
 One process, or a DDP group of them when train.distributed asks (see pipeline.train.launch).
 """
 
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.records import TRAIN_FIGURES, write_record
 from pipeline.stage import run_stage
-from pipeline.train.launch import train
+from pipeline.train.launch import train as train_model
+
+
+def train(params: Params) -> None:
+    record = train_model(params)
+    if record is not None:  # None where global rank 0 ran on another node or process
+        write_record(paths.TRAIN_METRICS, record, TRAIN_FIGURES)
+
 
 if __name__ == "__main__":
     run_stage("train", train)

@@ -117,8 +117,8 @@ def test_a_gpu_provider_without_a_gpu_is_a_fallback_row_with_its_reason(matrix, 
 @no_gpu
 def test_asking_for_cuda_builds_a_cpu_session_and_says_why(exported):
     _, card, variants, _ = exported
-    norm = card["normalisation"]
-    backend = OrtBackend(variants["fp32"], "fp32", "cuda", 1, norm["mean"], norm["std"])
+    norm = card.normalisation
+    backend = OrtBackend(variants["fp32"], "fp32", "cuda", 1, norm.mean, norm.std)
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
     assert backend.status == "fallback" and not backend.on_gpu
     assert "CUDAExecutionProvider unavailable" in backend.reason
@@ -127,12 +127,12 @@ def test_asking_for_cuda_builds_a_cpu_session_and_says_why(exported):
 
 def test_every_backend_states_what_a_row_needs_and_what_it_planned(exported):
     model, card, variants, _ = exported
-    norm, device = card["normalisation"], torch.device("cpu")
+    norm, device = card.normalisation, torch.device("cpu")
     built = {
         TorchBackend.planned(device): TorchBackend(model, device),
         TorchBackend.planned(device, engine=True): TorchBackend(model, device, engine=True),
         OrtBackend.planned("int8", "cpu"): OrtBackend(
-            variants["int8"], "int8", "cpu", 1, norm["mean"], norm["std"]
+            variants["int8"], "int8", "cpu", 1, norm.mean, norm.std
         ),
     }
     members = [*Backend.__annotations__, "bind", "sync", "logits"]

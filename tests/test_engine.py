@@ -143,7 +143,8 @@ def test_early_stopping_keeps_the_best_epoch_weights():
 def test_cifar_class_models_train_on_32x32_rgb(arch):
     torch.manual_seed(0)
     images, labels = rgb_data(96)
-    model = WithPreprocessing(build_model(ModelSpec(arch, 3, 32, 4, width=8)), [0.2] * 3, [0.3] * 3)
+    spec = ModelSpec(arch=arch, in_channels=3, image_size=32, num_classes=4, width=8)
+    model = WithPreprocessing(build_model(spec), [0.2] * 3, [0.3] * 3)
     params = TrainParams(epochs=3, batch_size=32, lr=0.003, augment="crop_flip")
     trainer = Trainer(
         model,
@@ -169,9 +170,8 @@ def test_compiled_model_trains():
 
 def test_onecycle_with_very_few_steps_still_trains():
     images, labels = rgb_data(48, size=8)
-    model = WithPreprocessing(
-        build_model(ModelSpec("small_cnn", 3, 8, 4, width=8)), [0.2] * 3, [0.3] * 3
-    )
+    spec = ModelSpec(arch="small_cnn", in_channels=3, image_size=8, num_classes=4, width=8)
+    model = WithPreprocessing(build_model(spec), [0.2] * 3, [0.3] * 3)
     params = TrainParams(epochs=1, batch_size=16)  # 3 steps in all
     trainer = Trainer(
         model,

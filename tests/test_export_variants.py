@@ -23,7 +23,7 @@ from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import calibration_sample, to_int8, variant_path
 from pipeline.hardware.cpu import CpuFeatures, detect
 from pipeline.io import sha256_file
-from pipeline.model_io import make_card
+from pipeline.model_io import ModelCard, Normalisation
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
 
@@ -37,7 +37,9 @@ def tiny_trained_model(seed: int = 0):
     train = (pool.images[:1400], pool.labels[:1400])
     test = (pool.images[1400:], pool.labels[1400:])
     mean, std = channel_stats(train[0])
-    spec = ModelSpec("small_cnn", in_channels=1, image_size=8, num_classes=10, width=8, dropout=0)
+    spec = ModelSpec(
+        arch="small_cnn", in_channels=1, image_size=8, num_classes=10, width=8, dropout=0
+    )
     model = WithPreprocessing(build_model(spec), mean, std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     images, labels = torch.from_numpy(train[0]), torch.from_numpy(train[1])
@@ -50,13 +52,14 @@ def tiny_trained_model(seed: int = 0):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    meta = {
-        "class_names": [str(i) for i in range(10)],
-        "input_shape": [1, 8, 8],
-        "mean": mean,
-        "std": std,
-    }
-    card = make_card(spec, meta, {"width": 8, "dropout": 0.0})
+    card = ModelCard(
+        arch="small_cnn",
+        model_params={"width": 8, "dropout": 0.0},
+        class_names=tuple(str(i) for i in range(10)),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        normalisation=Normalisation(mean=tuple(mean), std=tuple(std)),
+    )
     return model.eval(), card, train, test
 
 

@@ -16,7 +16,7 @@ from conftest import dvc, make_project_copy, run, tool_env
 from pipeline import paths
 from pipeline.config import Params, TrainParams
 from pipeline.errors import PipelineError
-from pipeline.prepare import prepare
+from pipeline.prepare import prepare_data
 from pipeline.train import loop
 from pipeline.train.checkpoint import (
     checkpoint_files,
@@ -58,7 +58,7 @@ def train_params(**train) -> Params:
 @pytest.fixture(scope="module")
 def prepared_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("prepared")
-    prepare(Params(), root=root)
+    prepare_data(Params(), root=root)
     return root
 
 

@@ -145,11 +145,11 @@ def test_tensorrt_engines_are_keyed_by_file_and_fp16_only_for_fp16(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     _, card, files, (images, _) = _exported(tmp_path / "onnx")
-    norm, shape = card["normalisation"], card["input_shape"]
+    norm, shape = card.normalisation, card.input_shape
     capability = torch.cuda.get_device_capability()
     built = {
         variant: OrtBackend(
-            path, variant, "tensorrt", 1, norm["mean"], norm["std"], shape, 64, 0, capability
+            path, variant, "tensorrt", 1, norm.mean, norm.std, shape, 64, 0, capability
         )
         for variant, path in files.items()
     }
@@ -227,7 +227,7 @@ def test_resnet_cifar_trains_deterministically_on_the_gpu():
     from pipeline.train.policy import make_deterministic
 
     make_deterministic()
-    spec = ModelSpec("resnet_cifar", in_channels=3, image_size=32, num_classes=10, width=8)
+    spec = ModelSpec(arch="resnet_cifar", in_channels=3, image_size=32, num_classes=10, width=8)
     grads = []
     for _ in range(2):
         torch.manual_seed(0)

@@ -252,7 +252,7 @@ def modules_torch_cannot_make_deterministic() -> set[str]:
 def test_resnet_cifar_has_no_op_without_a_deterministic_cuda_kernel():
     listed = modules_torch_cannot_make_deterministic()
     assert "AdaptiveMaxPool2d" in listed  # the list was read, not an empty set
-    spec = ModelSpec("resnet_cifar", in_channels=3, image_size=32, num_classes=10, width=4)
+    spec = ModelSpec(arch="resnet_cifar", in_channels=3, image_size=32, num_classes=10, width=4)
     used = {type(module).__name__ for module in build_model(spec).modules()}
     assert not used & listed
 

@@ -3,7 +3,6 @@ data.root, and byte-identical files (which must never straddle two splits)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from PIL import Image
 from pipeline.config import DataParams, Params
 from pipeline.data.sources import DataSourceError, load_source
 from pipeline.data.split import split
-from pipeline.prepare import prepare
+from pipeline.prepare import prepare_data
+from pipeline.records import DATA_FIGURES, pick
 
 
 def params(root: Path, **overrides) -> DataParams:
@@ -63,7 +63,7 @@ def test_links_leaving_the_root_are_refused_and_listed(tmp_path):
     root = tmp_path / "root"
     random_tree(root)
     out = tmp_path / "out"
-    prepare(Params(data=params(root)), root=out)
+    prepare_data(Params(data=params(root)), root=out)
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
     secret = tmp_path / "secret.txt"
@@ -75,7 +75,7 @@ def test_links_leaving_the_root_are_refused_and_listed(tmp_path):
     (tmp_path / "outdir").mkdir()
     (root / "c").symlink_to(tmp_path / "outdir", target_is_directory=True)
     with pytest.raises(DataSourceError) as caught:
-        prepare(Params(data=params(root)), root=out)
+        prepare_data(Params(data=params(root)), root=out)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("3 symbolic link(s)")
@@ -112,10 +112,10 @@ def test_byte_identical_files_stay_in_one_split_and_are_counted(tmp_path):
         shutil.copy(original, root / "b" / f"copy_of_a_{i}.png")
         copies += 2
     out = tmp_path / "out"
-    report = prepare(Params(data=params(root, val_fraction=0.2, test_fraction=0.2)), out)
+    report = prepare_data(Params(data=params(root, val_fraction=0.2, test_fraction=0.2)), out)
     assert report["duplicate_files"] == copies
     assert {"path": "a/copy_0.png", "same_as": "a/00.png"} in report["duplicates"]
-    assert json.loads((out / "metrics/data.json").read_text())["duplicate_files"] == copies
+    assert pick(report, DATA_FIGURES)["duplicate_files"] == copies  # a metrics/data.json figure
 
     source = load_source(params(root))
     parts = split(source, 0.2, 0.2, seed=42)

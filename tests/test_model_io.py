@@ -9,17 +9,22 @@ import torch
 
 from pipeline import model_io
 from pipeline.io import save_tensors
-from pipeline.model_io import ModelFileError, load_trained, make_card, save_trained
+from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_trained, save_trained
 from pipeline.models import ModelSpec, build_model
 
-META = {"class_names": ["a", "b", "c"], "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25]}
+CARD = ModelCard(
+    arch="small_cnn",
+    model_params={"width": 4, "dropout": 0.0},
+    class_names=("a", "b", "c"),
+    num_classes=3,
+    input_shape=(1, 8, 8),
+    normalisation=Normalisation(mean=(0.5,), std=(0.25,)),
+)
 
 
 @pytest.fixture
 def models_dir(tmp_path):
-    spec = ModelSpec("small_cnn", 1, 8, 3, width=4, dropout=0.0)
-    card = make_card(spec, META, {"width": 4, "dropout": 0.0})
-    save_trained(tmp_path, build_model(spec), card)
+    save_trained(tmp_path, build_model(CARD.model_spec()), CARD)
     return tmp_path
 
 
@@ -32,7 +37,7 @@ def refused(models_dir, match: str) -> str:
 
 def test_a_good_folder_loads(models_dir):
     model, card = load_trained(models_dir)
-    assert card["arch"] == "small_cnn"
+    assert card == CARD
     assert model(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 3)
 
 
@@ -65,7 +70,7 @@ def test_wrong_tensor_names_are_refused_from_the_header(models_dir, monkeypatch)
 
 
 def test_wrong_shapes_are_refused_from_the_header(models_dir, monkeypatch):
-    spec = ModelSpec("small_cnn", 1, 8, 3, width=8, dropout=0.0)
+    spec = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, num_classes=3, width=8)
     save_tensors(models_dir / "model.safetensors", build_model(spec).state_dict())
     monkeypatch.setattr(model_io, "load_tensors", pytest.fail)
     refused(models_dir, r"tensor 'features.0.weight' is F32\[8, 1, 3, 3\], a small_cnn model "
@@ -75,10 +80,10 @@ def test_wrong_shapes_are_refused_from_the_header(models_dir, monkeypatch):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("{not json", "not a JSON model card"),
-        ("[1, 2]", "not a JSON object"),
-        ('{"arch": "small_cnn"}', "missing or bad num_classes, input_shape, normalisation"),
-        (b"\xff\xfe\x00garbage", "not a JSON model card"),
+        ("{not json", "model.json: not a model card .Invalid JSON"),
+        ("[1, 2]", "model.json: not a model card .Input should be an object"),
+        ('{"arch": "small_cnn"}', "model.json: field 'class_names' is missing"),
+        (b"\xff\xfe\x00garbage", "model.json: not a model card .Invalid JSON"),
     ],
 )
 def test_card_that_is_not_a_model_card(models_dir, text, match):
@@ -89,10 +94,14 @@ def test_card_that_is_not_a_model_card(models_dir, text, match):
 
 def test_card_describing_a_huge_or_unknown_model(models_dir):
     card = json.loads((models_dir / "model.json").read_text())
-    huge = {**card, "arch": "resnet_cifar", "model_params": {"width": 100_000, "dropout": 0.0}}
+    huge = {**card, "arch": "resnet_cifar", "model_params": {"width": 1024, "dropout": 0.0}}
     (models_dir / "model.json").write_text(json.dumps(huge))
     refused(models_dir, "over the limit of 1,000,000,000")
     (models_dir / "model.json").write_text(json.dumps({**card, "arch": "resnet9000"}))
-    refused(models_dir, "model.arch 'resnet9000' is unknown")
+    refused(models_dir, "'resnet9000'")
+    # model_params are a params.yaml model section (less arch), checked as strictly.
     (models_dir / "model.json").write_text(json.dumps({**card, "model_params": {"depth": 3}}))
-    refused(models_dir, "not a buildable model")
+    refused(models_dir, "model.json: model_params field 'depth': Extra inputs are not permitted")
+    too_wide = {**card, "model_params": {"width": 100_000}}
+    (models_dir / "model.json").write_text(json.dumps(too_wide))
+    refused(models_dir, "model.json: model_params field 'width': Input should be less than")

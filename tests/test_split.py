@@ -4,9 +4,9 @@ import pytest
 from pipeline.config import DataParams
 from pipeline.data import digits
 from pipeline.data.split import SplitError, channel_stats, split
-from pipeline.data.storage import build_meta, read_split, write_prepared
+from pipeline.data.storage import PreparedMeta, read_split, write_prepared
 from pipeline.data.types import LabelledImages, SourceData
-from pipeline.prepare import prepare
+from pipeline.prepare import prepare_data
 
 
 def test_digits_is_uint8_nchw_with_ten_classes():
@@ -31,7 +31,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     source = digits.load()
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
         parts = split(source, 0.15, 0.15, seed=seed)
-        write_prepared(tmp_path / name, parts, build_meta(source, parts))
+        write_prepared(tmp_path / name, parts, PreparedMeta.build(source, parts))
     for split_name in ("train", "val", "test"):
         file = f"{split_name}.safetensors"
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
@@ -75,7 +75,7 @@ def test_channel_stats_match_numpy():
 def test_prepare_writes_the_contract(tmp_path):
     from pipeline.config import Params
 
-    report = prepare(Params(data=DataParams()), root=tmp_path)
+    report = prepare_data(Params(data=DataParams()), root=tmp_path)
     prepared = tmp_path / "data/prepared"
     assert sorted(p.name for p in prepared.iterdir()) == [
         "meta.json",
@@ -86,7 +86,7 @@ def test_prepare_writes_the_contract(tmp_path):
     assert report["quarantined_count"] == 0
     assert sum(report["counts"].values()) == 1797
     assert read_split(prepared, "val").images.dtype == np.uint8
-    assert (tmp_path / "metrics/data.json").exists()
+    assert not (tmp_path / "metrics").exists()  # the record is the stage script's to write
 
 
 def test_prepare_fails_above_the_quarantine_threshold_and_writes_nothing(tmp_path):
@@ -104,10 +104,10 @@ def test_prepare_fails_above_the_quarantine_threshold_and_writes_nothing(tmp_pat
     (root / "dog" / "notes.jpg").write_text("not an image")
     data = DataParams(source="imagefolder", root=str(root), max_bad_fraction=0.05, workers=1)
     with pytest.raises(DataSourceError, match=r"2 of 26 files quarantined"):
-        prepare(Params(data=data), root=tmp_path / "out")
+        prepare_data(Params(data=data), root=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
-    report = prepare(
+    report = prepare_data(
         Params(data=data.model_copy(update={"max_bad_fraction": 0.1})), root=tmp_path / "out"
     )
     reasons = {item["path"]: item["reason"] for item in report["quarantined"]}

@@ -6,7 +6,7 @@ from pipeline.data import digits
 from pipeline.data.split import channel_stats, split
 from pipeline.hardware.device import DeviceError, resolve_device
 from pipeline.hardware.precision import choose_precision
-from pipeline.model_io import ModelFileError, load_trained, make_card, save_trained
+from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_trained, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.registry import UnknownModelError
 from pipeline.preprocess import WithPreprocessing
@@ -48,7 +48,7 @@ def test_auto_device_is_cpu_here_and_cuda_is_refused_clearly():
 
 def test_unknown_arch_lists_the_choices():
     with pytest.raises(UnknownModelError, match="small_cnn"):
-        build_model(ModelSpec("no_such_net", 1, 8, 10))
+        build_model(ModelSpec(arch="no_such_net", in_channels=1, image_size=8, num_classes=10))
 
 
 def digits_tensors(seed=0):
@@ -64,7 +64,8 @@ def digits_tensors(seed=0):
 def make_trainer(precision="fp32", width=16, **train):
     torch.manual_seed(0)
     train_data, val, mean, std = digits_tensors()
-    model = WithPreprocessing(build_model(ModelSpec("small_cnn", 1, 8, 10, width=width)), mean, std)
+    spec = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, num_classes=10, width=width)
+    model = WithPreprocessing(build_model(spec), mean, std)
     params = TrainParams(**{"epochs": 3, "batch_size": 64, "lr": 0.003, **train})
     return Trainer(
         model,
@@ -95,15 +96,16 @@ def test_bf16_autocast_runs_on_cpu_with_finite_improving_loss():
 
 
 def test_model_round_trip_and_nonfinite_weights_refused(tmp_path):
-    spec = ModelSpec("small_cnn", 1, 8, 10, width=8)
+    spec = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, num_classes=10, width=8)
     model = build_model(spec).eval()
-    meta = {
-        "class_names": list("0123456789"),
-        "input_shape": [1, 8, 8],
-        "mean": [0.3],
-        "std": [0.4],
-    }
-    card = make_card(spec, meta, {"width": 8, "dropout": 0.1})
+    card = ModelCard(
+        arch="small_cnn",
+        model_params={"width": 8, "dropout": 0.1},
+        class_names=tuple("0123456789"),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        normalisation=Normalisation(mean=(0.3,), std=(0.4,)),
+    )
     save_trained(tmp_path, model, card)
     loaded, loaded_card = load_trained(tmp_path)
     images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)

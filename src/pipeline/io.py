@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -10,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from safetensors.numpy import load_file as load_numpy_file
 from safetensors.numpy import save as save_numpy_bytes
 from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save as save_torch_bytes
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _current_umask() -> int:
@@ -83,6 +87,47 @@ def write_json(path: str | Path, payload: Mapping[str, Any] | list[Any]) -> None
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+Record = TypeVar("Record")
+
+
+def describe_validation_error(error: ValidationError, what: str = "record") -> str:
+    """The first problem pydantic found, as one line naming the field: ``field 'a.b[0]': ...``."""
+    first = error.errors()[0]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    message = " ".join(first["msg"].split())
+    if not field:  # the whole document: not JSON, or not an object
+        return f"not a {what} ({message})"
+    if first["type"] == "missing":
+        return f"field {field.lstrip('.')!r} is missing"
+    got = repr(first.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"field {field.lstrip('.')!r}: {message}, got {got}"
+
+
+def read_json_record(
+    path: str | Path, kind: type[Record], error: type[Exception], what: str
+) -> Record:
+    """The JSON file ``path`` as the dataclass ``kind``, every field strictly typed (``true`` is
+    not a count, ``"3"`` not a number); any problem is one ``error`` line naming file and field.
+    ``what`` names the document in that line ("model card")."""
+    # Imported here: scripts that only write records (benchmarks/gpu_check.py) run without it.
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        text = Path(path).read_bytes()
+    except OSError as problem:
+        raise error(f"{path}: cannot read ({problem.strerror or problem})") from None
+    try:
+        return TypeAdapter(kind).validate_json(text, strict=True)
+    except ValidationError as problem:
+        raise error(f"{path}: {describe_validation_error(problem, what)}") from None
+
+
+def write_json_record(path: str | Path, record: Any) -> None:
+    """A dataclass as JSON, keys in field order (so the file's bytes follow the class)."""
+    write_json(path, dataclasses.asdict(record))
 
 
 def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
 from pipeline.errors import PipelineError, first_line
-from pipeline.io import load_tensors, read_json, save_tensors, write_json
+from pipeline.io import (
+    describe_validation_error,
+    load_tensors,
+    read_json_record,
+    save_tensors,
+    write_json_record,
+)
 from pipeline.models import ModelSpec, build_model, check_model_size
 from pipeline.preprocess import WithPreprocessing
 from pipeline.safetensors_header import TensorFileError, read_header
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelParams
+    from pipeline.data.storage import PreparedMeta
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model.json"
@@ -28,69 +38,75 @@ class ModelFileError(PipelineError):
     pass
 
 
-def make_card(spec: ModelSpec, meta: dict[str, Any], model_params: dict[str, Any]) -> dict:
-    return {
-        "arch": spec.arch,
-        "model_params": model_params,
-        "class_names": meta["class_names"],
-        "num_classes": spec.num_classes,
-        "input_shape": meta["input_shape"],
-        "input_dtype": "uint8",
-        "input_layout": "NCHW",
-        "normalisation": {"mean": meta["mean"], "std": meta["std"], "scale": "x / 255"},
-    }
+@dataclass(frozen=True, kw_only=True)
+class Normalisation:
+    """How the model's own preprocessing scales pixels: ``(x / 255 - mean) / std`` per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: Literal["x / 255"] = "x / 255"
 
 
-def spec_from_card(card: dict[str, Any]) -> ModelSpec:
-    channels, height, _ = card["input_shape"]
-    return ModelSpec(
-        arch=card["arch"],
-        in_channels=channels,
-        image_size=height,
-        num_classes=card["num_classes"],
-        **card.get("model_params", {}),
-    )
+@dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """models/model.json: how to rebuild the trained model and feed it. The fields are the file's
+    keys, in the file's order: changing them changes the card's hash."""
+
+    arch: str
+    model_params: dict[str, Any] = field(default_factory=dict)  # params.yaml's model, but arch
+    class_names: tuple[str, ...]
+    num_classes: int
+    input_shape: tuple[int, int, int]  # channels, height, width of one image
+    input_dtype: Literal["uint8"] = "uint8"
+    input_layout: Literal["NCHW"] = "NCHW"
+    normalisation: Normalisation
+
+    @classmethod
+    def for_training(cls, model: ModelParams, meta: PreparedMeta) -> ModelCard:
+        """The card of a model trained with the ``model`` params on the prepared data ``meta``."""
+        return cls(
+            arch=model.arch,
+            model_params=model.model_dump(exclude={"arch"}),
+            class_names=meta.class_names,
+            num_classes=meta.num_classes,
+            input_shape=meta.input_shape,
+            normalisation=Normalisation(mean=meta.mean, std=meta.std),
+        )
+
+    def model_spec(self) -> ModelSpec:
+        """The spec to rebuild the model; model_params are checked as params.yaml's would be."""
+        # Imported here: scripts that only write cards (benchmarks/gpu_check.py) run without
+        # pydantic.
+        from pydantic import ValidationError
+
+        from pipeline.config import ModelParams
+
+        channels, height, _ = self.input_shape
+        try:
+            model = ModelParams.model_validate({"arch": self.arch, **self.model_params})
+        except ValidationError as error:
+            raise ModelFileError(f"model_params {describe_validation_error(error)}") from None
+        return ModelSpec.from_params(
+            model, in_channels=channels, image_size=height, num_classes=self.num_classes
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelCard:
+        return read_json_record(path, cls, ModelFileError, "model card")
+
+    def to_json(self, path: str | Path) -> None:
+        write_json_record(path, self)
 
 
-def _is_numbers(value: Any, length: int | None = None) -> bool:
-    return (
-        isinstance(value, list)
-        and (length is None or len(value) == length)
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    )
+def read_card(path: str | Path) -> ModelCard:
+    """The model card, or a one-line ModelFileError naming the file and the missing or bad field."""
+    return ModelCard.from_json(path)
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
-    """The model card, or a one-line ModelFileError when it is missing, not JSON, or lacks a
-    field the stages use."""
-    try:
-        card = read_json(path)
-    except OSError as error:
-        raise ModelFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"{path}: not a JSON model card ({error})") from None
-    if not isinstance(card, dict):
-        raise ModelFileError(f"{path}: not a model card (not a JSON object)")
-    norm = card.get("normalisation")
-    fields_ok = {
-        "arch": isinstance(card.get("arch"), str),
-        "model_params": isinstance(card.get("model_params", {}), dict),
-        "num_classes": type(card.get("num_classes")) is int,
-        "input_shape": _is_numbers(card.get("input_shape"), 3),
-        "normalisation": isinstance(norm, dict)
-        and _is_numbers(norm.get("mean"))
-        and _is_numbers(norm.get("std")),
-    }
-    bad = [name for name, ok in fields_ok.items() if not ok]
-    if bad:
-        raise ModelFileError(f"{path}: not a model card (missing or bad {', '.join(bad)})")
-    return card
-
-
-def _skeleton(card: dict[str, Any], card_path: Path) -> nn.Module:
+def _skeleton(card: ModelCard, card_path: Path) -> nn.Module:
     """The card's model on the meta device: its tensor names and shapes, nothing allocated."""
     try:
-        spec = spec_from_card(card)
+        spec = card.model_spec()
         check_model_size(spec)
         with torch.device("meta"):
             return build_model(spec)
@@ -126,7 +142,7 @@ def check_weights_match(weights_path: Path, skeleton: nn.Module, arch: str) -> N
             )
 
 
-def save_trained(models_dir: str | Path, model: nn.Module, card: dict[str, Any]) -> None:
+def save_trained(models_dir: str | Path, model: nn.Module, card: ModelCard) -> None:
     state = model.state_dict()
     bad = [
         name
@@ -138,11 +154,11 @@ def save_trained(models_dir: str | Path, model: nn.Module, card: dict[str, Any])
             f"refusing to save non-finite weights ({bad[0]} and {len(bad) - 1} more)"
         )
     models_dir = Path(models_dir)
-    save_tensors(models_dir / WEIGHTS_NAME, state, metadata={"arch": card["arch"]})
-    write_json(models_dir / CARD_NAME, card)
+    save_tensors(models_dir / WEIGHTS_NAME, state, metadata={"arch": card.arch})
+    card.to_json(models_dir / CARD_NAME)
 
 
-def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, dict[str, Any]]:
+def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, ModelCard]:
     """The trained classifier wrapped with its preprocessing (takes uint8 NCHW), and its card.
 
     Card and weights header are checked before any weights are read, so a wrong, truncated or
@@ -151,12 +167,12 @@ def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, dict[str, A
     models_dir = Path(models_dir)
     card = read_card(models_dir / CARD_NAME)
     weights_path = models_dir / WEIGHTS_NAME
-    check_weights_match(weights_path, _skeleton(card, models_dir / CARD_NAME), card["arch"])
-    model = build_model(spec_from_card(card))
+    skeleton = _skeleton(card, models_dir / CARD_NAME)
+    check_weights_match(weights_path, skeleton, card.arch)
+    model = build_model(card.model_spec())
     try:
         model.load_state_dict(load_tensors(weights_path))
     except (SafetensorError, RuntimeError) as error:
         raise ModelFileError(f"{weights_path}: cannot load ({first_line(error)})") from None
-    norm = card["normalisation"]
-    wrapped = WithPreprocessing(model, norm["mean"], norm["std"])
+    wrapped = WithPreprocessing(model, card.normalisation.mean, card.normalisation.std)
     return wrapped.eval(), card

@@ -42,13 +42,11 @@ def check_registries(params: Params) -> None:
 
 def model_parameters(model: ModelParams, channels: int | None) -> int:
     """Build the model on the meta device: an unknown arch or a too-large width fails here."""
-    spec = ModelSpec(
-        arch=model.arch,
+    spec = ModelSpec.from_params(
+        model,
         in_channels=channels or 3,
         image_size=NOMINAL_IMAGE_SIZE,
         num_classes=NOMINAL_CLASSES,
-        width=model.width,
-        dropout=model.dropout,
     )
     try:
         return check_model_size(spec)
@@ -74,7 +72,9 @@ def check_input_fits_model(params: Params) -> None:
         return
     channels, side = shape
     model = params.model
-    spec = ModelSpec(model.arch, channels, side, NOMINAL_CLASSES, model.width, model.dropout)
+    spec = ModelSpec.from_params(
+        model, in_channels=channels, image_size=side, num_classes=NOMINAL_CLASSES
+    )
     fit = trace_fit(spec)
     where = f"model.arch {model.arch!r} on data.image_size {side} ({params.data.source}: "
     where += f"{side}x{side})"

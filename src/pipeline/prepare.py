@@ -1,27 +1,28 @@
-"""The prepare stage's recipe: load a source, split it, write the prepared folder."""
+"""The prepare stage's recipe: load a source, split it, write the prepared folder, and return
+the data record (the stage script writes it to metrics/, like every stage)."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.data.sources import check_quarantine, load_source
 from pipeline.data.split import split
-from pipeline.data.storage import build_meta, write_prepared
-from pipeline.records import DATA_FIGURES, write_record
+from pipeline.data.storage import PreparedMeta, write_prepared
 
 MAX_LISTED_DUPLICATES = 20
 
 
-def data_report(meta: dict, files_seen: int, duplicates: list | None = None) -> dict:
-    quarantined = meta["quarantined"]
+def data_report(meta: PreparedMeta, files_seen: int, duplicates: list | None = None) -> dict:
+    quarantined = [asdict(entry) for entry in meta.quarantined]
     report = {
-        "source": meta["source"],
-        "counts": meta["counts"],
-        "num_classes": meta["num_classes"],
-        "input_shape": meta["input_shape"],
+        "source": meta.source,
+        "counts": meta.counts,
+        "num_classes": meta.num_classes,
+        "input_shape": list(meta.input_shape),
         "files_seen": files_seen,
         "quarantined_count": len(quarantined),
         "quarantined": quarantined,
@@ -35,15 +36,15 @@ def data_report(meta: dict, files_seen: int, duplicates: list | None = None) -> 
     return report
 
 
-def prepare(params: Params, root: Path = Path(".")) -> dict:
+def prepare_data(params: Params, root: Path = Path(".")) -> dict:
     source = load_source(params.data)
     check_quarantine(source, params.data.max_bad_fraction)
     splits = split(source, params.data.val_fraction, params.data.test_fraction, params.seed)
-    meta = build_meta(source, splits)
+    meta = PreparedMeta.build(source, splits)
     write_prepared(root / paths.PREPARED_DIR, splits, meta)
     report = data_report(meta, source.files_seen, source.duplicates)
-    write_record(root / paths.DATA_METRICS, report, DATA_FIGURES)
-    print(f"prepared {source.name}: {meta['counts']} shape {meta['input_shape']}", file=sys.stderr)
+    shape = list(meta.input_shape)
+    print(f"prepared {source.name}: {meta.counts} shape {shape}", file=sys.stderr)
     if source.duplicates:
         print(
             f"prepare: {len(source.duplicates)} byte-identical file(s), each kept in the split "

@@ -1,5 +1,6 @@
-"""Benchmark rows -> CSV (every row; also the plot data), JSON headline, and the report a person
-reads: a Markdown table with a chart of accuracy against speed (and energy), drawn offline."""
+"""Benchmark rows -> CSV (every row; also the plot data), the headline record (the stage writes it
+to metrics/benchmark.json), and the report a person reads: a Markdown table with a chart of
+accuracy against speed (and energy), drawn offline."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import chart_bytes, check_chart_path
 from pipeline.io import write_bytes, write_text
-from pipeline.records import benchmark_figures, write_record
 
 BASELINE = ("pytorch_eager", "fp32")
 ROW_FIELDS = [
@@ -193,11 +193,11 @@ def write_report(
     rows: list[dict],
     context: dict[str, Any],
     max_drop: float,
-    json_path,
     csv_path,
     md_path,
     chart_path,
 ) -> dict:
+    """Write the CSV, the chart and the Markdown report; return the benchmark record."""
     top = headline(rows, max_drop)
     summary = {"context": context, "headline": top, "rows": len(rows)}
     chart_path = check_chart_path(chart_path)
@@ -207,5 +207,4 @@ def write_report(
     write_text(csv_path, rows_to_csv(rows))
     write_bytes(chart_path, chart)
     write_text(md_path, rows_to_markdown(rows, context, top, chart_link))
-    write_record(json_path, summary, benchmark_figures(summary))
     return summary

@@ -61,7 +61,7 @@ class Spec:
 
 def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path], threads: int):
     device = resolve_device(params.device)
-    norm = card["normalisation"]
+    norm = card.normalisation
     max_batch = max([*params.batch_sizes, ACCURACY_BATCH])
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     specs = [
@@ -80,9 +80,9 @@ def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path
                     variant,
                     provider,
                     threads,
-                    norm["mean"],
-                    norm["std"],
-                    card["input_shape"],
+                    norm.mean,
+                    norm.std,
+                    card.input_shape,
                     max_batch,
                     device.index or 0,
                     capability,

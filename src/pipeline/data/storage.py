@@ -2,45 +2,76 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.data.split import SPLITS, channel_stats
-from pipeline.data.types import LabelledImages, SourceData
-from pipeline.io import load_arrays, read_json, save_arrays, write_json
+from pipeline.data.types import LabelledImages, Quarantined, SourceData
+from pipeline.errors import PipelineError
+from pipeline.io import load_arrays, read_json_record, save_arrays, write_json_record
 
 META_FILE = "meta.json"
 
 
-def build_meta(source: SourceData, splits: dict[str, LabelledImages]) -> dict[str, Any]:
-    mean, std = channel_stats(splits["train"].images)
-    return {
-        "source": source.name,
-        "class_names": source.class_names,
-        "num_classes": len(source.class_names),
-        "input_shape": list(splits["train"].images.shape[1:]),
-        "mean": mean,
-        "std": std,
-        "counts": {name: len(part) for name, part in splits.items()},
-        "input_hashes": source.input_hashes,
-        "quarantined": [{"path": q.path, "reason": q.reason} for q in source.quarantined],
-    }
+class PreparedDataError(PipelineError):
+    pass
 
 
-def write_prepared(out_dir: str | Path, splits: dict[str, LabelledImages], meta: dict) -> None:
+@dataclass(frozen=True, kw_only=True)
+class PreparedMeta:
+    """meta.json, what later stages know of the prepared data. The fields are the file's keys,
+    in the file's order: changing them changes every prepared folder's hash."""
+
+    source: str
+    class_names: tuple[str, ...]
+    num_classes: int
+    input_shape: tuple[int, int, int]  # channels, height, width of one image
+    mean: tuple[float, ...]  # per channel, of the train split on the 0..1 scale
+    std: tuple[float, ...]
+    counts: dict[str, int]  # images per split
+    input_hashes: dict[str, str]
+    quarantined: tuple[Quarantined, ...]
+
+    @classmethod
+    def build(cls, source: SourceData, splits: dict[str, LabelledImages]) -> PreparedMeta:
+        mean, std = channel_stats(splits["train"].images)
+        channels, height, width = splits["train"].images.shape[1:]
+        return cls(
+            source=source.name,
+            class_names=tuple(source.class_names),
+            num_classes=len(source.class_names),
+            input_shape=(int(channels), int(height), int(width)),
+            mean=tuple(mean),
+            std=tuple(std),
+            counts={name: len(part) for name, part in splits.items()},
+            input_hashes=dict(source.input_hashes),
+            quarantined=tuple(source.quarantined),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> PreparedMeta:
+        return read_json_record(path, cls, PreparedDataError, "prepared-data meta file")
+
+    def to_json(self, path: str | Path) -> None:
+        write_json_record(path, self)
+
+
+def write_prepared(
+    out_dir: str | Path, splits: dict[str, LabelledImages], meta: PreparedMeta
+) -> None:
     out_dir = Path(out_dir)
     for name in SPLITS:
         part = splits[name]
         save_arrays(out_dir / f"{name}.safetensors", {"images": part.images, "labels": part.labels})
     # meta.json last: its presence marks a complete prepared folder.
-    write_json(out_dir / META_FILE, meta)
+    meta.to_json(out_dir / META_FILE)
 
 
-def read_meta(prepared_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(prepared_dir) / META_FILE)
+def read_meta(prepared_dir: str | Path) -> PreparedMeta:
+    return PreparedMeta.from_json(Path(prepared_dir) / META_FILE)
 
 
 def read_split(prepared_dir: str | Path, name: str) -> LabelledImages:

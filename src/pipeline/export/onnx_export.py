@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
@@ -14,21 +13,22 @@ from torch import nn
 
 from pipeline.export.safety import check_onnx_file
 from pipeline.io import atomic_open
+from pipeline.model_io import ModelCard
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
 
-def metadata_props(card: dict[str, Any], include_preprocessing: bool, params_hash: str) -> dict:
-    norm = card["normalisation"]
+def metadata_props(card: ModelCard, include_preprocessing: bool, params_hash: str) -> dict:
+    norm = card.normalisation
     return {
-        "class_names": json.dumps(card["class_names"]),
+        "class_names": json.dumps(list(card.class_names)),
         "input_layout": "NCHW",
         "input_dtype": "uint8" if include_preprocessing else "float32",
-        "input_shape": json.dumps(["batch", *card["input_shape"]]),
+        "input_shape": json.dumps(["batch", *card.input_shape]),
         "preprocessing": "included" if include_preprocessing else "(x / 255 - mean) / std",
-        "mean": json.dumps(norm["mean"]),
-        "std": json.dumps(norm["std"]),
+        "mean": json.dumps(list(norm.mean)),
+        "std": json.dumps(list(norm.std)),
         "params_hash": params_hash,
         "variant": "fp32",
     }

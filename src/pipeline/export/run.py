@@ -23,6 +23,7 @@ from pipeline.export.variants import (
 )
 from pipeline.inference import predict_logits
 from pipeline.io import sha256_file
+from pipeline.model_io import ModelCard
 from pipeline.preprocess import WithPreprocessing
 from pipeline.versioning import params_hash
 
@@ -78,7 +79,7 @@ def _remove_stale(onnx_dir: Path, variants: list[str]) -> None:
 def export_all(
     params: Params,
     model: WithPreprocessing,
-    card: dict[str, Any],
+    card: ModelCard,
     test: tuple[torch.Tensor, torch.Tensor],
     train_images: torch.Tensor,
     onnx_dir: str | Path,

@@ -5,6 +5,7 @@ Every model takes normalised float NCHW input and returns logits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,15 +13,35 @@ from torch import nn
 from pipeline.catalog import ARCHS, arch_family, arch_names, resolve
 from pipeline.errors import PipelineError
 
+if TYPE_CHECKING:
+    from pipeline.config import ModelParams
+
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What build_model needs: the model section of params.yaml plus what the data decides."""
+
     arch: str
     in_channels: int
     image_size: int
     num_classes: int
     width: int = 32
     dropout: float = 0.1
+
+    @classmethod
+    def from_params(
+        cls, model_params: ModelParams, *, in_channels: int, image_size: int, num_classes: int
+    ) -> ModelSpec:
+        """The one place a ``model`` section's fields become spec fields (a test checks that
+        every field of ModelParams arrives here)."""
+        return cls(
+            arch=model_params.arch,
+            in_channels=in_channels,
+            image_size=image_size,
+            num_classes=num_classes,
+            width=model_params.width,
+            dropout=model_params.dropout,
+        )
 
 
 class UnknownModelError(PipelineError):

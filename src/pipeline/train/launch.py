@@ -69,7 +69,8 @@ def check_devices(device: str, nproc: int) -> None:
 
 
 def train(params: Params, root: Path = Path(".")) -> dict[str, Any] | None:
-    """What stages/train.py runs."""
+    """What stages/train.py runs: the train record of global rank 0 when it ran on this node
+    (this process or one of its workers), else None (another node, or a worker other than 0)."""
     if is_worker():
         return run_worker(params, root)
     dist = params.train.distributed
@@ -77,11 +78,10 @@ def train(params: Params, root: Path = Path(".")) -> dict[str, Any] | None:
     if nproc * dist.nnodes == 1:
         return run_training(params, root)
     check_devices(params.train.device, nproc)
-    launch(params, root, nproc)
-    return None
+    return launch(params, root, nproc)
 
 
-def run_worker(params: Params, root: Path) -> dict[str, Any]:
+def run_worker(params: Params, root: Path) -> dict[str, Any] | None:
     group = join_group(resolve_device(params.train.device).type)
     try:
         return run_training(params, root, group)
@@ -89,12 +89,13 @@ def run_worker(params: Params, root: Path) -> dict[str, Any]:
         leave_group()
 
 
-def _elastic_worker(raw: dict, root: str) -> None:
-    """A worker's body under the agent (module level: spawn pickles it by name)."""
+def _elastic_worker(raw: dict, root: str) -> dict[str, Any] | None:
+    """A worker's body under the agent (module level: spawn pickles it by name). Its return
+    value travels back to the launcher, which hands rank 0's record to the stage script."""
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
     try:
-        run_worker(Params.model_validate(raw), Path(root))
+        return run_worker(Params.model_validate(raw), Path(root))
     except PipelineError as error:
         # The agent's error file carries the message to the launcher's one-line error; no
         # traceback for a user error.
@@ -108,7 +109,8 @@ def _elastic_worker(raw: dict, root: str) -> None:
         raise
 
 
-def launch(params: Params, root: Path, nproc: int) -> None:
+def launch(params: Params, root: Path, nproc: int) -> dict[str, Any] | None:
+    """Start this node's workers; rank 0's train record if it ran here (keys: global ranks)."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
@@ -135,7 +137,9 @@ def launch(params: Params, root: Path, nproc: int) -> None:
             start_method=start_method,
         )
         try:
-            elastic_launch(config, _elastic_worker)(params.model_dump(mode="json"), str(root))
+            results = elastic_launch(config, _elastic_worker)(
+                params.model_dump(mode="json"), str(root)
+            )
         except ChildFailedError as error:
             raise PipelineError(failure_message(error, dist.max_restarts)) from None
         except RendezvousError as error:  # e.g. another node never came, or is unreachable
@@ -143,6 +147,7 @@ def launch(params: Params, root: Path, nproc: int) -> None:
                 f"rendezvous at {endpoint} failed ({describe(error)}); check "
                 "train.distributed.rdzv_endpoint and that all nnodes nodes started"
             ) from None
+    return results.get(0)
 
 
 def _recorded(failure) -> str:

@@ -1,4 +1,4 @@
-"""One training run: prepared data in, weights + model card + metrics out."""
+"""One training run: prepared data in, weights + model card out, the train record returned."""
 
 from __future__ import annotations
 
@@ -15,16 +15,15 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params, TrainParams
-from pipeline.data.storage import read_meta, read_split_tensors
+from pipeline.data.storage import PreparedMeta, read_meta, read_split_tensors
 from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
 from pipeline.hardware.memory import peak_memory, reset_peak_memory
 from pipeline.hardware.peak import flops_per_image
 from pipeline.io import sha256_file, sha256_json
-from pipeline.model_io import make_card, save_trained
+from pipeline.model_io import ModelCard, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
-from pipeline.records import TRAIN_FIGURES, write_record
 from pipeline.train.accounting import (
     RunAccount,
     epochs_line,
@@ -166,7 +165,7 @@ def out_of_memory_message(batch_size: int) -> str:
 def build_trainer(
     params: Params,
     spec: ModelSpec,
-    meta: dict,
+    meta: PreparedMeta,
     data,
     batch_size: int,
     device,
@@ -175,7 +174,7 @@ def build_trainer(
     group,
 ) -> Trainer:
     seed_everything(params.seed)
-    model = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
+    model = WithPreprocessing(build_model(spec), meta.mean, meta.std)
     train_params = params.train.model_copy(update={"batch_size": batch_size})
     return Trainer(
         model,
@@ -303,7 +302,9 @@ def train_with_backoff(
             raise PipelineError(message) from None
 
 
-def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any]:
+def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str, Any] | None:
+    """Train and save the model; return the train record on the rank that writes outputs (the
+    stage script writes it to metrics/), None on the others."""
     from pipeline.train.distributed import SINGLE
 
     group = group or SINGLE
@@ -312,16 +313,11 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     meta = read_meta(prepared)
     data = {name: read_split_tensors(prepared, name) for name in ("train", "val")}
     device, precision, policy = resolve_policy(rank_device(params.train, group), data["train"][0])
-    channels, size = meta["input_shape"][0], meta["input_shape"][1]
-    spec = ModelSpec(
-        params.model.arch,
-        channels,
-        size,
-        meta["num_classes"],
-        params.model.width,
-        params.model.dropout,
+    channels, size, _ = meta.input_shape
+    spec = ModelSpec.from_params(
+        params.model, in_channels=channels, image_size=size, num_classes=meta.num_classes
     )
-    forward_flops = flops_per_image(build_model(spec), torch.zeros(1, *meta["input_shape"]))
+    forward_flops = flops_per_image(build_model(spec), torch.zeros(1, *meta.input_shape))
     if group.is_writer:
         print(
             f"train: {spec.arch} on {policy.device_name}, {policy.precision}, "
@@ -344,13 +340,13 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     metrics["energy"] = group_energy(reading, group, device, metrics["images"])
     metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])
     if group.is_writer:
-        write_outputs(root, params, spec, meta, trainer, metrics)
+        save_model(root, params, spec, meta, trainer)
         report(epochs_line(trainer))
         removed = remove_run(root / paths.CHECKPOINT_DIR, run_fingerprint)
         if removed:
             report(f"run finished: removed its {removed} checkpoint(s), it is never resumed")
     group.barrier()
-    return metrics
+    return metrics if group.is_writer else None
 
 
 def compute_figures(forward_flops: int, metrics: dict, group, device, precision) -> dict:
@@ -361,9 +357,7 @@ def compute_figures(forward_flops: int, metrics: dict, group, device, precision)
     return compute_report(forward_flops, rate / group.world_size, device, precision.autocast_dtype)
 
 
-def write_outputs(root: Path, params: Params, spec, meta, trainer: Trainer, metrics) -> None:
-    shipped = WithPreprocessing(build_model(spec), meta["mean"], meta["std"])
+def save_model(root: Path, params: Params, spec, meta: PreparedMeta, trainer: Trainer) -> None:
+    shipped = WithPreprocessing(build_model(spec), meta.mean, meta.std)
     shipped.load_state_dict(trainer.shipped_weights())
-    card = make_card(spec, meta, params.model.model_dump(exclude={"arch"}))
-    save_trained(root / paths.MODELS_DIR, shipped.model, card)
-    write_record(root / paths.TRAIN_METRICS, metrics, TRAIN_FIGURES)
+    save_trained(root / paths.MODELS_DIR, shipped.model, ModelCard.for_training(params.model, meta))

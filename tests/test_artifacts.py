@@ -1,0 +1,133 @@
+"""Where stages meet: meta.json and model.json are typed records read and written in one place
+each, byte for byte as before (dvc.lock hashes them), and every stage script writes its own
+metrics record."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ModelParams
+from pipeline.data.storage import PreparedDataError, PreparedMeta
+from pipeline.io import write_json
+from pipeline.model_io import ModelCard, ModelFileError
+from pipeline.models import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The files as the dict-based writers produced them (keys, order, types): the typed records must
+# read them and write them back byte for byte.
+META_FILE = {
+    "source": "digits",
+    "class_names": ["0", "1", "2"],
+    "num_classes": 3,
+    "input_shape": [1, 8, 8],
+    "mean": [0.30587037080332935],
+    "std": [0.37634972389183974],
+    "counts": {"train": 12, "val": 3, "test": 3},
+    "input_hashes": {"sklearn:digits": "0b7e9c32"},
+    "quarantined": [{"path": "cat/empty.png", "reason": "empty file"}],
+}
+CARD_FILE = {
+    "arch": "small_cnn",
+    "model_params": {"width": 32, "dropout": 0.1},
+    "class_names": ["0", "1", "2"],
+    "num_classes": 3,
+    "input_shape": [1, 8, 8],
+    "input_dtype": "uint8",
+    "input_layout": "NCHW",
+    "normalisation": {
+        "mean": [0.30587037080332935],
+        "std": [0.37634972389183974],
+        "scale": "x / 255",
+    },
+}
+RECORDS = [(PreparedMeta, META_FILE, PreparedDataError), (ModelCard, CARD_FILE, ModelFileError)]
+
+
+@pytest.mark.parametrize(("kind", "content", "_error"), RECORDS)
+def test_files_round_trip_byte_for_byte(tmp_path, kind, content, _error):
+    original, again = tmp_path / "original.json", tmp_path / "again.json"
+    write_json(original, content)
+    kind.from_json(original).to_json(again)
+    assert again.read_bytes() == original.read_bytes()
+
+
+def test_the_card_is_built_from_the_model_params_and_the_prepared_meta(tmp_path):
+    meta = PreparedMeta.from_json(write_and_return(tmp_path / "meta.json", META_FILE))
+    card = ModelCard.for_training(ModelParams(), meta)
+    card.to_json(tmp_path / "model.json")
+    assert json.loads((tmp_path / "model.json").read_text()) == CARD_FILE
+    assert card.model_spec() == ModelSpec(
+        arch="small_cnn", in_channels=1, image_size=8, num_classes=3, width=32, dropout=0.1
+    )
+
+
+def write_and_return(path: Path, content) -> Path:
+    write_json(path, content)
+    return path
+
+
+BAD_FIELDS = [
+    ({"num_classes": "3"}, r"field 'num_classes': Input should be a valid integer, got '3'"),
+    ({"num_classes": True}, r"field 'num_classes': Input should be a valid integer, got True"),
+    ({"input_shape": [1, 8]}, r"field 'input_shape\[2\]' is missing"),
+    ({"class_names": [0, 1, 2]}, r"field 'class_names\[0\]': Input should be a valid string"),
+]
+
+
+@pytest.mark.parametrize(("kind", "content", "error"), RECORDS)
+@pytest.mark.parametrize(("change", "message"), BAD_FIELDS)
+def test_a_bad_field_is_one_line_naming_the_file_and_the_field(
+    tmp_path, kind, content, error, change, message
+):
+    path = write_and_return(tmp_path / "file.json", {**content, **change})
+    with pytest.raises(error, match=rf"^{path}: {message}") as caught:
+        kind.from_json(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_nested_and_missing_fields_are_named(tmp_path):
+    card = {**CARD_FILE, "normalisation": {"mean": [None], "std": [0.4]}}
+    path = write_and_return(tmp_path / "model.json", card)
+    with pytest.raises(ModelFileError, match=r"field 'normalisation.mean\[0\]': .*got None"):
+        ModelCard.from_json(path)
+    meta = {key: value for key, value in META_FILE.items() if key != "counts"}
+    path = write_and_return(tmp_path / "meta.json", meta)
+    with pytest.raises(PreparedDataError, match=r"meta.json: field 'counts' is missing$"):
+        PreparedMeta.from_json(path)
+    with pytest.raises(PreparedDataError, match=r"absent.json: cannot read \(No such file"):
+        PreparedMeta.from_json(tmp_path / "absent.json")
+
+
+def test_from_params_carries_every_model_param_into_the_spec():
+    """A field added to ModelParams but not passed on by from_params fails here."""
+    defaults = ModelParams()
+    changed = ModelParams(arch="resnet_cifar", width=defaults.width + 8, dropout=0.25)
+    spec = ModelSpec.from_params(changed, in_channels=3, image_size=16, num_classes=7)
+    for name in ModelParams.model_fields:
+        assert getattr(spec, name) == getattr(changed, name) != getattr(defaults, name), name
+    assert (spec.in_channels, spec.image_size, spec.num_classes) == (3, 16, 7)
+
+
+def calls(tree: ast.AST, name: str) -> int:
+    return sum(
+        isinstance(node, ast.Call)
+        and (getattr(node.func, "id", None) == name or getattr(node.func, "attr", None) == name)
+        for node in ast.walk(tree)
+    )
+
+
+def test_every_stage_script_writes_its_own_metrics_record():
+    """One way for all stages: the recipe in src/pipeline returns its record, the stage script
+    writes it with records.write_record."""
+    writers = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted((ROOT / "src/pipeline").rglob("*.py"))
+        if path.name != "records.py" and calls(ast.parse(path.read_text()), "write_record")
+    ]
+    assert writers == [], "write metrics records from stages/*.py only"
+    for stage in ("prepare", "train", "evaluate", "export", "benchmark"):
+        tree = ast.parse((ROOT / "stages" / f"{stage}.py").read_text())
+        assert calls(tree, "write_record") == 1, stage
