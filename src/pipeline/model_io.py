@@ -28,8 +28,17 @@ class ModelFileError(PipelineError):
     pass
 
 
-def make_card(spec: ModelSpec, meta: dict[str, Any], model_params: dict[str, Any]) -> dict:
-    return {
+def make_card(
+    spec: ModelSpec,
+    meta: dict[str, Any],
+    model_params: dict[str, Any],
+    normalisation: tuple[list, list] | None = None,
+    pretrained: dict[str, Any] | None = None,
+) -> dict:
+    """``normalisation``: (mean, std) when not the train split's (torchvision weights bring
+    theirs); ``pretrained``: what the start weights were (source, sha256, nominal input size)."""
+    mean, std = normalisation or (meta["mean"], meta["std"])
+    card = {
         "arch": spec.arch,
         "model_params": model_params,
         "class_names": meta["class_names"],
@@ -37,8 +46,11 @@ def make_card(spec: ModelSpec, meta: dict[str, Any], model_params: dict[str, Any
         "input_shape": meta["input_shape"],
         "input_dtype": "uint8",
         "input_layout": "NCHW",
-        "normalisation": {"mean": meta["mean"], "std": meta["std"], "scale": "x / 255"},
+        "normalisation": {"mean": mean, "std": std, "scale": "x / 255"},
     }
+    if pretrained is not None:  # absent by default: the default card stays as it was
+        card["pretrained"] = pretrained
+    return card
 
 
 def spec_from_card(card: dict[str, Any]) -> ModelSpec:

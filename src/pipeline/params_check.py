@@ -8,6 +8,8 @@ this module also asks the registries themselves, so the two cannot drift apart u
 
 from __future__ import annotations
 
+import os
+
 from pipeline.config import ModelParams, Params, ParamsError
 from pipeline.errors import PipelineError
 from pipeline.models import ModelSpec, check_model_size
@@ -86,9 +88,19 @@ def check_input_fits_model(params: Params) -> None:
         )
 
 
+def check_pretrained(params: Params) -> None:
+    """A weights file that is not there fails now, not after DVC has removed the outputs."""
+    pretrained = params.model.pretrained
+    if pretrained is None or pretrained == "torchvision":
+        return
+    if not os.path.lexists(pretrained):
+        raise ParamsError(f"params.yaml: model.pretrained {pretrained!r}: no such file")
+
+
 def check_params(params: Params) -> dict[str, int]:
     """Raise ParamsError (one line) for any name or size a later stage would refuse."""
     check_registries(params)
+    check_pretrained(params)
     parameters = model_parameters(params.model, params.data.channels)
     check_input_fits_model(params)
     return {"model_parameters_estimate": parameters}
