@@ -74,9 +74,10 @@ def _read_no_follow(path: Path, what: str) -> bytes:
                 "point to the file itself"
             ) from None
         raise PretrainedError(f"{what}: cannot read {path} ({error.strerror or error})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PretrainedError(f"{what}: {path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise PretrainedError(f"{what}: {path} is not a regular file")
         return handle.read()
 
 
@@ -149,10 +150,10 @@ def fit_state(
             more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
             raise PretrainedError(f"{what}: the weights {problem} {names[0]!r}{more}")
     fitted, adapted = {}, []
-    for name, tensor in loaded.items():
+    for name, want in state.items():  # the model's order: the first mismatch is reported
         if name in head:
             continue
-        want = state[name]
+        tensor = loaded[name]
         if tensor.shape != want.shape:
             if name != conv:
                 raise PretrainedError(
