@@ -1,5 +1,5 @@
-"""dvc.yaml must declare exactly the paths the code writes (src/pipeline/paths.py) and the
-params sections each stage's code reads."""
+"""dvc.yaml must declare exactly the paths the code writes (src/pipeline/paths.py), the
+params sections each stage's code reads and the code each stage imports."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from conftest import ROOT
-from pipeline import paths
+from pipeline import paths, stage_deps
 from pipeline.config import Params
 
 SECTIONS = set(Params.model_fields)  # seed, data, model, train, ...
@@ -29,7 +29,27 @@ def test_every_stage_is_a_thin_script_without_arguments():
     for name, stage in stages().items():
         assert stage["cmd"] == f"python stages/{name}.py"
         assert f"stages/{name}.py" in stage["deps"]
-        assert "src/pipeline" in stage["deps"] or name == "check_params"
+
+
+def test_every_stage_depends_on_exactly_the_code_its_script_imports():
+    """Not on all of src/pipeline: an edit to the benchmark must not re-run training."""
+    declared = {
+        name: sorted(dep for dep in stage["deps"] if dep.startswith("src/"))
+        for name, stage in stages().items()
+    }
+    derived = {name: stage_deps.derived_deps(ROOT, name) for name in stages()}
+    assert declared == derived, "run `python -m pipeline.stage_deps --write`"
+
+
+def test_the_derived_code_deps_follow_the_pipeline_order():
+    # Guards the derivation itself: a stage needs its own code, never a later stage's.
+    derived = {name: set(stage_deps.derived_deps(ROOT, name)) for name in stages()}
+    assert {"src/pipeline/prepare.py", "src/pipeline/data"} <= derived["prepare"]
+    assert "src/pipeline/params_check.py" in derived["check_params"]
+    assert {"src/pipeline/train", "src/pipeline/models"} <= derived["train"]
+    assert "src/pipeline/bench" in derived["benchmark"]
+    for name in ("check_params", "prepare", "evaluate", "export"):
+        assert not {"src/pipeline/bench", "src/pipeline/train"} & derived[name], name
 
 
 def test_outputs_match_paths_module():

@@ -219,6 +219,18 @@ def test_broken_model_files_fail_in_one_line_and_keep_previous_outputs(project):
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
+def test_an_edit_to_the_benchmark_code_changes_only_the_benchmark_stage(project):
+    edited = project / "src/pipeline/bench/timing.py"
+    original = edited.read_bytes()
+    try:
+        edited.write_bytes(original + b"# an edit\n")
+        status = json.loads(dvc(project, "status", "--json").stdout)
+    finally:
+        edited.write_bytes(original)
+    assert status == {"benchmark": [{"changed deps": {"src/pipeline/bench": "modified"}}]}
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
 def test_metrics_and_params_diff_between_commits(project):
     set_param(project, "train", "epochs", 2)
     dvc(project, "repro")

@@ -17,7 +17,7 @@ def params_hash(params: Params) -> str:
 
 @functools.cache
 def code_version() -> dict[str, str]:
-    """The pipeline package's source (every file, as DVC's ``src/pipeline`` dependency sees it)
+    """The pipeline package's source (every file under ``src/pipeline``, more than a stage's deps)
     and torch's version: a checkpoint resumes only under the code that wrote it."""
     package = Path(__file__).parent
     files = sorted(
