@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from conftest import dvc, make_project_copy, run
 
 ARCH = os.environ.get("PIPELINE_E2E_FINETUNE_ARCH", "small_cnn")
-EPOCHS = 2  # of fine-tuning (and of the random-init run it is compared with)
+EPOCHS = 3  # of fine-tuning (and of the random-init run it is compared with)
 PRETRAIN_EPOCHS = 4
 
 
@@ -85,6 +85,9 @@ def runs(tmp_path_factory):
             data__channels=3,
             model__pretrained=pretrained,
             train__epochs=EPOCHS,
+            train__batch_size=8,  # few images: enough steps for the head to learn
+            train__schedule="cosine",
+            train__warmup_epochs=0.0,
         )
         output = dvc(root, "repro", "evaluate")
         assert "Running stage 'train'" in output.stdout
@@ -119,7 +122,7 @@ def test_the_start_weights_are_recorded_in_card_and_details(runs):
     assert runs["finetuned"]["train"]["fine_tuning"]["pretrained"]["sha256"] == digest
     assert "pretrained" not in runs["random"]["card"]
     assert runs["random"]["train"]["fine_tuning"]["pretrained"] is None
-    assert runs["finetuned"]["train"]["effective_batch_size"] == 16
+    assert runs["finetuned"]["train"]["effective_batch_size"] == 8
 
 
 def test_a_missing_weights_file_stops_repro_before_any_stage_runs(runs):
