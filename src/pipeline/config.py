@@ -149,6 +149,24 @@ class ModelParams(Section):
         "1e9 parameters).",
     )
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.1, description="Before the head.")
+    pretrained: str | None = Field(
+        None,
+        description="Start weights: null = random; torchvision = the arch's default torchvision "
+        "weights (torchvision:<name> archs; downloaded once to the torch cache); or a path to a "
+        ".safetensors file or a weights_only torch state dict. The head is replaced.",
+    )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_source(cls, pretrained: str | None, info: Any) -> str | None:
+        if pretrained is None:
+            return None
+        if not pretrained.strip():
+            raise ValueError("must be null, torchvision or a path to a weights file")
+        arch = info.data.get("arch", "")
+        if pretrained == "torchvision" and not arch.startswith("torchvision:"):
+            raise ValueError(f"torchvision weights need a torchvision:<name> arch, not {arch!r}")
+        return pretrained
 
 
 class DistributedParams(Section):
@@ -168,6 +186,11 @@ class DistributedParams(Section):
     )
     max_restarts: Annotated[int, Field(ge=0, le=100)] = Field(
         0, description="Restart the group this often after a worker dies; resumes from checkpoint."
+    )
+    sync_batchnorm: bool = Field(
+        False,
+        description="Under DDP, BatchNorm statistics over the global batch (SyncBatchNorm; GPUs "
+        "only: torch refuses it on CPU tensors).",
     )
 
     @field_validator("nproc_per_node", mode="before")
@@ -246,6 +269,20 @@ class TrainParams(Section):
     )
     auto_batch_size: bool = Field(
         False, description="On CUDA out-of-memory, halve the batch size and retry."
+    )
+    freeze_backbone_epochs: EpochCount = Field(
+        0, description="Train only the classifier head for this many first epochs (fine-tuning)."
+    )
+    backbone_lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        1.0, description="The backbone's learning rate is train.lr times this (the head's: lr)."
+    )
+    grad_clip_norm: Annotated[float, Field(gt=0.0, le=1e6)] | None = Field(
+        None, description="Clip the global gradient norm to this; null = no clipping."
+    )
+    grad_accumulation: Annotated[int, Field(gt=0, le=1024)] = Field(
+        1,
+        description="Micro-batches summed per optimiser step: effective batch = batch_size x "
+        "this x processes.",
     )
     distributed: DistributedParams = Field(
         DistributedParams(), description="Multi-process (multi-GPU, multi-node) DDP training."

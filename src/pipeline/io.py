@@ -125,9 +125,11 @@ def read_json_record(
         raise error(f"{path}: {describe_validation_error(problem, what)}") from None
 
 
-def write_json_record(path: str | Path, record: Any) -> None:
-    """A dataclass as JSON, keys in field order (so the file's bytes follow the class)."""
-    write_json(path, dataclasses.asdict(record))
+def write_json_record(path: str | Path, record: Any, omit_if_none: tuple[str, ...] = ()) -> None:
+    """A dataclass as JSON, keys in field order (so the file's bytes follow the class); the
+    optional fields named in ``omit_if_none`` are left out while they are None."""
+    fields = dataclasses.asdict(record)
+    write_json(path, {k: v for k, v in fields.items() if not (k in omit_if_none and v is None)})
 
 
 def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -19,6 +19,7 @@ from pipeline.io import (
     write_json_record,
 )
 from pipeline.models import ModelSpec, build_model, check_model_size
+from pipeline.models.registry import START_WEIGHT_FIELDS
 from pipeline.preprocess import WithPreprocessing
 from pipeline.safetensors_header import TensorFileError, read_header
 
@@ -60,17 +61,30 @@ class ModelCard:
     input_dtype: Literal["uint8"] = "uint8"
     input_layout: Literal["NCHW"] = "NCHW"
     normalisation: Normalisation
+    # What the start weights were (source, sha256, nominal input size); absent from the file
+    # when training started from random weights, so the default card keeps its bytes.
+    pretrained: dict[str, Any] | None = None
 
     @classmethod
-    def for_training(cls, model: ModelParams, meta: PreparedMeta) -> ModelCard:
-        """The card of a model trained with the ``model`` params on the prepared data ``meta``."""
+    def for_training(
+        cls,
+        model: ModelParams,
+        meta: PreparedMeta,
+        normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+        pretrained: dict[str, Any] | None = None,
+    ) -> ModelCard:
+        """The card of a model trained with the ``model`` params on the prepared data ``meta``;
+        ``normalisation`` (mean, std) when not the train split's (torchvision weights bring
+        theirs)."""
+        mean, std = normalisation or (meta.mean, meta.std)
         return cls(
             arch=model.arch,
-            model_params=model.model_dump(exclude={"arch"}),
+            model_params=model.model_dump(exclude={"arch", *START_WEIGHT_FIELDS}),
             class_names=meta.class_names,
             num_classes=meta.num_classes,
             input_shape=meta.input_shape,
-            normalisation=Normalisation(mean=meta.mean, std=meta.std),
+            normalisation=Normalisation(mean=tuple(mean), std=tuple(std)),
+            pretrained=pretrained,
         )
 
     def model_spec(self) -> ModelSpec:
@@ -95,7 +109,7 @@ class ModelCard:
         return read_json_record(path, cls, ModelFileError, "model card")
 
     def to_json(self, path: str | Path) -> None:
-        write_json_record(path, self)
+        write_json_record(path, self, omit_if_none=("pretrained",))
 
 
 def read_card(path: str | Path) -> ModelCard:

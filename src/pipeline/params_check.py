@@ -9,6 +9,8 @@ torchvision has a model of that name).
 
 from __future__ import annotations
 
+import os
+
 from pipeline.catalog import SOURCES, VARIANTS, resolve
 from pipeline.config import ModelParams, Params, ParamsError
 from pipeline.errors import PipelineError, describe
@@ -89,9 +91,19 @@ def check_input_fits_model(params: Params) -> None:
         )
 
 
+def check_pretrained(params: Params) -> None:
+    """A weights file that is not there fails now, not after DVC has removed the outputs."""
+    pretrained = params.model.pretrained
+    if pretrained is None or pretrained == "torchvision":
+        return
+    if not os.path.lexists(pretrained):
+        raise ParamsError(f"params.yaml: model.pretrained {pretrained!r}: no such file")
+
+
 def check_params(params: Params) -> dict[str, int]:
     """Raise ParamsError (one line) for any name or size a later stage would refuse."""
     check_registries(params)
+    check_pretrained(params)
     parameters = model_parameters(params.model, params.data.channels)
     check_input_fits_model(params)
     return {"model_parameters_estimate": parameters}

@@ -21,7 +21,7 @@ OUTPUT_NAME = "logits"
 
 def metadata_props(card: ModelCard, include_preprocessing: bool, params_hash: str) -> dict:
     norm = card.normalisation
-    return {
+    props = {
         "class_names": json.dumps(list(card.class_names)),
         "input_layout": "NCHW",
         "input_dtype": "uint8" if include_preprocessing else "float32",
@@ -32,6 +32,11 @@ def metadata_props(card: ModelCard, include_preprocessing: bool, params_hash: st
         "params_hash": params_hash,
         "variant": "fp32",
     }
+    if pretrained := card.pretrained:  # fine-tuned: from which weights, made for what size
+        props["pretrained_weights"] = str(pretrained.get("weights"))
+        props["pretrained_sha256"] = str(pretrained.get("sha256"))
+        props["pretrained_input_size"] = json.dumps(pretrained.get("input_size"))
+    return props
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:

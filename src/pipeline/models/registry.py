@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from pipeline.config import ModelParams
 
 
+# ModelParams fields that choose the start weights, not the architecture: a spec (what to build)
+# and a card's model_params leave them out.
+START_WEIGHT_FIELDS = frozenset({"pretrained"})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What build_model needs: the model section of params.yaml plus what the data decides."""

@@ -5,6 +5,7 @@ Host<->device synchronisation points are marked ``# sync``; there is none inside
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pipeline.hardware.precision import Precision
 from pipeline.inference import in_batches
 from pipeline.train.augment import Augment
 from pipeline.train.batches import make_batches
+from pipeline.train.finetune import param_groups, set_backbone_trainable, sync_batchnorm
 from pipeline.train.schedule import make_scheduler
 from pipeline.train.state import EpochStats, ProcessWork, TrainState
 
@@ -32,11 +34,16 @@ class NonFiniteLossError(PipelineError):
     pass
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, params: TrainParams, head: set[str] | None = None
+) -> torch.optim.Optimizer:
     # Fused AdamW: one kernel for all parameters, and it takes GradScaler's inf check without a
     # host sync (non-fused optimizers make scaler.step() read found_inf on the host every step).
     return torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True
+        param_groups(model, params, head),
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        fused=True,
     )
 
 
@@ -69,11 +76,17 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+        head: set[str] | None = None,
     ) -> None:
+        """``head``: the classifier head's parameter names in ``model`` (what stays trainable
+        while the backbone is frozen, and keeps train.lr under backbone_lr_factor)."""
         self.params, self.device, self.precision = params, device, precision
         self.channels_last, self.all_reduce = channels_last, all_reduce
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.head = rank, world_size, head
         layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.synced_batchnorm = sync_batchnorm(
+            model, params.distributed.sync_batchnorm, world_size, device
+        )
         self.model = model.to(device, memory_format=layout)
         self.batches = make_batches(
             *train,
@@ -87,8 +100,9 @@ class Trainer:
         )
         self.val = self._val_shard(val, rank, world_size)
         self.augment = Augment(params.augment, train[0].shape[-1], device, seed + 1)
-        self.optimizer = make_optimizer(self.model, params)
-        self.scheduler = make_scheduler(self.optimizer, params, len(self.batches))
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = make_optimizer(self.model, params, head)
+        self.scheduler = make_scheduler(self.optimizer, params, self.steps_per_epoch)
         self.scaler = make_scaler(device, precision)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.ema = (
@@ -102,16 +116,45 @@ class Trainer:
         self.state = TrainState()
         self.work = ProcessWork()
         self._reset_counters()
-        # Train steps go through DDP (gradients all-reduced in backward); self.model stays the
-        # plain module, for state_dict, EMA and validation (which must not sync).
-        train_model = self._distributed(world_size)
-        self.forward = torch.compile(train_model) if params.compile else train_model
+        self.frozen = False
+        self._set_frozen(self._frozen_at(0))
+        self._build_forward()
 
-    def _distributed(self, world_size: int) -> nn.Module:
+    def _build_forward(self) -> None:
+        # Train steps go through DDP (gradients all-reduced in backward); self.model stays the
+        # plain module, for state_dict, EMA and validation (which must not sync). Rebuilt when
+        # the backbone thaws: DDP syncs only the parameters that required grad when wrapped.
+        self.ddp = self._distributed(self.world_size)
+        train_model = self.ddp or self.model
+        self.forward = torch.compile(train_model) if self.params.compile else train_model
+
+    def _distributed(self, world_size: int) -> DistributedDataParallel | None:
         if world_size == 1 or not torch.distributed.is_initialized():
-            return self.model
+            return None
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch: whole groups of grad_accumulation micro-batches."""
+        batches, group = len(self.batches), self.params.grad_accumulation
+        if batches < group:
+            raise PipelineError(
+                f"train.grad_accumulation {group} needs at least {group} batches per epoch; "
+                f"this train split gives {batches} at train.batch_size {self.batches.batch_size}"
+            )
+        return batches // group
+
+    def _frozen_at(self, epoch: int) -> bool:
+        """Whether the backbone is frozen in the epoch after ``epoch`` finished ones."""
+        return epoch < self.params.freeze_backbone_epochs
+
+    def _set_frozen(self, frozen: bool) -> bool:
+        """Freeze or thaw the backbone; whether that changed anything."""
+        if frozen == self.frozen:
+            return False
+        set_backbone_trainable(self.model, self.head, not frozen)
+        self.frozen = frozen
+        return True
 
     def _val_shard(self, val, rank: int, world_size: int):
         """Contiguous, disjoint slices: every validation image is counted exactly once."""
@@ -145,26 +188,46 @@ class Trainer:
             enabled=self.precision.autocast_enabled,
         )
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def _no_sync(self, last: bool):
+        """DDP all-reduces gradients only on the last micro-batch of an accumulation group."""
+        if last or self.ddp is None:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, micro: int = 0) -> None:
+        """One micro-batch; ``micro``: its place in the accumulation group (0 = first). The
+        optimiser steps after the group's last one."""
+        group = self.params.grad_accumulation
+        last = micro == group - 1
         if self.augment.active:
             images = self.augment(images)
-        with self._autocast():
-            logits = self.forward(self._input(images))
-            loss = self.loss_fn(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        scaled = self.scaler.scale(loss)
+        with self._no_sync(last):
+            with self._autocast():
+                logits = self.forward(self._input(images))
+                loss = self.loss_fn(logits, labels)
+            if micro == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            # Mean over the group: summed micro-batch grads then equal one group-sized batch's.
+            scaled = self.scaler.scale(loss / group if group > 1 else loss)
+            scaled.backward()
+        if last:
+            self._optimizer_step()
+        finite = torch.isfinite(loss.detach())
+        self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(labels)
+        self.nonfinite += (~finite).long()
+        self.correct += (logits.argmax(1) == labels).sum()
+
+    def _optimizer_step(self) -> None:
         scale_before = self.scaler._scale.clone()  # no public tensor accessor; get_scale() syncs
-        scaled.backward()
+        if self.params.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.params.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        finite = torch.isfinite(loss.detach())
-        self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(labels)
-        self.nonfinite += (~finite).long()
         self.skipped += (self.scaler._scale < scale_before).long()
-        self.correct += (logits.argmax(1) == labels).sum()
         self.state.step += 1
 
     def _check_finite(self, epoch: int, step: int) -> int:
@@ -180,17 +243,22 @@ class Trainer:
 
     def run_epoch(self, on_step: Callable[[int], None] | None = None) -> tuple[float, float, int]:
         self.model.train()
+        if self._set_frozen(self._frozen_at(self.state.epoch)):
+            self._build_forward()
         self._reset_counters()
         epoch = self.state.epoch + 1
-        seen = 0
+        seen, group = 0, self.params.grad_accumulation
+        usable = self.steps_per_epoch * group  # a partial group at the end is left out
         for index, (images, labels) in enumerate(self.batches, start=1):
-            self.train_step(images, labels)
+            if index > usable:
+                break
+            self.train_step(images, labels, (index - 1) % group)
             seen += len(labels)
             if on_step is not None:
                 on_step(index)
             if index % NONFINITE_CHECK_EVERY == 0:
                 self._check_finite(epoch, index)
-        nonfinite = self._check_finite(epoch, len(self.batches))
+        nonfinite = self._check_finite(epoch, usable)
         totals = self.all_reduce(
             torch.stack(
                 [self.loss_sum, self.correct.float(), torch.tensor(float(seen), device=self.device)]

@@ -23,6 +23,8 @@ from pipeline.hardware.peak import flops_per_image
 from pipeline.io import sha256_file, sha256_json
 from pipeline.model_io import ModelCard, save_trained
 from pipeline.models import ModelSpec, build_model
+from pipeline.models.parts import head_parameter_names
+from pipeline.models.pretrained import StartWeights, resolve_pretrained
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.accounting import (
     RunAccount,
@@ -58,6 +60,9 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
         exclude={"checkpoint_every", "num_workers", "auto_batch_size", "distributed"}
     )
     train["batch_size"] = batch_size
+    train["effective_batch_size"] = batch_size * params.train.grad_accumulation * world_size
+    if params.train.distributed.sync_batchnorm:
+        train["sync_batchnorm"] = True
     if world_size > 1:  # shards and global batch; absent for one process, so old checkpoints match
         train["world_size"] = world_size
     payload = {
@@ -162,6 +167,13 @@ def out_of_memory_message(batch_size: int) -> str:
     )
 
 
+def normalisation(meta: PreparedMeta, start: StartWeights | None) -> tuple[tuple, tuple]:
+    """torchvision weights bring their own mean/std; otherwise the train split's."""
+    if start is not None and start.info.mean is not None:
+        return tuple(start.info.mean), tuple(start.info.std)
+    return meta.mean, meta.std
+
+
 def build_trainer(
     params: Params,
     spec: ModelSpec,
@@ -172,9 +184,14 @@ def build_trainer(
     precision,
     policy,
     group,
+    start: StartWeights | None = None,
 ) -> Trainer:
     seed_everything(params.seed)
-    model = WithPreprocessing(build_model(spec), meta.mean, meta.std)
+    network = build_model(spec)  # random init first: the head's is the same with or without start
+    if start is not None:
+        start.load_into(network)
+    model = WithPreprocessing(network, *normalisation(meta, start))
+    head = {f"model.{name}" for name in head_parameter_names(network, spec.num_classes)}
     train_params = params.train.model_copy(update={"batch_size": batch_size})
     return Trainer(
         model,
@@ -189,6 +206,7 @@ def build_trainer(
         rank=group.rank,
         world_size=group.world_size,
         all_reduce=group.all_reduce,
+        head=head,
     )
 
 
@@ -241,6 +259,10 @@ def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[
         "seconds_to_target": state.seconds_to_target,
         "batch_size": trainer.params.batch_size,
         "global_batch_size": trainer.params.batch_size * group.world_size,
+        "grad_accumulation": trainer.params.grad_accumulation,
+        "effective_batch_size": (
+            trainer.params.batch_size * trainer.params.grad_accumulation * group.world_size
+        ),
         "world_size": group.world_size,
         "nonfinite_steps": state.nonfinite_steps,
         "skipped_steps": state.skipped_steps,
@@ -264,18 +286,20 @@ def nondeterministic_op_message(error: RuntimeError) -> str | None:
 
 
 def train_with_backoff(
-    params: Params, root: Path, spec, meta, data, device, precision, policy, group, account
+    params: Params, root: Path, spec, meta, data, device, precision, policy, group, account, start
 ) -> tuple[Trainer, str]:
     """Train to the end; on CUDA out-of-memory, halve the batch size if allowed and retry.
     Returns the trainer and the fingerprint of the run it finished."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
     data_hashes = prepared_hashes(root / paths.PREPARED_DIR)
+    if start is not None:  # the same path may later hold other weights: resume only on these
+        data_hashes["pretrained"] = start.info.sha256
     batch_size = params.train.batch_size
     while True:
         run_fingerprint = fingerprint(params, batch_size, data_hashes, group.world_size)
         trainer = build_trainer(
-            params, spec, meta, data, batch_size, device, precision, policy, group
+            params, spec, meta, data, batch_size, device, precision, policy, group, start
         )
         # Live clears its folder on start: one process owns it.
         live = (
@@ -318,6 +342,8 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
         params.model, in_channels=channels, image_size=size, num_classes=meta.num_classes
     )
     forward_flops = flops_per_image(build_model(spec), torch.zeros(1, *meta.input_shape))
+    pretrained = params.model.pretrained
+    start = resolve_pretrained(spec, pretrained) if pretrained is not None else None
     if group.is_writer:
         print(
             f"train: {spec.arch} on {policy.device_name}, {policy.precision}, "
@@ -329,7 +355,7 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     meter.start()
     account = RunAccount(meter_from_params(params.energy, str(device)), group, device)
     trainer, run_fingerprint = train_with_backoff(
-        params, root, spec, meta, data, device, precision, policy, group, account
+        params, root, spec, meta, data, device, precision, policy, group, account, start
     )
     account.close()
     reading = meter.stop()
@@ -339,8 +365,9 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     metrics["compute"] = compute_figures(forward_flops, metrics, group, device, precision)
     metrics["energy"] = group_energy(reading, group, device, metrics["images"])
     metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])
+    metrics["fine_tuning"] = fine_tuning_record(params.train, trainer, start)
     if group.is_writer:
-        save_model(root, params, spec, meta, trainer)
+        save_model(root, params, spec, meta, trainer, start)
         report(epochs_line(trainer))
         removed = remove_run(root / paths.CHECKPOINT_DIR, run_fingerprint)
         if removed:
@@ -357,7 +384,27 @@ def compute_figures(forward_flops: int, metrics: dict, group, device, precision)
     return compute_report(forward_flops, rate / group.world_size, device, precision.autocast_dtype)
 
 
-def save_model(root: Path, params: Params, spec, meta: PreparedMeta, trainer: Trainer) -> None:
-    shipped = WithPreprocessing(build_model(spec), meta.mean, meta.std)
+def fine_tuning_record(train: TrainParams, trainer: Trainer, start: StartWeights | None) -> dict:
+    """What metrics/details/train.json says about the start weights and fine-tuning controls."""
+    return {
+        "pretrained": start.info.record() if start is not None else None,
+        "freeze_backbone_epochs": train.freeze_backbone_epochs,
+        "backbone_lr_factor": train.backbone_lr_factor,
+        "grad_clip_norm": train.grad_clip_norm,
+        "sync_batchnorm": trainer.synced_batchnorm,
+    }
+
+
+def save_model(
+    root: Path, params: Params, spec, meta: PreparedMeta, trainer: Trainer, start=None
+) -> None:
+    mean, std = normalisation(meta, start)
+    shipped = WithPreprocessing(build_model(spec), mean, std)
     shipped.load_state_dict(trainer.shipped_weights())
-    save_trained(root / paths.MODELS_DIR, shipped.model, ModelCard.for_training(params.model, meta))
+    card = ModelCard.for_training(
+        params.model,
+        meta,
+        normalisation=(mean, std),
+        pretrained=start.info.record() if start is not None else None,
+    )
+    save_trained(root / paths.MODELS_DIR, shipped.model, card)

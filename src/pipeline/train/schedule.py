@@ -23,8 +23,13 @@ def make_scheduler(optimizer, params: TrainParams, steps_per_epoch: int):
     total = params.epochs * steps_per_epoch
     # OneCycleLR divides by its phase lengths, which are zero for a handful of steps.
     if params.schedule == "onecycle" and total >= MIN_ONECYCLE_STEPS:
+        # One peak per param group: the backbone's is lr x backbone_lr_factor.
+        peaks = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=params.lr, total_steps=total, pct_start=0.25
+            optimizer,
+            max_lr=peaks if len(peaks) > 1 else params.lr,
+            total_steps=total,
+            pct_start=0.25,
         )
     warmup = (
         int(round(params.warmup_epochs * steps_per_epoch)) if params.schedule == "cosine" else 0
