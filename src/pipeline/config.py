@@ -117,6 +117,11 @@ class DataParams(Section):
         50_000_000, description="Larger images are quarantined as decompression bombs."
     )
     workers: Workers = Field(0, description="Decoding processes; 0 means one per CPU core.")
+    shard_images: Annotated[int, Field(gt=0, le=MAX_COUNT)] = Field(
+        4096,
+        description="Images per prepared shard file; bounds prepare's and streamed training's "
+        "memory (README: memory budget).",
+    )
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -257,6 +262,17 @@ class TrainParams(Section):
     )
     num_workers: Workers = Field(
         2, description="DataLoader workers when the data does not live on the device."
+    )
+    data_path: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: the train split loaded whole (then data_on_device applies); "
+        "stream: read shard by shard from disk; auto = memory when it fits (README).",
+    )
+    stream_window_shards: Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
+        2, description="Streaming: shards held and shuffled together (memory: README budget)."
+    )
+    stream_prefetch_batches: Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
+        4, description="Streaming: batches read ahead by the background reader."
     )
     checkpoint_every: EpochCount = Field(
         1, description="Save a resumable checkpoint every N epochs; 0 = never."

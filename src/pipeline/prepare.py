@@ -41,7 +41,9 @@ def prepare_data(params: Params, root: Path = Path(".")) -> dict:
     check_quarantine(source, params.data.max_bad_fraction)
     splits = split(source, params.data.val_fraction, params.data.test_fraction, params.seed)
     meta = PreparedMeta.build(source, splits)
-    write_prepared(root / paths.PREPARED_DIR, splits, meta)
+    meta = write_prepared(
+        root / paths.PREPARED_DIR, splits, meta, params.data.shard_images, params.seed
+    )
     report = data_report(meta, source.files_seen, source.duplicates)
     shape = list(meta.input_shape)
     print(f"prepared {source.name}: {meta.counts} shape {shape}", file=sys.stderr)

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import TrainParams
+from pipeline.data.shards import SplitShards
 from pipeline.errors import PipelineError
 from pipeline.hardware.precision import Precision
 from pipeline.inference import in_batches
@@ -26,6 +27,7 @@ from pipeline.train.batches import make_batches
 from pipeline.train.finetune import param_groups, set_backbone_trainable, sync_batchnorm
 from pipeline.train.schedule import make_scheduler
 from pipeline.train.state import EpochStats, ProcessWork, TrainState
+from pipeline.train.streaming import StreamBatches, streamed_val_chunks
 
 NONFINITE_CHECK_EVERY = 50  # steps between reads of the non-finite counter (each read syncs)
 
@@ -88,18 +90,25 @@ class Trainer:
             model, params.distributed.sync_batchnorm, world_size, device
         )
         self.model = model.to(device, memory_format=layout)
-        self.batches = make_batches(
-            *train,
-            params.batch_size,
-            device,
-            seed,
-            data_on_device,
-            rank,
-            world_size,
-            params.num_workers,
-        )
-        self.val = self._val_shard(val, rank, world_size)
-        self.augment = Augment(params.augment, train[0].shape[-1], device, seed + 1)
+        if isinstance(train, SplitShards):  # the streaming path: shards read as training goes
+            self.batches = StreamBatches(
+                train, params.batch_size, device, seed, rank, world_size,
+                params.stream_window_shards, params.stream_prefetch_batches,
+            )  # fmt: skip
+        else:
+            self.batches = make_batches(
+                *train,
+                params.batch_size,
+                device,
+                seed,
+                data_on_device,
+                rank,
+                world_size,
+                params.num_workers,
+            )
+        self.val = val if isinstance(val, SplitShards) else self._val_shard(val, rank, world_size)
+        side = train.image_shape[-1] if isinstance(train, SplitShards) else train[0].shape[-1]
+        self.augment = Augment(params.augment, side, device, seed + 1)
         self.steps_per_epoch = self._steps_per_epoch()
         self.optimizer = make_optimizer(self.model, params, head)
         self.scheduler = make_scheduler(self.optimizer, params, self.steps_per_epoch)
@@ -164,6 +173,12 @@ class Trainer:
             val[1][bounds[rank] : bounds[rank + 1]],
         )
         return images.to(self.device), labels.to(self.device)
+
+    def _val_chunks(self):
+        """This rank's validation images: one in-memory chunk, or streamed shard by shard."""
+        if isinstance(self.val, SplitShards):
+            return streamed_val_chunks(self.val, self.rank, self.world_size, self.device)
+        return [self.val]
 
     def _reset_counters(self) -> None:
         zeros = {"device": self.device}
@@ -280,7 +295,6 @@ class Trainer:
     def validate(self, batch_size: int) -> tuple[float, float]:
         self._share_buffers()
         model = self.eval_model.eval()
-        images, labels = self.val
         sums = torch.zeros(3, device=self.device)
 
         def loss_and_correct(batch: torch.Tensor, target: torch.Tensor):
@@ -289,10 +303,11 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, target, reduction="sum")
             return loss, (logits.argmax(1) == target).sum()
 
-        for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
-            sums[0] += loss
-            sums[1] += correct
-        sums[2] = len(images)
+        for images, labels in self._val_chunks():  # one chunk in memory; a shard each streamed
+            for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
+                sums[0] += loss
+                sums[1] += correct
+            sums[2] += len(images)
         loss_sum, correct, count = self.all_reduce(sums).tolist()  # sync
         return loss_sum / count, correct / count
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import random
 import sys
@@ -15,7 +16,7 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params, TrainParams
-from pipeline.data.storage import PreparedMeta, read_meta, read_split_tensors
+from pipeline.data.storage import PreparedMeta, read_meta, split_shards
 from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
 from pipeline.hardware.memory import peak_memory, reset_peak_memory
@@ -39,6 +40,7 @@ from pipeline.train.loop import Trainer
 from pipeline.train.policy import resolve_policy
 from pipeline.train.resources import compute_report
 from pipeline.train.state import EpochStats
+from pipeline.train.streaming import available_memory_bytes, choose_data_path
 from pipeline.versioning import code_version
 
 
@@ -48,8 +50,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepared_hashes(prepared: Path) -> dict[str, str]:
-    return {name: sha256_file(prepared / f"{name}.safetensors") for name in ("train", "val")}
+def prepared_hashes(prepared: Path) -> dict[str, list[str]]:
+    """Every train and val shard's sha256, checked against meta.json's index (one read pass)."""
+    return {name: split_shards(prepared, name).verify() for name in ("train", "val")}
+
+
+def load_data(params: TrainParams, prepared: Path) -> tuple[dict, dict[str, str]]:
+    """The train and val splits: whole tensors (memory path) or their shards (stream path)."""
+    splits = {name: split_shards(prepared, name, verify=False) for name in ("train", "val")}
+    train = splits["train"]
+    path, why = choose_data_path(
+        params.data_path, train.count * train.image_bytes, available_memory_bytes()
+    )
+    if path == "stream":
+        return splits, {"data_path": path, "reason": why}
+    return {name: split.load_tensors() for name, split in splits.items()}, {
+        "data_path": path,
+        "reason": why,
+    }
 
 
 def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
@@ -57,7 +75,13 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
     (``data``: :func:`prepared_hashes`) and the code that ran it (docs/architecture.md says
     why the code is in)."""
     train = params.train.model_dump(
-        exclude={"checkpoint_every", "num_workers", "auto_batch_size", "distributed"}
+        exclude={
+            "checkpoint_every",
+            "num_workers",
+            "auto_batch_size",
+            "distributed",
+            "stream_prefetch_batches",
+        }
     )
     train["batch_size"] = batch_size
     train["effective_batch_size"] = batch_size * params.train.grad_accumulation * world_size
@@ -292,7 +316,9 @@ def train_with_backoff(
     Returns the trainer and the fingerprint of the run it finished."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
-    data_hashes = prepared_hashes(root / paths.PREPARED_DIR)
+    data_hashes: dict = prepared_hashes(root / paths.PREPARED_DIR)
+    # auto resolves per machine: a resume must read the data the same way (same batches).
+    data_hashes["read_as"] = "memory" if isinstance(data["train"], tuple) else "stream"
     if start is not None:  # the same path may later hold other weights: resume only on these
         data_hashes["pretrained"] = start.info.sha256
     batch_size = params.train.batch_size
@@ -335,8 +361,13 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     started = time.perf_counter()
     prepared = root / paths.PREPARED_DIR
     meta = read_meta(prepared)
-    data = {name: read_split_tensors(prepared, name) for name in ("train", "val")}
-    device, precision, policy = resolve_policy(rank_device(params.train, group), data["train"][0])
+    data, data_path = load_data(params.train, prepared)
+    streamed = data_path["data_path"] == "stream"
+    device, precision, policy = resolve_policy(
+        rank_device(params.train, group), None if streamed else data["train"][0]
+    )
+    if streamed:  # the device-resident copy does not apply: batches come from the reader
+        policy = dataclasses.replace(policy, data_on_device=False)
     channels, size, _ = meta.input_shape
     spec = ModelSpec.from_params(
         params.model, in_channels=channels, image_size=size, num_classes=meta.num_classes
@@ -362,6 +393,7 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     wall_seconds = time.perf_counter() - started
     metrics = train_metrics(trainer, policy, group, wall_seconds)
     metrics["memory_peak"] = peak_memory(device)
+    metrics["data_path"] = data_path
     metrics["compute"] = compute_figures(forward_flops, metrics, group, device, precision)
     metrics["energy"] = group_energy(reading, group, device, metrics["images"])
     metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])
