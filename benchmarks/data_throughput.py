@@ -30,23 +30,15 @@ CLASSES = 10
 def write_dataset(folder: Path, images: int, side: int, shard_images: int, seed: int) -> None:
     """A prepared folder like prepare's: train shards of random images, a small val split."""
     from pipeline.data.storage import write_prepared
-    from pipeline.data.types import LabelledImages
+    from pipeline.data.types import LabelledImages, SourceData
 
     rng = np.random.default_rng(seed)
     parts = {}
     for name, count in (("train", images), ("val", 256), ("test", 256)):
         pixels = rng.integers(0, 256, (count, 3, side, side), dtype=np.uint8)
         parts[name] = LabelledImages(pixels, rng.integers(0, CLASSES, count).astype(np.int64))
-    meta = {
-        "source": "synthetic",
-        "class_names": [str(c) for c in range(CLASSES)],
-        "num_classes": CLASSES,
-        "input_shape": [3, side, side],
-        "mean": [0.5] * 3,
-        "std": [0.29] * 3,
-        "counts": {name: len(part) for name, part in parts.items()},
-    }
-    write_prepared(folder, parts, meta, shard_images, seed)
+    source = SourceData("synthetic", {}, [str(c) for c in range(CLASSES)])
+    write_prepared(folder, source, parts, shard_images, seed)
 
 
 def child(args: argparse.Namespace) -> None:

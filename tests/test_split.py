@@ -4,7 +4,7 @@ import pytest
 from pipeline.config import DataParams
 from pipeline.data import digits
 from pipeline.data.split import SplitError, channel_stats, split
-from pipeline.data.storage import PreparedMeta, read_split, write_prepared
+from pipeline.data.storage import read_split, write_prepared
 from pipeline.data.types import LabelledImages, SourceData
 from pipeline.prepare import prepare_data
 
@@ -31,7 +31,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     source = digits.load()
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
         parts = split(source, 0.15, 0.15, seed=seed)
-        write_prepared(tmp_path / name, parts, PreparedMeta.build(source, parts))
+        write_prepared(tmp_path / name, source, parts)
     for split_name in ("train", "val", "test"):
         file = f"{split_name}-00000.safetensors"
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()

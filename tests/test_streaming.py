@@ -12,8 +12,8 @@ import yaml
 from conftest import ROOT, tool_env
 from pipeline import paths
 from pipeline.config import DataParams, Params, TrainParams, load_params
-from pipeline.data.shards import SHARDS_KEY, open_split, write_split
-from pipeline.prepare import prepare
+from pipeline.data.shards import open_split, write_split
+from pipeline.prepare import prepare_data
 from pipeline.train.distributed import FAULT_ENV
 from pipeline.train.run import run_training
 from pipeline.train.streaming import StreamBatches, choose_data_path
@@ -28,14 +28,8 @@ def split(tmp_path_factory):
     count = 103
     images = np.zeros((count, 2, 3, 3), np.uint8)
     images[:, 0, 0, 0], images[:, 1, 0, 0] = np.arange(count) % 256, np.arange(count) // 256
-    entries = write_split(folder, "train", images, np.zeros(count, np.int64), 10, seed=1)
-    meta = {
-        "input_shape": [2, 3, 3],
-        "num_classes": 1,
-        "counts": {"train": count},
-        SHARDS_KEY: {"train": [e.as_dict() for e in entries]},
-    }
-    return open_split(folder, meta, "train")
+    written = write_split(folder, "train", images, np.zeros(count, np.int64), 10, seed=1)
+    return open_split(folder, "train", written.entries, (2, 3, 3), 1, count)
 
 
 def rows(batch: torch.Tensor) -> list[int]:
@@ -111,7 +105,7 @@ def test_auto_picks_memory_while_the_split_fits_in_half_the_available_memory():
 @pytest.fixture(scope="module")
 def sharded_digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
-    prepare(Params(data=DataParams(shard_images=256)), root=root)
+    prepare_data(Params(data=DataParams(shard_images=256)), root=root)
     return root
 
 

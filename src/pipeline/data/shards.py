@@ -121,6 +121,7 @@ class WrittenSplit:
     """What writing one split produced: its shards, and what the meta needs of them."""
 
     entries: list[ShardEntry]
+    image_shape: tuple[int, int, int]
     mean: list[float]
     std: list[float]
     label_counts: np.ndarray  # images per class label
@@ -149,22 +150,19 @@ def write_split(
     failed: list[Quarantined] = []
     with Progress(len(images), f"prepare {split}", unit="image") as bar:
         for start in range(0, len(images), shard_images):
-            rows = slice(start, start + shard_images) if order is None else order[start:][:shard_images]
+            rows = (
+                slice(start, start + shard_images)
+                if order is None
+                else order[start:][:shard_images]
+            )
             decoded = decode_rows(images, rows)
             writer.add(decoded.images, labels[rows][decoded.kept])
             failed += decoded.failed
             bar.update(len(labels[rows]))
     entries = writer.close()
     mean, std = writer.channel_stats()
-    return WrittenSplit(entries, mean, std, writer.label_counts, failed)
-
-
-def remove_shards(out_dir: str | Path, split: str) -> None:
-    """Old shards of ``split`` (and the one-file layout before shards) go before a rewrite."""
-    folder = Path(out_dir)
-    if folder.is_dir():
-        for path in [*folder.glob(f"{split}-*.safetensors"), folder / f"{split}.safetensors"]:
-            path.unlink(missing_ok=True)
+    shape = tuple(int(size) for size in images.shape[1:])
+    return WrittenSplit(entries, shape, mean, std, writer.label_counts, failed)
 
 
 # --- reading ---------------------------------------------------------------------------------

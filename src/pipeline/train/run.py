@@ -21,7 +21,7 @@ from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
 from pipeline.hardware.memory import peak_memory, reset_peak_memory
 from pipeline.hardware.peak import flops_per_image
-from pipeline.io import sha256_file, sha256_json
+from pipeline.io import sha256_json
 from pipeline.model_io import ModelCard, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.parts import head_parameter_names
