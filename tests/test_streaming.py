@@ -121,28 +121,65 @@ def test_streamed_and_in_memory_training_reach_the_same_ballpark(sharded_digits)
     assert accuracy["stream"] > 0.9 and abs(accuracy["stream"] - accuracy["memory"]) < 0.05
 
 
-def test_killed_streamed_run_resumes_to_identical_weights(sharded_digits, tmp_path):
-    """The fault hook kills a real `stages/train.py` after epoch 1's checkpoint; the re-run
-    resumes and ships the weights an uninterrupted run ships."""
-    train = {"data_path": "stream", "epochs": 2, "batch_size": 32, "deterministic": True}
+def kill_and_resume(root, prepared, train: dict, fault: str) -> dict:
+    """Run a real `stages/train.py` that the fault hook kills, then the re-run in process; the
+    weights it ships, its record, and those of a fresh uninterrupted run."""
     raw = {"data": {"shard_images": 256}, "model": {"width": 8}, "train": train}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/prepared").symlink_to(sharded_digits / paths.PREPARED_DIR)
-    env = {**tool_env(), FAULT_ENV: "rank=0,epoch=1"}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data").mkdir()
+    (root / "data/prepared").symlink_to(prepared / paths.PREPARED_DIR)
+    env = {**tool_env(), FAULT_ENV: fault}
     killed = subprocess.run(
         [sys.executable, str(ROOT / "stages/train.py")],
-        cwd=tmp_path,
+        cwd=root,
         env=env,
         capture_output=True,
         text=True,
     )
-    assert killed.returncode != 0 and "exits after epoch 1" in killed.stderr, killed.stderr
-    assert not (tmp_path / paths.MODEL_WEIGHTS).exists()
-    params = load_params(tmp_path / "params.yaml")
-    resumed = run_training(params, tmp_path)
-    assert resumed["data_path"]["data_path"] == "stream" and resumed["resumed_from_epoch"] == 1
-    after_resume = (tmp_path / paths.MODEL_WEIGHTS).read_bytes()
-    fresh = run_training(params, tmp_path)  # the finished run left no checkpoint to resume
+    assert killed.returncode != 0 and "exits after" in killed.stderr, killed.stderr
+    assert not (root / paths.MODEL_WEIGHTS).exists()
+    checkpoints = sorted(p.name for p in (root / paths.CHECKPOINT_DIR).iterdir())
+    params = load_params(root / "params.yaml")
+    resumed = run_training(params, root)
+    after_resume = (root / paths.MODEL_WEIGHTS).read_bytes()
+    fresh = run_training(params, root)  # the finished run left no checkpoint to resume
     assert fresh["resumed_from_epoch"] is None
-    assert (tmp_path / paths.MODEL_WEIGHTS).read_bytes() == after_resume
+    return {
+        "checkpoints": checkpoints,
+        "resumed": resumed,
+        "fresh": fresh,
+        "same_weights": (root / paths.MODEL_WEIGHTS).read_bytes() == after_resume,
+    }
+
+
+def test_killed_streamed_run_resumes_to_identical_weights(sharded_digits, tmp_path):
+    """Killed after epoch 1's checkpoint: the re-run resumes there and ships the weights an
+    uninterrupted run ships."""
+    train = {"data_path": "stream", "epochs": 2, "batch_size": 32, "deterministic": True}
+    run = kill_and_resume(tmp_path, sharded_digits, train, "rank=0,epoch=1")
+    assert run["resumed"]["data_path"]["data_path"] == "stream"
+    assert run["resumed"]["resumed_from_epoch"] == 1
+    assert run["same_weights"]
+
+
+@pytest.mark.parametrize("data_path", ["stream", "memory"])
+def test_killed_mid_epoch_resumes_from_its_batch_checkpoint_bit_identically(
+    sharded_digits, tmp_path, data_path
+):
+    """Killed at batch 21 of epoch 2 (after the checkpoint at batch 20): the re-run starts at
+    batch 21 and ends with the weights, losses and accuracies of a run never stopped."""
+    train = {
+        "data_path": data_path, "epochs": 2, "batch_size": 32, "deterministic": True,
+        "checkpoint_every_batches": 10, "augment": "crop",
+    }  # fmt: skip
+    run = kill_and_resume(tmp_path, sharded_digits, train, "rank=0,epoch=2,batch=21")
+    assert run["checkpoints"][-1].startswith("epoch-0001+000020-"), run["checkpoints"]
+    resumed, fresh = run["resumed"], run["fresh"]
+    assert resumed["resumed_from_epoch"] == 1 and resumed["resumed_from_batch"] == 20
+    assert run["same_weights"]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert resumed[key] == fresh[key], key
+    # This process trained the epoch's last batches only; the whole run counts every image.
+    per_epoch = fresh["images"] // 2
+    assert resumed["images"] == per_epoch - 20 * 32
+    assert resumed["whole_run"]["images"] == fresh["whole_run"]["images"] == 2 * per_epoch

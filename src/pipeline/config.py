@@ -300,11 +300,28 @@ class TrainParams(Section):
         description="Micro-batches summed per optimiser step: effective batch = batch_size x "
         "this x processes.",
     )
+    checkpoint_every_batches: Annotated[int, Field(ge=0, le=MAX_COUNT)] = Field(
+        0,
+        description="Also checkpoint inside each epoch, every N micro-batches (a kill then "
+        "loses at most N batches: long epochs over big data); a multiple of grad_accumulation; "
+        "0 = at epoch ends only.",
+    )
     distributed: DistributedParams = Field(
         DistributedParams(), description="Multi-process (multi-GPU, multi-node) DDP training."
     )
 
     _device = field_validator("device")(_check_device)
+
+    @field_validator("checkpoint_every_batches")
+    @classmethod
+    def _whole_accumulation_groups(cls, every: int, info: Any) -> int:
+        group = info.data.get("grad_accumulation", 1)
+        if every % group:
+            raise ValueError(
+                f"must be a multiple of train.grad_accumulation ({group}): a checkpoint falls "
+                "between optimiser steps"
+            )
+        return every
 
 
 class EvaluateParams(Section):

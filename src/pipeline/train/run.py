@@ -119,7 +119,7 @@ class StepBar:
     printed above it; plain lines only when stderr is not a terminal (DVC queue, CI logs)."""
 
     def __init__(self, trainer: Trainer, enabled: bool) -> None:
-        self.trainer, self.bar = trainer, None
+        self.trainer, self.bar, self.last = trainer, None, 2**62
         if enabled:
             from tqdm import tqdm
 
@@ -128,10 +128,12 @@ class StepBar:
         self.advance = self._advance if self.bar is not None else None
 
     def _advance(self, index: int) -> None:
-        if index == 1:
+        if index <= self.last:  # a new epoch (which a resume can start part-way through)
             self.bar.reset(total=len(self.trainer.batches))
+            self.bar.update(index - 1)
             epoch = self.trainer.state.epoch + 1
             self.bar.set_description(f"epoch {epoch}/{self.trainer.params.epochs}")
+        self.last = index
         self.bar.update(1)
 
     def write(self, line: str) -> None:
@@ -173,6 +175,24 @@ def checkpointer(folder: Path, every: int, fingerprint_value: str, group, accoun
                 save_checkpoint(folder, epoch, state, fingerprint_value)
             group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
         maybe_inject_fault(group, epoch)
+
+    return save
+
+
+def batch_checkpointer(folder: Path, every: int, fingerprint_value: str, group, account):
+    """train.checkpoint_every_batches: a checkpoint inside the epoch, at the end of every
+    ``every``-th micro-batch (the epoch's own checkpoint covers its last batch)."""
+
+    def save(trainer: Trainer, index: int) -> None:
+        if every and index % every == 0 and index < trainer.usable_batches:
+            account.stamp(trainer)
+            progress = trainer.epoch_progress(index)  # the epoch's sums so far (a collective)
+            rng = gather_rng_states(group, trainer.rng_state())
+            if group.is_writer:
+                state = {**trainer.state_dict(rng, progress), "epoch": trainer.state.epoch}
+                save_checkpoint(folder, trainer.state.epoch, state, fingerprint_value, index)
+            group.barrier()
+        maybe_inject_fault(group, trainer.state.epoch + 1, index)
 
     return save
 
@@ -249,7 +269,9 @@ def train_once(
     if group.is_writer:
         report(resume.message)
     resumed_epoch = resume.state["epoch"] if resume.state is not None else 0
-    if not group.same_everywhere(resumed_epoch):
+    progress = resume.state.get("progress") if resume.state is not None else None
+    resumed_batch = progress["batches"] if progress is not None else 0
+    if not (group.same_everywhere(resumed_epoch) and group.same_everywhere(resumed_batch)):
         raise PipelineError(f"ranks found different checkpoints in {folder}; is it shared?")
     if resume.state is not None:
         trainer.load_state_dict(resume.state)
@@ -264,7 +286,15 @@ def train_once(
                 bar.write(line(stats))
                 log_live(live, stats.as_dict())
 
-        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_step=bar.advance)
+        every = params.train.checkpoint_every_batches
+        save_batch = batch_checkpointer(folder, every, run_fingerprint, group, account)
+
+        def on_batch(index: int) -> None:
+            if bar.advance is not None:
+                bar.advance(index)
+            save_batch(trainer, index)
+
+        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_batch=on_batch)
     return trainer
 
 

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 
 from pipeline.data.shards import SplitShards
+from pipeline.train.batches import SkipOnce
 
 SEED_RANGE = 2**62
 _DONE = object()
 
 
-class StreamBatches:
-    """Same interface as the in-memory feeders (len, iteration, ``generator``, ``batch_size``)."""
+class StreamBatches(SkipOnce):
+    """Same interface as the in-memory feeders (len, iteration, ``generator``, ``batch_size``,
+    ``skip_next_epoch``)."""
 
     def __init__(
         self,
@@ -74,21 +76,31 @@ class StreamBatches:
         mine = (positions % self.world_size == self.rank) & (positions < usable)
         return permutation[mine]
 
-    def epoch_batches(self, epoch_seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's batches of one epoch, read and assembled on the calling thread."""
+    def epoch_batches(
+        self, epoch_seed: int, skip: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of one epoch, read and assembled on the calling thread; the
+        first ``skip`` batches are left out, and windows that only they use are never read."""
         shape = self.split.image_shape
         largest = sorted((s.count for s in self.split.shards), reverse=True)[: self.window_shards]
         window_images = np.empty((sum(largest), *shape), np.uint8)
         window_labels = np.empty(sum(largest), np.int64)
-        (images, labels), filled, produced = self._new_batch(), 0, 0
+        (images, labels), filled, produced = self._new_batch(), 0, skip
+        skip_rows = skip * self.batch_size
+        if produced >= len(self):
+            return
         for numbers, permutation, position in self.window_orders(epoch_seed):
+            take = self.rank_rows(permutation, position)
+            if skip_rows >= len(take):
+                skip_rows -= len(take)
+                continue
+            take, skip_rows = take[skip_rows:], 0
             row = 0
             for number in numbers:
                 self.split.read_into(number, window_images[row:], window_labels[row:])
                 row += self.split.shards[number].count
             source_images = torch.from_numpy(window_images[:row])
             source_labels = torch.from_numpy(window_labels[:row])
-            take = self.rank_rows(permutation, position)
             done = 0
             while done < len(take):
                 n = min(self.batch_size - filled, len(take) - done)
@@ -112,9 +124,11 @@ class StreamBatches:
             torch.empty(self.batch_size, dtype=torch.int64, pin_memory=self.pinned),
         )
 
-    def _produce(self, epoch_seed: int, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(
+        self, epoch_seed: int, skip: int, out: queue.Queue, stop: threading.Event
+    ) -> None:
         try:
-            for batch in self.epoch_batches(epoch_seed):
+            for batch in self.epoch_batches(epoch_seed, skip):
                 while not stop.is_set():
                     try:
                         out.put(batch, timeout=0.1)
@@ -128,11 +142,12 @@ class StreamBatches:
             out.put(error)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip = self.take_skip()
         epoch_seed = self.next_epoch_seed()  # drawn here: the checkpointed state moves per epoch
         batches: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)
         stop = threading.Event()
         reader = threading.Thread(
-            target=self._produce, args=(epoch_seed, batches, stop), daemon=True
+            target=self._produce, args=(epoch_seed, skip, batches, stop), daemon=True
         )
         reader.start()
         try:
