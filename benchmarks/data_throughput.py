@@ -7,8 +7,10 @@ folder, then trains the same small model on each through the train stage's Train
 the split loaded whole (train.data_path: memory) and once streamed from the shards
 (train.data_path: stream). Every measurement runs in a fresh child process, which reports its
 own peak RSS (VmHWM since exec; see peak_rss_of_this_process). Timing covers ``--steps``
-optimiser steps after ``--warmup`` untimed ones, the data path's own reading included. Prints
-one table with the ratios: stream/memory images/s, and 4x/1x peak RSS per path.
+optimiser steps after ``--warmup`` untimed ones, the data path's own reading included. Then
+the real train stage (``stages/train.py``: one epoch, validation, checkpoint, dvclive, energy)
+runs once per folder and path, for its peak RSS. Prints both tables with the ratios:
+stream/memory images/s, and 4x/1x peak RSS per path.
 """
 
 from __future__ import annotations
@@ -94,6 +96,34 @@ def peak_rss_of_this_process() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def stage_child(folder: Path, path: str, work: Path) -> None:
+    """The train stage itself, in a project folder whose data/prepared is ``folder``."""
+    import runpy
+
+    import yaml
+
+    work.mkdir(parents=True)
+    (work / "data").mkdir()
+    (work / "data" / "prepared").symlink_to(folder)
+    train = {"epochs": 1, "batch_size": 128, "precision": "fp32", "data_path": path}
+    params = {"model": {"width": 16}, "train": train}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    os.chdir(work)
+    sys.argv = ["stages/train.py"]
+    runpy.run_path(str(Path(__file__).parents[1] / "stages" / "train.py"), run_name="__main__")
+    print(json.dumps({"peak_rss": peak_rss_of_this_process()}))
+
+
+def measure_stage(folder: Path, path: str, work: Path) -> int:
+    """Peak RSS in bytes of one fresh train-stage process."""
+    command = [sys.executable, __file__, "--stage-child", str(folder), "--path", path,
+               "--work", str(work)]  # fmt: skip
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"train stage {path} on {folder.name} failed ({result.returncode})")
+    return json.loads(result.stdout.splitlines()[-1])["peak_rss"]
+
+
 def measure(folder: Path, path: str, args: argparse.Namespace) -> tuple[float, int]:
     """(images/s, peak RSS in bytes) of one fresh child process."""
     command = [sys.executable, __file__, "--child", str(folder), "--path", path]
@@ -117,20 +147,28 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="small_cnn width")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--stage-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["memory", "stream"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         child(args)
         return
+    if args.stage_child is not None:
+        stage_child(args.stage_child, args.path, args.work)
+        return
     from pipeline.hardware.cpu import detect
 
-    rows = {}
+    rows, stage = {}, {}
     with tempfile.TemporaryDirectory(prefix="data_throughput-") as tmp:
         for scale in (1, 4):
             folder = Path(tmp) / f"x{scale}"
             write_dataset(folder, args.images * scale, args.side, args.shard_images, seed=scale)
             for path in ("memory", "stream"):
                 rows[scale, path] = measure(folder, path, args)
+                stage[scale, path] = measure_stage(
+                    folder, path, Path(tmp) / f"stage-{scale}-{path}"
+                )
     print(f"CPU profile: {detect().profile}; {os.cpu_count()} logical CPUs; small_cnn width "
           f"{args.width}, batch {args.batch}, {args.steps} timed steps, 3x{args.side}x{args.side}"
           f" images, shards of {args.shard_images}")  # fmt: skip
@@ -143,6 +181,14 @@ def main() -> None:
     for path in ("memory", "stream"):
         growth = rows[4, path][1] / rows[1, path][1] - 1
         print(f"peak RSS growth 1x -> 4x, {path}: {growth:+.1%}")
+    print("\nThe train stage (stages/train.py, 1 epoch, fp32), peak RSS MiB:")
+    print("| train images | memory | stream |\n|---|---|---|")
+    for scale in (1, 4):
+        memory, stream = stage[scale, "memory"], stage[scale, "stream"]
+        print(f"| {args.images * scale} | {memory / 2**20:,.0f} | {stream / 2**20:,.0f} |")
+    for path in ("memory", "stream"):
+        growth = stage[4, path] / stage[1, path] - 1
+        print(f"train stage peak RSS growth 1x -> 4x, {path}: {growth:+.1%}")
 
 
 if __name__ == "__main__":

@@ -42,9 +42,12 @@ def epochs(batches: StreamBatches, count: int) -> list[list[list[int]]]:
 
 def test_same_seed_same_batches_other_seed_other_batches(split):
     a = epochs(StreamBatches(split, 8, CPU, seed=3, window_shards=3), 2)
-    b = epochs(StreamBatches(split, 8, CPU, seed=3, window_shards=3, prefetch_batches=1), 2)
+    b = epochs(
+        StreamBatches(split, 8, CPU, seed=3, window_shards=3, prefetch_batches=1, background=True),
+        2,
+    )
     c = epochs(StreamBatches(split, 8, CPU, seed=4, window_shards=3), 2)
-    assert a == b  # prefetch depth changes nothing
+    assert a == b  # the reader thread and its prefetch depth change nothing
     assert a != c and a[0] != a[1]  # reshuffled every epoch
     for epoch in a:
         seen = [row for batch in epoch for row in batch]
@@ -88,7 +91,7 @@ def test_resume_from_the_generator_state_continues_the_sequence(split):
 
 def test_abandoned_epoch_stops_its_reader_thread(split):
     before = threading.active_count()
-    iterator = iter(StreamBatches(split, 4, CPU, seed=0, prefetch_batches=1))
+    iterator = iter(StreamBatches(split, 4, CPU, seed=0, prefetch_batches=1, background=True))
     next(iterator)
     assert threading.active_count() == before + 1  # the reader, blocked on a full queue
     iterator.close()  # what happens when a training step raises
