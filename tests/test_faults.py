@@ -315,10 +315,10 @@ def test_injected_nan_loss_stops_and_keeps_last_good_checkpoint(
     root = fresh_root(prepared_root, tmp_path)
     real_step = loop.Trainer.train_step
 
-    def poisoned(self, images, labels):
+    def poisoned(self, images, labels, micro=0):
         if self.state.epoch >= 1:  # the second epoch's losses are NaN
             self.loss_fn = lambda logits, target: logits.sum() * float("nan")
-        return real_step(self, images, labels)
+        return real_step(self, images, labels, micro)
 
     monkeypatch.setattr(loop.Trainer, "train_step", poisoned)
     with pytest.raises(loop.NonFiniteLossError, match=r"NaN/inf in \d+ step\(s\).*epoch 2, step"):
@@ -335,13 +335,13 @@ def test_tolerated_nonfinite_steps_are_skipped_and_counted(prepared_root, tmp_pa
     real_step = loop.Trainer.train_step
     calls = {"n": 0}
 
-    def sometimes_nan(self, images, labels):
+    def sometimes_nan(self, images, labels, micro=0):
         calls["n"] += 1
         real_loss = self.loss_fn
         if calls["n"] in (3, 7):
             self.loss_fn = lambda logits, target: real_loss(logits, target) * float("nan")
         try:
-            return real_step(self, images, labels)
+            return real_step(self, images, labels, micro)
         finally:
             self.loss_fn = real_loss
 
@@ -354,10 +354,10 @@ def test_tolerated_nonfinite_steps_are_skipped_and_counted(prepared_root, tmp_pa
 def simulate_oom_above(batch_size_limit: int, monkeypatch):
     real_step = loop.Trainer.train_step
 
-    def step(self, images, labels):
+    def step(self, images, labels, micro=0):
         if len(labels) > batch_size_limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(self, images, labels)
+        return real_step(self, images, labels, micro)
 
     monkeypatch.setattr(loop.Trainer, "train_step", step)
 

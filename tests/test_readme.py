@@ -1,7 +1,7 @@
 """The README's promises: its first commands, and a params table that matches the schema."""
 
 from conftest import ROOT
-from pipeline.config import params_table
+from pipeline.config import params_table, with_params_table
 
 README = (ROOT / "README.md").read_text()
 
@@ -10,6 +10,7 @@ def test_params_table_is_generated_from_the_schema():
     start = README.index("<!-- params-table:start -->\n") + len("<!-- params-table:start -->\n")
     end = README.index("<!-- params-table:end -->")
     assert README[start:end].strip() == params_table().strip()
+    assert with_params_table(README) == README  # what `python -m pipeline.config --readme` writes
 
 
 def test_first_lines_are_install_and_repro_then_install_and_test():

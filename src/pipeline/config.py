@@ -586,5 +586,26 @@ def params_table() -> str:
     return "\n".join([*header, *_rows("", Params())])
 
 
+TABLE_START, TABLE_END = "<!-- params-table:start -->\n", "<!-- params-table:end -->"
+
+
+def with_params_table(readme: str) -> str:
+    """``readme`` with the text between the params-table markers replaced by a fresh table."""
+    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+    if start < 0 or end < start:
+        raise PipelineError(f"no {TABLE_START.strip()} ... {TABLE_END} markers to fill")
+    return f"{readme[: start + len(TABLE_START)]}{params_table()}\n{readme[end:]}"
+
+
 if __name__ == "__main__":
-    print(params_table())
+    import sys
+
+    from pipeline.io import write_text
+
+    if sys.argv[1:2] == ["--readme"] and len(sys.argv) == 3:
+        readme = Path(sys.argv[2])
+        write_text(readme, with_params_table(readme.read_text()))
+    elif len(sys.argv) == 1:
+        print(params_table())
+    else:
+        sys.exit("usage: python -m pipeline.config [--readme README.md]")

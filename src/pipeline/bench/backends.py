@@ -67,8 +67,8 @@ class Backend(Protocol):
         """Wait until the work of every call made so far is done."""
         ...
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """float32 logits of every image, for the accuracy pass."""
+    def logits(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """float32 logits of every image, ``batch_size`` at a time, for the accuracy pass."""
         ...
 
 

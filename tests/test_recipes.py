@@ -1,0 +1,133 @@
+"""docs/architecture.md's "how to add" recipes, followed literally in a copy of the project.
+
+The blocks are read from the doc itself, so a recipe that drifts from the code fails here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from conftest import FAST_PARAMS, ROOT, dvc, make_project_copy, run, tool_env
+
+DOC = ROOT / "docs" / "architecture.md"
+
+
+def recipe_blocks() -> list[tuple[str, str | None, str, str]]:
+    """(kind, registry, path, body) of every python block in the recipes section."""
+    text = DOC.read_text()
+    section = text[text.index("## How to add") : text.index("## Layers")]
+    blocks = []
+    for match in re.finditer(r"```python\n# ([^\n]+)\n(.*?)```", section, re.S):
+        head, body = match.groups()
+        if new := re.fullmatch(r"new file: (\S+)", head):
+            blocks.append(("new", None, new[1], body))
+        elif add := re.fullmatch(r"add to (\w+) in (\S+)", head):
+            blocks.append(("add", add[1], add[2], body))
+        else:
+            raise AssertionError(f"a recipe block must say where it goes, got {head!r}")
+    return blocks
+
+
+def apply(root: Path, kind: str, registry: str | None, path: str, body: str) -> None:
+    target = root / path
+    if kind == "new":
+        assert not target.exists(), f"{path} already exists: the recipe would overwrite it"
+        target.write_text(body)
+        return
+    lines = target.read_text().splitlines(keepends=True)
+    opening = [i for i, line in enumerate(lines) if line.startswith(f"{registry}: Registry[")]
+    assert len(opening) == 1, f"no single {registry} registry in {path}"
+    closing = next(i for i in range(opening[0], len(lines)) if lines[i].startswith("])"))
+    lines[closing:closing] = [body]  # the new entry goes last in its registry
+    target.write_text("".join(lines))
+
+
+def with_copy_src(root: Path) -> dict[str, str]:
+    """The copy's own package first on the path, as a clone with the recipe applied would have."""
+    env = tool_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_every_recipe_block_names_its_file():
+    kinds = [(kind, registry) for kind, registry, _, _ in recipe_blocks()]
+    assert kinds == [
+        ("new", None), ("add", "ARCHS"), ("new", None), ("add", "SOURCES"), ("add", "PROVIDERS")
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def followed(tmp_path_factory):
+    root = make_project_copy(tmp_path_factory.mktemp("recipes") / "project", FAST_PARAMS)
+    for name in ("README.md", "tests"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    for block in recipe_blocks():
+        apply(root, *block)
+    env = with_copy_src(root)
+    refresh = [sys.executable, "-m", "pipeline.config", "--readme", "README.md"]
+    subprocess.run(refresh, cwd=root, env=env, check=True)
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
+    np.savez(root / "data" / "raw" / "dataset.npz", images=images, labels=digits.target)
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "follow the recipes")
+    return root, env
+
+
+def test_the_readme_table_lists_the_new_choices(followed):
+    root, _ = followed
+    table = (root / "README.md").read_text()
+    assert "`tiny_mlp`" in table and "`npz`" in table and "`openvino`" in table
+
+
+def test_the_project_checks_pass_with_the_recipes_applied(followed):
+    """Layers, registries, per-stage deps, and every-arch tests, run on the copy's own code."""
+    root, env = followed
+    checks = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        "tests/test_layers.py", "tests/test_catalog.py", "tests/test_dvc_yaml.py",
+        "tests/test_archs.py", "-k", "tiny_mlp or not test_archs",
+    ]  # fmt: skip
+    result = subprocess.run(checks, cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "tiny_mlp" in subprocess.run(
+        [*checks[:4], "--collect-only", "tests/test_archs.py"],
+        cwd=root, env=env, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+def test_dvc_runs_the_new_model_source_and_provider(followed):
+    root, env = followed
+    command = [
+        sys.executable, "-m", "dvc", "exp", "run",
+        "-S", "model.arch=tiny_mlp", "-S", "data.source=npz",
+        "-S", "benchmark.providers=[cpu,openvino]",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((root / "metrics/details/data.json").read_text())
+    train = json.loads((root / "metrics/details/train.json").read_text())
+    card = json.loads((root / "models/model.json").read_text())
+    assert data["source"] == "npz" and data["counts"]["train"] > 1000
+    assert card["arch"] == "tiny_mlp"
+    assert train["val_accuracy"] > 0.5
+    rows = list(csv.DictReader((root / "metrics/benchmark.csv").open()))
+    openvino = [row for row in rows if row["provider_requested"] == "openvino"]
+    assert openvino and all(row["status"] == "fallback" for row in openvino)
+    assert all(row["providers_used"] == "CPUExecutionProvider" for row in openvino)
+    assert dvc(root, "status").stdout.strip().endswith("up to date.")
