@@ -249,3 +249,32 @@ def test_progress_is_a_tqdm_bar_on_a_terminal():
     with Progress(4, "imagefolder decode", stream=stream) as bar:
         bar.update(4)
     assert "imagefolder decode: 100%" in stream.getvalue() and "\r" in stream.getvalue()
+
+
+def test_prepare_decodes_one_shard_of_rows_at_a_time(tmp_path, monkeypatch):
+    make_tree(tmp_path / "root", per_class=20)
+    sizes = []
+    real = imagefolder.FolderImages.decode
+
+    def counted(self):
+        sizes.append(len(self))
+        return real(self)
+
+    monkeypatch.setattr(imagefolder.FolderImages, "decode", counted)
+    data = params(tmp_path / "root", image_size=8, shard_images=16)
+    prepare_data(Params(data=data), root=tmp_path / "out")
+    assert max(sizes) == 16 and sum(sizes) == 60  # every file once, never more than a shard
+
+
+def test_a_failed_prepare_leaves_the_previous_folder_and_no_staging(tmp_path):
+    make_tree(tmp_path / "root", per_class=20)
+    out = tmp_path / "out"
+    prepare_data(Params(data=params(tmp_path / "root", image_size=8)), root=out)
+    before = {p.name: p.read_bytes() for p in (out / "data/prepared").iterdir()}
+    for path in (tmp_path / "root" / "eel").glob("*.png"):  # the header probe passes ...
+        path.write_bytes(path.read_bytes()[:-60])  # ... the full decode finds it truncated
+    with pytest.raises(DataSourceError, match=r"^5 of 60 files quarantined .*eel/\d+\.png: "):
+        prepare_data(Params(data=params(tmp_path / "root", image_size=8)), root=out)
+    after = {p.name: p.read_bytes() for p in (out / "data/prepared").iterdir()}
+    assert after == before
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["prepared"]  # no staging left

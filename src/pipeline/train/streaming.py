@@ -130,9 +130,7 @@ class StreamBatches(SkipOnce):
             torch.empty(self.batch_size, dtype=torch.int64, pin_memory=self.pinned),
         )
 
-    def _produce(
-        self, epoch_seed: int, skip: int, out: queue.Queue, stop: threading.Event
-    ) -> None:
+    def _produce(self, epoch_seed: int, skip: int, out: queue.Queue, stop: threading.Event) -> None:
         try:
             for batch in self.epoch_batches(epoch_seed, skip):
                 while not stop.is_set():
