@@ -3,9 +3,8 @@ metrics/details/eval.json (with the per-class table) and the confusion plot."""
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.data.storage import read_meta, read_split_tensors
-from pipeline.evaluate import classification_metrics, write_confusion_csv
-from pipeline.inference import predict_logits
+from pipeline.data.storage import read_meta
+from pipeline.evaluate import classification_metrics, predict_split, write_confusion_csv
 from pipeline.model_io import load_trained
 from pipeline.records import EVAL_FIGURES, write_record
 from pipeline.stage import run_stage
@@ -13,9 +12,8 @@ from pipeline.stage import run_stage
 
 def evaluate(params: Params) -> None:
     model, _card = load_trained(paths.MODELS_DIR)
-    images, labels = read_split_tensors(paths.PREPARED_DIR, "test")
     class_names = list(read_meta(paths.PREPARED_DIR).class_names)
-    logits = predict_logits(model, images, params.evaluate.batch_size)
+    logits, labels = predict_split(model, paths.PREPARED_DIR, "test", params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels, class_names)
     write_confusion_csv(paths.CONFUSION_PLOT, logits, labels, class_names)
     write_record(paths.EVAL_METRICS, metrics, EVAL_FIGURES)

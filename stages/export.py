@@ -1,9 +1,12 @@
 """Stage export: the trained model -> checked fp32/fp16/int8 ONNX files that match PyTorch."""
 
+import torch
+
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.data.storage import read_split_tensors
+from pipeline.data.storage import read_split_tensors, split_shards
 from pipeline.export.run import enforce_gates, export_all
+from pipeline.export.variants import calibration_rows
 from pipeline.model_io import load_trained
 from pipeline.records import export_figures, write_record
 from pipeline.stage import run_stage
@@ -12,7 +15,10 @@ from pipeline.stage import run_stage
 def export(params: Params) -> None:
     model, card = load_trained(paths.MODELS_DIR)
     test = read_split_tensors(paths.PREPARED_DIR, "test")
-    train_images, _ = read_split_tensors(paths.PREPARED_DIR, "train")
+    # Only the calibration sample is read from the train shards, never the whole split.
+    train = split_shards(paths.PREPARED_DIR, "train")
+    rows = calibration_rows(train.count, params.export.int8.calibration_images, params.seed)
+    train_images = torch.from_numpy(train.rows(rows))
     metrics = export_all(params, model, card, test, train_images, paths.ONNX_DIR)
     # Metrics first: a failed gate still leaves its evidence for the person reading the error.
     write_record(paths.EXPORT_METRICS, metrics, export_figures(metrics))

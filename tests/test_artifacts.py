@@ -29,6 +29,10 @@ META_FILE = {
     "counts": {"train": 12, "val": 3, "test": 3},
     "input_hashes": {"sklearn:digits": "0b7e9c32"},
     "quarantined": [{"path": "cat/empty.png", "reason": "empty file"}],
+    "shards": {
+        split: [{"file": f"{split}-00000.safetensors", "count": count, "sha256": "5e1f0a"}]
+        for split, count in (("train", 12), ("val", 3), ("test", 3))
+    },
 }
 CARD_FILE = {
     "arch": "small_cnn",

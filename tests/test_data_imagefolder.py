@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataParams
+from pipeline.config import DataParams, Params
 from pipeline.data import imagefolder
 from pipeline.data.parallel import ChunkRunner
 from pipeline.data.progress import Progress
 from pipeline.data.sources import DataSourceError, check_quarantine, load_source
+from pipeline.data.types import decode_rows
+from pipeline.prepare import prepare_data
 
 FORMATS = [("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("WEBP", "webp")]
 
@@ -42,6 +45,15 @@ def params(root: Path, **overrides) -> DataParams:
     return DataParams(source="imagefolder", root=str(root), **{"workers": 1, **overrides})
 
 
+def decoded(data):
+    """What prepare makes of the pool: (pixels, labels, quarantined) after the full decode,
+    files that fail only then quarantined beside the ones the probe refused."""
+    pool = data.pools["all"]
+    done = decode_rows(pool.images, slice(None))
+    quarantined = sorted([*data.quarantined, *done.failed], key=lambda q: q.path)
+    return done.images, pool.labels[done.kept], quarantined
+
+
 def test_mixed_formats_and_sizes_resized_to_a_square(tmp_path):
     make_tree(tmp_path)
     (tmp_path / "dog" / "nested").mkdir()
@@ -55,7 +67,7 @@ def test_mixed_formats_and_sizes_resized_to_a_square(tmp_path):
     assert data.quarantined == [] and data.files_seen == 13
     # Sorted order, so cat/000.png is row 0: check against a direct Pillow decode.
     direct = Image.open(tmp_path / "cat" / "000.png").convert("RGB").resize((8, 8), Image.BILINEAR)
-    np.testing.assert_array_equal(pool.images[0], np.asarray(direct).transpose(2, 0, 1))
+    np.testing.assert_array_equal(decoded(data)[0][0], np.asarray(direct).transpose(2, 0, 1))
     assert list(data.input_hashes) == ["imagefolder"]
     assert len(data.input_hashes["imagefolder"]) == 64
 
@@ -100,15 +112,17 @@ def test_bad_files_are_quarantined_with_their_reasons(tmp_path):
     make_tree(tmp_path)
     expected = _add_bad_files(tmp_path)
     data = load_source(params(tmp_path, image_size=8, max_image_pixels=10_000))
-    reasons = {q.path: q.reason for q in data.quarantined}
+    pixels, labels, quarantined = decoded(data)
+    reasons = {q.path: q.reason for q in quarantined}
     assert set(reasons) == set(expected)
     for path, start in expected.items():
         assert reasons[path].startswith(start), reasons[path]
     assert "truncated" in reasons["dog/cut.png"]
     assert "90000 pixels" in reasons["eel/huge.png"]
-    assert data.files_seen == 16 and len(data.pools["all"]) == 12
-    assert data.pools["all"].labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert data.files_seen == 16 and len(pixels) == 12
+    assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     # 4 of 16 is 25%: the gate fails above it and names the numbers.
+    data = replace(data, quarantined=quarantined)
     check_quarantine(data, 0.25)
     with pytest.raises(DataSourceError, match=r"^4 of 16 files quarantined \(25.0%\)"):
         check_quarantine(data, 0.2)
@@ -116,11 +130,11 @@ def test_bad_files_are_quarantined_with_their_reasons(tmp_path):
 
 def test_truncated_image_does_not_shift_later_rows(tmp_path):
     make_tree(tmp_path)
-    clean = load_source(params(tmp_path, image_size=8)).pools["all"]
+    clean = decoded(load_source(params(tmp_path, image_size=8)))
     _add_bad_files(tmp_path)
-    dirty = load_source(params(tmp_path, image_size=8, max_image_pixels=10_000)).pools["all"]
-    np.testing.assert_array_equal(dirty.images, clean.images)
-    np.testing.assert_array_equal(dirty.labels, clean.labels)
+    dirty = decoded(load_source(params(tmp_path, image_size=8, max_image_pixels=10_000)))
+    np.testing.assert_array_equal(dirty[0], clean[0])
+    np.testing.assert_array_equal(dirty[1], clean[1])
 
 
 def test_same_files_give_identical_bytes_in_and_out_of_the_pool(tmp_path):
@@ -130,11 +144,12 @@ def test_same_files_give_identical_bytes_in_and_out_of_the_pool(tmp_path):
         load_source(params(tmp_path, image_size=8, max_image_pixels=10_000, workers=w))
         for w in (1, 1, 2, 3)
     ]
-    first = results[0]
+    first, first_decoded = results[0], decoded(results[0])
     for other in results[1:]:
-        assert other.pools["all"].images.tobytes() == first.pools["all"].images.tobytes()
-        assert other.pools["all"].labels.tobytes() == first.pools["all"].labels.tobytes()
-        assert other.quarantined == first.quarantined
+        pixels, labels, quarantined = decoded(other)
+        assert pixels.tobytes() == first_decoded[0].tobytes()
+        assert labels.tobytes() == first_decoded[1].tobytes()
+        assert quarantined == first_decoded[2]
         assert other.input_hashes == first.input_hashes
 
 
@@ -146,11 +161,12 @@ def test_hash_changes_when_a_file_changes(tmp_path):
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
-    make_tree(tmp_path)
-    load_source(params(tmp_path, image_size=8))
+    make_tree(tmp_path, per_class=20)
+    prepare_data(Params(data=params(tmp_path, image_size=8)), root=tmp_path / "out")
     lines = capsys.readouterr().err.splitlines()
-    assert "imagefolder decode: 12/12 images (100%)" in lines
-    assert len([line for line in lines if line.startswith("imagefolder decode")]) <= 10
+    assert "imagefolder probe: 60/60 files (100%)" in lines
+    assert "prepare train: 42/42 images (100%)" in lines
+    assert len([line for line in lines if line.startswith("prepare train")]) <= 10
 
 
 @pytest.mark.parametrize(
@@ -233,3 +249,32 @@ def test_progress_is_a_tqdm_bar_on_a_terminal():
     with Progress(4, "imagefolder decode", stream=stream) as bar:
         bar.update(4)
     assert "imagefolder decode: 100%" in stream.getvalue() and "\r" in stream.getvalue()
+
+
+def test_prepare_decodes_one_shard_of_rows_at_a_time(tmp_path, monkeypatch):
+    make_tree(tmp_path / "root", per_class=20)
+    sizes = []
+    real = imagefolder.FolderImages.decode
+
+    def counted(self):
+        sizes.append(len(self))
+        return real(self)
+
+    monkeypatch.setattr(imagefolder.FolderImages, "decode", counted)
+    data = params(tmp_path / "root", image_size=8, shard_images=16)
+    prepare_data(Params(data=data), root=tmp_path / "out")
+    assert max(sizes) == 16 and sum(sizes) == 60  # every file once, never more than a shard
+
+
+def test_a_failed_prepare_leaves_the_previous_folder_and_no_staging(tmp_path):
+    make_tree(tmp_path / "root", per_class=20)
+    out = tmp_path / "out"
+    prepare_data(Params(data=params(tmp_path / "root", image_size=8)), root=out)
+    before = {p.name: p.read_bytes() for p in (out / "data/prepared").iterdir()}
+    for path in (tmp_path / "root" / "eel").glob("*.png"):  # the header probe passes ...
+        path.write_bytes(path.read_bytes()[:-60])  # ... the full decode finds it truncated
+    with pytest.raises(DataSourceError, match=r"^5 of 60 files quarantined .*eel/\d+\.png: "):
+        prepare_data(Params(data=params(tmp_path / "root", image_size=8)), root=out)
+    after = {p.name: p.read_bytes() for p in (out / "data/prepared").iterdir()}
+    assert after == before
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["prepared"]  # no staging left

@@ -104,19 +104,25 @@ def test_process_count_and_device_checks_on_cpu():
 def test_worker_detection_and_fault_hook(monkeypatch):
     assert distributed.is_worker({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     assert not distributed.is_worker({})
-    assert distributed.parse_fault("rank=1,epoch=2") == (1, 2)
-    with pytest.raises(PipelineError, match="expected rank=R,epoch=E"):
+    assert distributed.parse_fault("rank=1,epoch=2") == (1, 2, None)
+    assert distributed.parse_fault("rank=1,epoch=2,batch=5") == (1, 2, 5)
+    with pytest.raises(PipelineError, match=r"expected rank=R,epoch=E\[,batch=B\]"):
         distributed.parse_fault("rank=1")
     exits = []
     monkeypatch.setattr(distributed.os, "_exit", exits.append)
     group = distributed.Group(rank=1, world_size=2)
     env = {distributed.FAULT_ENV: "rank=1,epoch=2", "TORCHELASTIC_RESTART_COUNT": "0"}
-    distributed.maybe_inject_fault(group, 1, env)
-    distributed.maybe_inject_fault(distributed.Group(rank=0, world_size=2), 2, env)
-    distributed.maybe_inject_fault(group, 2, {**env, "TORCHELASTIC_RESTART_COUNT": "1"})
+    distributed.maybe_inject_fault(group, 1, environ=env)
+    distributed.maybe_inject_fault(distributed.Group(rank=0, world_size=2), 2, environ=env)
+    distributed.maybe_inject_fault(group, 2, environ={**env, "TORCHELASTIC_RESTART_COUNT": "1"})
+    distributed.maybe_inject_fault(group, 2, 3, environ=env)  # a batch: not the epoch's end
     assert exits == []
-    distributed.maybe_inject_fault(group, 2, env)
+    distributed.maybe_inject_fault(group, 2, environ=env)
     assert exits == [1]
+    at_batch = {**env, distributed.FAULT_ENV: "rank=1,epoch=2,batch=3"}
+    distributed.maybe_inject_fault(group, 2, environ=at_batch)
+    distributed.maybe_inject_fault(group, 2, 3, environ=at_batch)
+    assert exits == [1, 1]
 
 
 def failure(exitcode, message="", timestamp=0):

@@ -11,7 +11,7 @@ import offline_browser
 from conftest import FAST_PARAMS, dvc, make_project_copy, run
 
 OUTPUTS = [
-    "data/prepared/train.safetensors",
+    "data/prepared/train-00000.safetensors",
     "data/prepared/meta.json",
     "models/model.safetensors",
     "models/model.json",

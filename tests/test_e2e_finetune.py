@@ -1,9 +1,9 @@
-"""Fine-tuning end to end under real `dvc repro`: a model trained by the pipeline on plain grey
-digits, saved, then fine-tuned from that file on tinted RGB digits (an ImageFolder of 32x32
-PNGs written here), beats the same model from random weights after the same epochs.
-
-The arch defaults to a small one so the suite stays fast on a 2-core CPU; the issue's setup is
-PIPELINE_E2E_FINETUNE_ARCH=torchvision:resnet18 (slow on CPU: see the README's Fine-tuning).
+"""Fine-tuning end to end under real `dvc repro`: a ResNet-18 trained by the pipeline on plain
+grey digits, saved as a state dict, then fine-tuned from that file on tinted RGB digits (an
+ImageFolder of 32x32 PNGs written here), beats the same model from random weights after the
+same epochs and with the same settings. Measured here (about 70 s): AVX-512 VNNI bf16, random
+0.755 vs fine-tuned 0.855; AVX2 branch (PIPELINE_CPU_FLAGS=avx2,fma ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2, so fp32), 0.665 vs 0.905. PIPELINE_E2E_FINETUNE_ARCH picks another arch.
 """
 
 import json
@@ -17,9 +17,10 @@ from sklearn.datasets import load_digits
 
 from conftest import dvc, make_project_copy, run
 
-ARCH = os.environ.get("PIPELINE_E2E_FINETUNE_ARCH", "small_cnn")
+ARCH = os.environ.get("PIPELINE_E2E_FINETUNE_ARCH", "torchvision:resnet18")
 EPOCHS = 3  # of fine-tuning (and of the random-init run it is compared with)
 PRETRAIN_EPOCHS = 4
+FINETUNE_LR = float(os.environ.get("PIPELINE_E2E_FINETUNE_LR", "0.002"))  # both runs alike
 
 
 def write_digits(root, indices, tinted, seed):
@@ -57,8 +58,8 @@ def read(root, name):
 def runs(tmp_path_factory):
     root = make_project_copy(tmp_path_factory.mktemp("finetune") / "project")
     order = np.random.default_rng(0).permutation(1797)
-    write_digits(root / "data/raw/plain", order[:400], tinted=False, seed=1)
-    write_digits(root / "data/raw/tinted", order[400:600], tinted=True, seed=2)
+    write_digits(root / "data/raw/plain", order[:1000], tinted=False, seed=1)
+    write_digits(root / "data/raw/tinted", order[1000:1400], tinted=True, seed=2)
     width = {"model__width": 8} if not ARCH.startswith("torchvision:") else {}
     set_params(
         root,
@@ -83,9 +84,11 @@ def runs(tmp_path_factory):
             root,
             data__root="data/raw/tinted",
             data__channels=3,
+            data__test_fraction=0.5,  # 200 test images: a gap of 0.05 is 10 images, not noise
             model__pretrained=pretrained,
             train__epochs=EPOCHS,
             train__batch_size=8,  # few images: enough steps for the head to learn
+            train__lr=FINETUNE_LR,
             train__schedule="cosine",
             train__warmup_epochs=0.0,
         )

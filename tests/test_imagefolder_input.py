@@ -13,8 +13,14 @@ from PIL import Image
 from pipeline.config import DataParams, Params
 from pipeline.data.sources import DataSourceError, load_source
 from pipeline.data.split import split
+from pipeline.data.types import decode_rows
 from pipeline.prepare import prepare_data
 from pipeline.records import DATA_FIGURES, pick
+
+
+def pixels(images) -> np.ndarray:
+    """Every row decoded, as prepare decodes them (a shard at a time)."""
+    return decode_rows(images, slice(None)).images
 
 
 def params(root: Path, **overrides) -> DataParams:
@@ -38,11 +44,11 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
     for name in ("a", "b"):
         save_grey(tmp_path / name / "x.png", values)
     assert Image.open(tmp_path / "a" / "x.png").mode in ("I;16", "I")  # really 16-bit on disk
-    images = load_source(params(tmp_path)).pools["all"].images
+    images = pixels(load_source(params(tmp_path)).pools["all"].images)
     assert images.shape == (2, 1, 1, 6)
     expected = [0, 1, 4, 117, 255, 128]  # round(v * 255 / 65535)
     assert images[0, 0, 0].tolist() == expected
-    rgb = load_source(params(tmp_path, channels=3)).pools["all"].images
+    rgb = pixels(load_source(params(tmp_path, channels=3)).pools["all"].images)
     assert rgb[0, :, 0].tolist() == [expected] * 3
 
 
@@ -53,7 +59,7 @@ def test_exif_orientation_is_applied(tmp_path):
     save_grey(tmp_path / "a" / "rotated.png", stored, exif=exif)
     upright = np.rot90(stored, k=-1)  # 2 wide, 3 tall, as a viewer shows it
     save_grey(tmp_path / "b" / "plain.png", np.ascontiguousarray(upright))
-    images = load_source(params(tmp_path)).pools["all"].images  # one size: no resize needed
+    images = pixels(load_source(params(tmp_path)).pools["all"].images)  # one size: no resize
     assert images.shape == (2, 1, 3, 2)
     np.testing.assert_array_equal(images[0, 0], upright)
     np.testing.assert_array_equal(images[1, 0], upright)
@@ -119,7 +125,7 @@ def test_byte_identical_files_stay_in_one_split_and_are_counted(tmp_path):
 
     source = load_source(params(root))
     parts = split(source, 0.2, 0.2, seed=42)
-    seen = {name: {img.tobytes() for img in part.images} for name, part in parts.items()}
+    seen = {name: {img.tobytes() for img in pixels(part.images)} for name, part in parts.items()}
     assert not seen["train"] & seen["val"]
     assert not seen["train"] & seen["test"]
     assert not seen["val"] & seen["test"]

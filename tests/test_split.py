@@ -4,7 +4,7 @@ import pytest
 from pipeline.config import DataParams
 from pipeline.data import digits
 from pipeline.data.split import SplitError, channel_stats, split
-from pipeline.data.storage import PreparedMeta, read_split, write_prepared
+from pipeline.data.storage import read_split, write_prepared
 from pipeline.data.types import LabelledImages, SourceData
 from pipeline.prepare import prepare_data
 
@@ -31,12 +31,12 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     source = digits.load()
     for name, seed in [("a", 7), ("b", 7), ("c", 8)]:
         parts = split(source, 0.15, 0.15, seed=seed)
-        write_prepared(tmp_path / name, parts, PreparedMeta.build(source, parts))
+        write_prepared(tmp_path / name, source, parts)
     for split_name in ("train", "val", "test"):
-        file = f"{split_name}.safetensors"
+        file = f"{split_name}-00000.safetensors"
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
-    assert (tmp_path / "a/train.safetensors").read_bytes() != (
-        tmp_path / "c/train.safetensors"
+    assert (tmp_path / "a/train-00000.safetensors").read_bytes() != (
+        tmp_path / "c/train-00000.safetensors"
     ).read_bytes()
 
 
@@ -79,9 +79,9 @@ def test_prepare_writes_the_contract(tmp_path):
     prepared = tmp_path / "data/prepared"
     assert sorted(p.name for p in prepared.iterdir()) == [
         "meta.json",
-        "test.safetensors",
-        "train.safetensors",
-        "val.safetensors",
+        "test-00000.safetensors",  # the default stays one shard per split
+        "train-00000.safetensors",
+        "val-00000.safetensors",
     ]
     assert report["quarantined_count"] == 0
     assert sum(report["counts"].values()) == 1797

@@ -133,7 +133,7 @@ def test_step_bar_counts_every_step_of_every_epoch():
     calls = []
     with step_bar(trainer, enabled=False) as silent:
         assert silent.advance is None
-    trainer.fit(on_step=calls.append)
+    trainer.fit(on_batch=calls.append)
     assert calls == list(range(1, len(trainer.batches) + 1)) * 2
 
 

@@ -117,6 +117,11 @@ class DataParams(Section):
         50_000_000, description="Larger images are quarantined as decompression bombs."
     )
     workers: Workers = Field(0, description="Decoding processes; 0 means one per CPU core.")
+    shard_images: Annotated[int, Field(gt=0, le=MAX_COUNT)] = Field(
+        4096,
+        description="Images per prepared shard file; bounds prepare's and streamed training's "
+        "memory (README: memory budget).",
+    )
 
     @field_validator("channels", mode="before")
     @classmethod
@@ -258,6 +263,17 @@ class TrainParams(Section):
     num_workers: Workers = Field(
         2, description="DataLoader workers when the data does not live on the device."
     )
+    data_path: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: the train split loaded whole (then data_on_device applies); "
+        "stream: read shard by shard from disk; auto = memory when it fits (README).",
+    )
+    stream_window_shards: Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
+        2, description="Streaming: shards held and shuffled together (memory: README budget)."
+    )
+    stream_prefetch_batches: Annotated[int, Field(gt=0, le=MAX_PROCESSES)] = Field(
+        4, description="Streaming: batches read ahead by the background reader."
+    )
     checkpoint_every: EpochCount = Field(
         1, description="Save a resumable checkpoint every N epochs; 0 = never."
     )
@@ -284,11 +300,28 @@ class TrainParams(Section):
         description="Micro-batches summed per optimiser step: effective batch = batch_size x "
         "this x processes.",
     )
+    checkpoint_every_batches: Annotated[int, Field(ge=0, le=MAX_COUNT)] = Field(
+        0,
+        description="Also checkpoint inside each epoch, every N micro-batches (a kill then "
+        "loses at most N batches: long epochs over big data); a multiple of grad_accumulation; "
+        "0 = at epoch ends only.",
+    )
     distributed: DistributedParams = Field(
         DistributedParams(), description="Multi-process (multi-GPU, multi-node) DDP training."
     )
 
     _device = field_validator("device")(_check_device)
+
+    @field_validator("checkpoint_every_batches")
+    @classmethod
+    def _whole_accumulation_groups(cls, every: int, info: Any) -> int:
+        group = info.data.get("grad_accumulation", 1)
+        if every % group:
+            raise ValueError(
+                f"must be a multiple of train.grad_accumulation ({group}): a checkpoint falls "
+                "between optimiser steps"
+            )
+        return every
 
 
 class EvaluateParams(Section):

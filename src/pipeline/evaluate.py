@@ -10,7 +10,21 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from pipeline.data.storage import split_shards
+from pipeline.inference import predict_logits
 from pipeline.io import write_text
+
+
+def predict_split(
+    model: torch.nn.Module, prepared_dir, split: str, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a prepared split, read shard by shard: memory holds one shard of
+    images at a time, and the logits of the whole split."""
+    logits, labels = [], []
+    for images, shard_labels in split_shards(prepared_dir, split).iter_shards():
+        logits.append(predict_logits(model, torch.from_numpy(images), batch_size))
+        labels.append(torch.from_numpy(shard_labels))
+    return torch.cat(logits), torch.cat(labels)
 
 
 def classification_metrics(

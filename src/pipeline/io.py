@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -56,6 +57,31 @@ def atomic_open(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | Path) -> Iterator[Path]:
+    """A new empty folder beside ``path`` to fill; when the block ends without an error it
+    replaces ``path`` whole (any old folder is removed after), else it is removed and ``path``
+    is left as it was: a failed run never leaves half a folder of outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
+    try:
+        yield staging
+        retired = None
+        if path.exists() or path.is_symlink():
+            retired = Path(
+                tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
+            )
+            os.replace(path, retired / path.name)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -4,14 +4,17 @@ the data record (the stage script writes it to metrics/, like every stage)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Params
+from pipeline.data.errors import DataSourceError
+from pipeline.data.shards import WrittenSplit
 from pipeline.data.sources import check_quarantine, load_source
 from pipeline.data.split import split
 from pipeline.data.storage import PreparedMeta, write_prepared
+from pipeline.data.types import SourceData
 
 MAX_LISTED_DUPLICATES = 20
 
@@ -36,12 +39,35 @@ def data_report(meta: PreparedMeta, files_seen: int, duplicates: list | None = N
     return report
 
 
+def written_checks(source: SourceData, max_bad_fraction: float):
+    """What prepare re-checks once a lazy source's files are decoded (some fail only then): the
+    quarantine limit over every failed file, and every class still in the train split."""
+
+    def check(meta: PreparedMeta, written: dict[str, WrittenSplit]) -> None:
+        check_quarantine(replace(source, quarantined=list(meta.quarantined)), max_bad_fraction)
+        counts = written["train"].label_counts
+        missing = [name for label, name in enumerate(meta.class_names)
+                   if label >= len(counts) or counts[label] == 0]  # fmt: skip
+        if missing:
+            raise DataSourceError(
+                f"class(es) with no usable train image after decoding: {', '.join(missing)}"
+            )
+
+    return check
+
+
 def prepare_data(params: Params, root: Path = Path(".")) -> dict:
     source = load_source(params.data)
     check_quarantine(source, params.data.max_bad_fraction)
     splits = split(source, params.data.val_fraction, params.data.test_fraction, params.seed)
-    meta = PreparedMeta.build(source, splits)
-    write_prepared(root / paths.PREPARED_DIR, splits, meta)
+    meta = write_prepared(
+        root / paths.PREPARED_DIR,
+        source,
+        splits,
+        params.data.shard_images,
+        params.seed,
+        written_checks(source, params.data.max_bad_fraction),
+    )
     report = data_report(meta, source.files_seen, source.duplicates)
     shape = list(meta.input_shape)
     print(f"prepared {source.name}: {meta.counts} shape {shape}", file=sys.stderr)

@@ -34,9 +34,10 @@ class TensorFileError(PipelineError):
 class TensorEntry:
     dtype: str
     shape: tuple[int, ...]
+    start: int = 0  # file offset of the tensor's first byte (for memory maps)
 
 
-def _entry(path: Path, name: str, raw: object, data_bytes: int) -> TensorEntry:
+def _entry(path: Path, name: str, raw: object, data_bytes: int, data_start: int = 0) -> TensorEntry:
     if not isinstance(raw, dict):
         raise TensorFileError(f"{path}: header entry {name!r} is not a tensor description")
     dtype, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
@@ -56,7 +57,7 @@ def _entry(path: Path, name: str, raw: object, data_bytes: int) -> TensorEntry:
         )
     if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise TensorFileError(f"{path}: tensor {name!r}: byte range does not match {dtype}{shape}")
-    return TensorEntry(dtype, tuple(shape))
+    return TensorEntry(dtype, tuple(shape), data_start + offsets[0])
 
 
 def read_header(path: str | Path) -> dict[str, TensorEntry]:
@@ -81,4 +82,4 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
         raise TensorFileError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)
     data_bytes = size - 8 - length
-    return {name: _entry(path, name, raw, data_bytes) for name, raw in header.items()}
+    return {name: _entry(path, name, raw, data_bytes, 8 + length) for name, raw in header.items()}

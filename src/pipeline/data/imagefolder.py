@@ -8,9 +8,10 @@ links that lead outside ``data.root`` (other than into the project's DVC cache, 
 ``symlink`` cache type points) stop prepare before any file is read, and byte-identical files
 share a group id so the split keeps them on one side.
 
-Two passes over a process pool: a cheap header probe (sha256, size, mode) that fixes the
-output shape, then the full decode, which workers write straight into one preallocated uint8
-array, so memory stays at the size of the output.
+Two passes over a process pool: at load, a cheap header probe (sha256, size, mode) that fixes
+the output shape; the full decode waits for prepare, which asks for one shard's rows at a time
+(``FolderImages.decode``): workers write them straight into one preallocated uint8 array, so
+memory holds one shard, never the dataset.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipeline.data.decode import GREY_MODES, Probe, decode_into, probe_chunk, ta
 from pipeline.data.errors import DataSourceError
 from pipeline.data.parallel import ChunkRunner, chunk_size_for, resolve_workers, shared_empty
 from pipeline.data.progress import Progress
-from pipeline.data.types import LabelledImages, Quarantined, SourceData
+from pipeline.data.types import Decoded, LabelledImages, Quarantined, SourceData
 
 
 def _allowed_roots(root: Path) -> list[Path]:
@@ -134,14 +135,6 @@ def choose_layout(
     return channels, height, width
 
 
-def _compact(images: np.ndarray, keep: list[int]) -> np.ndarray:
-    """Move kept rows to the front in place (no second full-size array), then slice."""
-    for dst, src in enumerate(keep):
-        if dst != src:
-            images[dst] = images[src]
-    return images[: len(keep)]
-
-
 def duplicate_groups(
     files: list[str], digests: list[str]
 ) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
@@ -176,28 +169,49 @@ def _probe_all(workers: int, paths: list[str], chunk: int, max_pixels: int) -> l
     return probes
 
 
-def _decode_all(
-    workers: int, paths: list[str], chunk: int, max_pixels: int, shape: tuple[int, int, int]
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode into one preallocated array, filled in place by the workers; failed rows listed."""
-    channels, height, width = shape
-    images = shared_empty((len(paths), channels, height, width), shared=workers > 1)
-    failed: dict[int, str] = {}
-    # The target is registered before the pool forks, so the workers inherit it.
-    with target(images) as key, ChunkRunner(workers) as runner:
-        decode = partial(
-            decode_into,
-            key=key,
-            max_pixels=max_pixels,
-            channels=channels,
-            height=height,
-            width=width,
-        )
-        with Progress(len(paths), "imagefolder decode", unit="image") as bar:
+class FolderImages:
+    """Image files not decoded yet, with the shape they will have: the split selects rows of
+    them like an array's, and prepare decodes one shard's rows at a time (see data.types)."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(
+        self, root: Path, files: list[str], shape: tuple[int, int, int], workers: int,
+        max_pixels: int,
+    ) -> None:  # fmt: skip
+        self.root, self.files, self.workers, self.max_pixels = root, files, workers, max_pixels
+        self.layout = shape
+        self.shape = (len(files), *shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: np.ndarray) -> FolderImages:
+        files = [self.files[i] for i in np.asarray(index).tolist()]
+        return FolderImages(self.root, files, self.layout, self.workers, self.max_pixels)
+
+    def decode(self) -> Decoded:
+        """Decode every file into one array, filled in place by the workers; the files that
+        fail now (after a good probe) come back quarantined with their reason."""
+        channels, height, width = self.layout
+        paths = [str(self.root / name) for name in self.files]
+        chunk = chunk_size_for(len(paths), self.workers)
+        workers = min(self.workers, -(-len(paths) // chunk)) if paths else 1
+        images = shared_empty((len(paths), *self.layout), shared=workers > 1)
+        failed: dict[int, str] = {}
+        # The target is registered before the pool forks, so the workers inherit it.
+        with target(images) as key, ChunkRunner(workers) as runner:
+            decode = partial(decode_into, key=key, max_pixels=self.max_pixels,
+                             channels=channels, height=height, width=width)  # fmt: skip
             for start, bad in runner.map(decode, paths, chunk):
                 failed.update((start + offset, reason) for offset, reason in bad)
-                bar.update(min(chunk, len(paths) - start))
-    return images, failed
+        kept = np.array([row for row in range(len(paths)) if row not in failed], np.int64)
+        return Decoded(
+            images[kept] if failed else images,  # the array keeps its shared mapping alive
+            kept,
+            [Quarantined(self.files[row], reason) for row, reason in sorted(failed.items())],
+        )
 
 
 def load(params: DataParams) -> SourceData:
@@ -213,17 +227,12 @@ def load(params: DataParams) -> SourceData:
     if not good:
         _check_classes(root, classes, np.zeros(0, np.int64), len(files))
     shape = choose_layout(params, files, probes, good)
-    images, failed = _decode_all(
-        workers, [paths[i] for i in good], chunk, params.max_image_pixels, shape
-    )
-    reasons.update((good[k], reason) for k, reason in failed.items())
-    keep = [k for k in range(len(good)) if k not in failed]
-    images = _compact(images, keep) if failed else images
-    label_array = np.array([labels[good[k]] for k in keep], dtype=np.int64)
+    label_array = np.array([labels[i] for i in good], dtype=np.int64)
     _check_classes(root, classes, label_array, len(files))
     groups, duplicates = duplicate_groups(
-        [files[good[k]] for k in keep], [probes[good[k]].sha256 for k in keep]
+        [files[i] for i in good], [probes[i].sha256 for i in good]
     )
+    images = FolderImages(root, [files[i] for i in good], shape, workers, params.max_image_pixels)
     return SourceData(
         name="imagefolder",
         pools={"all": LabelledImages(images, label_array, groups)},

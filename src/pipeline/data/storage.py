@@ -1,17 +1,22 @@
-"""The prepared-data contract: one uint8 safetensors file per split, plus meta.json."""
+"""The prepared-data contract: uint8 safetensors shards per split (see pipeline.data.shards),
+plus meta.json with the shard index."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.data.split import SPLITS, channel_stats
+from pipeline.data.shards import ShardEntry, SplitShards, WrittenSplit, open_split, write_split
+from pipeline.data.split import SPLITS
 from pipeline.data.types import LabelledImages, Quarantined, SourceData
 from pipeline.errors import PipelineError
-from pipeline.io import load_arrays, read_json_record, save_arrays, write_json_record
+from pipeline.io import read_json_record, staged_folder, write_json_record
+
+DEFAULT_SHARD_IMAGES = 4096  # data.shard_images' default
 
 META_FILE = "meta.json"
 
@@ -34,21 +39,26 @@ class PreparedMeta:
     counts: dict[str, int]  # images per split
     input_hashes: dict[str, str]
     quarantined: tuple[Quarantined, ...]
+    # split -> its shards in order; filled in by write_prepared once they are written
+    shards: dict[str, tuple[ShardEntry, ...]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, source: SourceData, splits: dict[str, LabelledImages]) -> PreparedMeta:
-        mean, std = channel_stats(splits["train"].images)
-        channels, height, width = splits["train"].images.shape[1:]
+    def from_written(cls, source: SourceData, written: dict[str, WrittenSplit]) -> PreparedMeta:
+        """The meta of splits as written: stats of the train split's written pixels, and the
+        files that failed to decode at write time quarantined beside the source's own."""
+        train = written["train"]
+        failed = [entry for part in written.values() for entry in part.failed]
         return cls(
             source=source.name,
             class_names=tuple(source.class_names),
             num_classes=len(source.class_names),
-            input_shape=(int(channels), int(height), int(width)),
-            mean=tuple(mean),
-            std=tuple(std),
-            counts={name: len(part) for name, part in splits.items()},
+            input_shape=train.image_shape,
+            mean=tuple(train.mean),
+            std=tuple(train.std),
+            counts={name: part.count for name, part in written.items()},
             input_hashes=dict(source.input_hashes),
-            quarantined=tuple(source.quarantined),
+            quarantined=tuple(sorted([*source.quarantined, *failed], key=lambda q: q.path)),
+            shards={name: tuple(part.entries) for name, part in written.items()},
         )
 
     @classmethod
@@ -60,25 +70,51 @@ class PreparedMeta:
 
 
 def write_prepared(
-    out_dir: str | Path, splits: dict[str, LabelledImages], meta: PreparedMeta
-) -> None:
-    out_dir = Path(out_dir)
-    for name in SPLITS:
-        part = splits[name]
-        save_arrays(out_dir / f"{name}.safetensors", {"images": part.images, "labels": part.labels})
-    # meta.json last: its presence marks a complete prepared folder.
-    meta.to_json(out_dir / META_FILE)
+    out_dir: str | Path,
+    source: SourceData,
+    splits: dict[str, LabelledImages],
+    shard_images: int = DEFAULT_SHARD_IMAGES,
+    seed: int = 0,
+    check: Callable[[PreparedMeta, dict[str, WrittenSplit]], None] | None = None,
+) -> PreparedMeta:
+    """Write every split as shards, then meta.json with their index, into a staged folder that
+    replaces ``out_dir`` only when all is written and ``check`` (which sees the meta and the
+    written splits before meta.json exists) passes. Returns the meta."""
+    with staged_folder(out_dir) as staging:
+        written = {
+            name: write_split(staging, name, splits[name].images, splits[name].labels,
+                              shard_images, seed + offset)
+            for offset, name in enumerate(SPLITS)
+        }  # fmt: skip
+        meta = PreparedMeta.from_written(source, written)
+        if check is not None:
+            check(meta, written)
+        meta.to_json(staging / META_FILE)
+    return meta
 
 
 def read_meta(prepared_dir: str | Path) -> PreparedMeta:
     return PreparedMeta.from_json(Path(prepared_dir) / META_FILE)
 
 
+def split_shards(prepared_dir: str | Path, name: str, verify: bool = True) -> SplitShards:
+    """A split's checked shards, for readers that stream them (see pipeline.data.shards)."""
+    meta = read_meta(prepared_dir)
+    return open_split(
+        prepared_dir,
+        name,
+        meta.shards.get(name, ()),
+        meta.input_shape,
+        meta.num_classes,
+        meta.counts.get(name),
+        verify,
+    )
+
+
 def read_split(prepared_dir: str | Path, name: str) -> LabelledImages:
-    arrays = load_arrays(Path(prepared_dir) / f"{name}.safetensors")
-    return LabelledImages(arrays["images"], arrays["labels"].astype(np.int64))
+    images, labels = split_shards(prepared_dir, name).load()
+    return LabelledImages(images, labels.astype(np.int64))
 
 
 def read_split_tensors(prepared_dir: str | Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    part = read_split(prepared_dir, name)
-    return torch.from_numpy(part.images), torch.from_numpy(part.labels)
+    return split_shards(prepared_dir, name).load_tensors()

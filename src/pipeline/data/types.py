@@ -1,10 +1,58 @@
-"""What every data source hands to the split: labelled uint8 images and their provenance."""
+"""What every data source hands to the split: labelled uint8 images and their provenance.
+
+Images are an in-memory uint8 array, or ``LazyImages`` (a folder of files) that the split can
+select rows of before a pixel is decoded: prepare then decodes one shard's worth at a time.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A file that could not be used, and why: listed in metrics/data.json, never silently lost."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Rows read from a source: the ones that decoded, where they stood, and the ones that
+    did not (quarantined)."""
+
+    images: np.ndarray  # uint8 NCHW, the usable rows in the order asked for
+    kept: np.ndarray  # their positions among the rows asked for
+    failed: list[Quarantined]
+
+
+class LazyImages(Protocol):
+    """Images not read yet: the same shape, ``dtype``, ``len`` and row selection as an array."""
+
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype
+    ndim: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: np.ndarray) -> LazyImages: ...
+
+    def decode(self) -> Decoded: ...
+
+
+Images = np.ndarray | LazyImages
+
+
+def decode_rows(images: Images, rows: np.ndarray | slice) -> Decoded:
+    """The pixels of ``rows``: a copy of an array's rows, or a lazy source decoded."""
+    if isinstance(images, np.ndarray):
+        chunk = np.ascontiguousarray(images[rows])
+        return Decoded(chunk, np.arange(len(chunk)), [])
+    return images[np.arange(len(images))[rows]].decode()
 
 
 @dataclass(frozen=True)
@@ -15,7 +63,7 @@ class LabelledImages:
     the split keeps each group in one split.
     """
 
-    images: np.ndarray
+    images: Images
     labels: np.ndarray
     groups: np.ndarray | None = None
 
@@ -35,14 +83,6 @@ class LabelledImages:
     def subset(self, index: np.ndarray) -> LabelledImages:
         groups = None if self.groups is None else self.groups[index]
         return LabelledImages(self.images[index], self.labels[index], groups)
-
-
-@dataclass(frozen=True)
-class Quarantined:
-    """A file that could not be used, and why: listed in metrics/data.json, never silently lost."""
-
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)

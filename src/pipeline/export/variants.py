@@ -64,11 +64,15 @@ def to_fp16(src: str | Path, dst: str | Path) -> dict:
     return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
 
 
+def calibration_rows(total: int, count: int, seed: int) -> np.ndarray:
+    """The sorted rows of a fixed sample: the same ``seed`` always draws the same rows."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=min(count, total), replace=False))
+
+
 def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
     """A fixed sample of ``images``: the same ``seed`` always draws the same images, in order."""
-    rng = np.random.default_rng(seed)
-    index = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
-    return np.ascontiguousarray(images[index])
+    return np.ascontiguousarray(images[calibration_rows(len(images), count, seed)])
 
 
 def _calibration_reader(input_name: str, images: np.ndarray, batch_size: int = 64):

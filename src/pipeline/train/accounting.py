@@ -81,6 +81,7 @@ def process_figures(trainer: Trainer, wall_seconds: float) -> dict[str, Any]:
     steady = work.images_per_s(skip_first=True)
     figures = {
         "resumed_from_epoch": work.resumed_from_epoch,
+        "resumed_from_batch": work.resumed_from_batch,  # of the epoch after it (batch checkpoint)
         "epochs_trained": work.epochs,
         "images": sum(work.images),  # all ranks: each epoch's count is all-reduced
         "train_seconds": sum(work.seconds),
@@ -123,4 +124,9 @@ def epochs_line(trainer: Trainer) -> str:
     if work.epochs == 0:
         return f"trained no epoch in this process: resumed a run already at epoch {total}"
     resumed = f" (resumed from epoch {work.resumed_from_epoch})" if work.resumed_from_epoch else ""
+    if work.resumed_from_batch:
+        resumed = (
+            f" (resumed after batch {work.resumed_from_batch} of epoch {start}: the epoch's "
+            "earlier batches were trained before)"
+        )
     return f"trained epochs {start}-{total} ({work.epochs}) in this process{resumed}"

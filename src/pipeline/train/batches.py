@@ -23,7 +23,21 @@ def epoch_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     return order[:usable][rank::world_size]
 
 
-class ShardedOrder:
+class SkipOnce:
+    """A feeder's next epoch can start ``n`` batches in (a resume mid-epoch): the order is the
+    same, the first ``n`` batches are not produced."""
+
+    _skip = 0
+
+    def skip_next_epoch(self, batches: int) -> None:
+        self._skip = batches
+
+    def take_skip(self) -> int:
+        skip, self._skip = self._skip, 0
+        return skip
+
+
+class ShardedOrder(SkipOnce):
     """The seeded, per-rank shuffle both feeders share: which samples, in which batches."""
 
     def __init__(self, count: int, batch_size: int, seed: int, rank: int, world_size: int):
@@ -58,8 +72,9 @@ class DeviceBatches(ShardedOrder):
         self.labels = labels.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip = self.take_skip()
         shard = self.epoch_indices().to(self.images.device)
-        for step in range(len(self)):
+        for step in range(skip, len(self)):
             index = shard[step * self.batch_size : (step + 1) * self.batch_size]
             yield self.images[index], self.labels[index]
 
@@ -83,8 +98,9 @@ class _ShardSampler(torch.utils.data.Sampler):
         return len(self.batches) * self.batches.batch_size
 
     def __iter__(self):
+        skip = self.batches.take_skip() * self.batches.batch_size
         shard = self.batches.epoch_indices()[: len(self)]
-        return iter(shard.tolist())
+        return iter(shard[skip:].tolist())
 
 
 class HostBatches(ShardedOrder):

@@ -1,6 +1,7 @@
 """Checkpoints that finish an interrupted run, survive a kill at any moment, and never run code.
 
-Files are ``epoch-NNNN-<run>.pt`` in one folder, ``<run>`` being the first 12 hex digits of the
+Files are ``epoch-NNNN-<run>.pt`` in one folder (``epoch-NNNN+BBBBBB-<run>.pt`` for a checkpoint
+``B`` batches into the epoch after epoch ``N``), ``<run>`` being the first 12 hex digits of the
 run's fingerprint, written atomically (temporary file, fsync, ``os.replace``). Each run keeps
 its own newest ``keep`` and never touches another run's files, so a sweep over params cannot
 delete the checkpoint a killed run needs. A run that completes removes its own checkpoints: a
@@ -26,9 +27,9 @@ import torch
 from pipeline.errors import PipelineError, describe
 from pipeline.io import atomic_open
 
-NAME = re.compile(r"^epoch-(\d{4,})-([0-9a-f]{12})\.pt$")
+NAME = re.compile(r"^epoch-(\d{4,})(?:\+(\d{6,}))?-([0-9a-f]{12})\.pt$")
 # What pipeline.io.atomic_open leaves behind when killed mid-write: ".<name>.<random>.tmp".
-TEMPORARY = re.compile(r"^\.epoch-\d{4,}-[0-9a-f]{12}\.pt\.[^/]*\.tmp$")
+TEMPORARY = re.compile(r"^\.epoch-\d{4,}(?:\+\d{6,})?-[0-9a-f]{12}\.pt\.[^/]*\.tmp$")
 LEGACY = re.compile(r"^epoch-\d{4,}\.pt$")  # before runs were tagged; never resumed
 
 
@@ -44,8 +45,10 @@ def run_tag(fingerprint: str) -> str:
     return fingerprint[:12]
 
 
-def checkpoint_path(folder: Path, epoch: int, fingerprint: str) -> Path:
-    return folder / f"epoch-{epoch:04d}-{run_tag(fingerprint)}.pt"
+def checkpoint_path(folder: Path, epoch: int, fingerprint: str, batch: int = 0) -> Path:
+    """``batch``: micro-batches into the epoch after ``epoch`` (0: at the end of ``epoch``)."""
+    within = f"+{batch:06d}" if batch else ""
+    return folder / f"epoch-{epoch:04d}{within}-{run_tag(fingerprint)}.pt"
 
 
 def check_folder(folder: Path) -> None:
@@ -81,18 +84,19 @@ def checkpoint_files(folder: Path, fingerprint: str | None = None) -> list[Path]
     if not folder.is_dir():
         return []
     found = [
-        (int(m.group(1)), p)
+        ((int(m.group(1)), int(m.group(2) or 0)), p)
         for p in folder.iterdir()
-        if (m := NAME.match(p.name)) and (fingerprint is None or m.group(2) == run_tag(fingerprint))
+        if (m := NAME.match(p.name)) and (fingerprint is None or m.group(3) == run_tag(fingerprint))
     ]
     return [path for _, path in sorted(found, reverse=True)]
 
 
 def save_checkpoint(
-    folder: Path, epoch: int, state: dict[str, Any], fingerprint: str, keep: int = 2
-) -> Path:
+    folder: Path, epoch: int, state: dict[str, Any], fingerprint: str, batch: int = 0,
+    keep: int = 2,
+) -> Path:  # fmt: skip
     """Write this run's checkpoint, then drop its own older ones beyond ``keep``."""
-    path = checkpoint_path(folder, epoch, fingerprint)
+    path = checkpoint_path(folder, epoch, fingerprint, batch)
     with atomic_open(path, "wb") as handle:
         torch.save({**state, "fingerprint": fingerprint}, handle)
     for old in checkpoint_files(folder, fingerprint)[keep:]:
@@ -153,7 +157,9 @@ def find_resume(folder: Path, fingerprint: str) -> Resume:
             continue
         skipped = [f"skipped {', '.join(problems)}"] if problems else []
         note = "; ".join(skipped + notes)
-        message = f"resuming from {path.name} (epoch {state['epoch']})"
+        progress = state.get("progress")
+        within = f" + {progress['batches']} batches" if progress else ""
+        message = f"resuming from {path.name} (epoch {state['epoch']}{within})"
         return Resume(state, f"{message}; {note}" if note else message)
     why = "; ".join(problems) or "no checkpoint of this run (params, data and code)"
     return Resume(None, "; ".join([f"starting fresh: {why}", *notes]))

@@ -18,8 +18,9 @@ import torch
 from pipeline.errors import PipelineError
 
 # Testing hook, not a feature: PIPELINE_FAULT_INJECT="rank=1,epoch=2" makes rank 1 die with
-# os._exit(1) right after epoch 2's checkpoint is on disk, on the group's first attempt only
-# (TORCHELASTIC_RESTART_COUNT == 0), so a restarted group can show that it resumes.
+# os._exit(1) right after epoch 2's checkpoint is on disk ("rank=1,epoch=2,batch=5": after
+# batch 5 of epoch 2, and its batch checkpoint if there is one), on the group's first attempt
+# only (TORCHELASTIC_RESTART_COUNT == 0), so a restarted group can show that it resumes.
 FAULT_ENV = "PIPELINE_FAULT_INJECT"
 
 
@@ -135,21 +136,25 @@ def leave_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def parse_fault(text: str) -> tuple[int, int]:
-    """``rank=R,epoch=E`` -> (R, E)."""
+def parse_fault(text: str) -> tuple[int, int, int | None]:
+    """``rank=R,epoch=E[,batch=B]`` -> (R, E, B or None)."""
     try:
         fields = dict(part.split("=", 1) for part in text.split(","))
-        return int(fields["rank"]), int(fields["epoch"])
+        batch = int(fields["batch"]) if "batch" in fields else None
+        return int(fields["rank"]), int(fields["epoch"]), batch
     except (KeyError, ValueError) as error:
-        raise PipelineError(f"{FAULT_ENV}={text!r}: expected rank=R,epoch=E") from error
+        raise PipelineError(f"{FAULT_ENV}={text!r}: expected rank=R,epoch=E[,batch=B]") from error
 
 
-def maybe_inject_fault(group: Group, epoch: int, environ: Mapping[str, str] = os.environ) -> None:
+def maybe_inject_fault(
+    group: Group, epoch: int, batch: int | None = None, environ: Mapping[str, str] = os.environ
+) -> None:
     """The testing hook described at FAULT_ENV; does nothing unless that variable is set."""
     text = environ.get(FAULT_ENV)
     if not text or environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
-    if parse_fault(text) == (group.rank, epoch):
-        print(f"train: {FAULT_ENV}: rank {group.rank} exits after epoch {epoch}", file=sys.stderr)
+    if parse_fault(text) == (group.rank, epoch, batch):
+        where = f"batch {batch} of epoch {epoch}" if batch is not None else f"epoch {epoch}"
+        print(f"train: {FAULT_ENV}: rank {group.rank} exits after {where}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import TrainParams
+from pipeline.data.shards import SplitShards
 from pipeline.errors import PipelineError
 from pipeline.hardware.precision import Precision
 from pipeline.inference import in_batches
@@ -25,7 +26,8 @@ from pipeline.train.augment import Augment
 from pipeline.train.batches import make_batches
 from pipeline.train.finetune import param_groups, set_backbone_trainable, sync_batchnorm
 from pipeline.train.schedule import make_scheduler
-from pipeline.train.state import EpochStats, ProcessWork, TrainState
+from pipeline.train.state import EpochProgress, EpochStats, ProcessWork, TrainState
+from pipeline.train.streaming import StreamBatches, streamed_val_chunks
 
 NONFINITE_CHECK_EVERY = 50  # steps between reads of the non-finite counter (each read syncs)
 
@@ -88,18 +90,25 @@ class Trainer:
             model, params.distributed.sync_batchnorm, world_size, device
         )
         self.model = model.to(device, memory_format=layout)
-        self.batches = make_batches(
-            *train,
-            params.batch_size,
-            device,
-            seed,
-            data_on_device,
-            rank,
-            world_size,
-            params.num_workers,
-        )
-        self.val = self._val_shard(val, rank, world_size)
-        self.augment = Augment(params.augment, train[0].shape[-1], device, seed + 1)
+        if isinstance(train, SplitShards):  # the streaming path: shards read as training goes
+            self.batches = StreamBatches(
+                train, params.batch_size, device, seed, rank, world_size,
+                params.stream_window_shards, params.stream_prefetch_batches,
+            )  # fmt: skip
+        else:
+            self.batches = make_batches(
+                *train,
+                params.batch_size,
+                device,
+                seed,
+                data_on_device,
+                rank,
+                world_size,
+                params.num_workers,
+            )
+        self.val = val if isinstance(val, SplitShards) else self._val_shard(val, rank, world_size)
+        side = train.image_shape[-1] if isinstance(train, SplitShards) else train[0].shape[-1]
+        self.augment = Augment(params.augment, side, device, seed + 1)
         self.steps_per_epoch = self._steps_per_epoch()
         self.optimizer = make_optimizer(self.model, params, head)
         self.scheduler = make_scheduler(self.optimizer, params, self.steps_per_epoch)
@@ -115,6 +124,7 @@ class Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.state = TrainState()
         self.work = ProcessWork()
+        self.resume_at: EpochProgress | None = None  # a batch checkpoint's place, until used
         self._reset_counters()
         self.frozen = False
         self._set_frozen(self._frozen_at(0))
@@ -164,6 +174,12 @@ class Trainer:
             val[1][bounds[rank] : bounds[rank + 1]],
         )
         return images.to(self.device), labels.to(self.device)
+
+    def _val_chunks(self):
+        """This rank's validation images: one in-memory chunk, or streamed shard by shard."""
+        if isinstance(self.val, SplitShards):
+            return streamed_val_chunks(self.val, self.rank, self.world_size, self.device)
+        return [self.val]
 
     def _reset_counters(self) -> None:
         zeros = {"device": self.device}
@@ -241,33 +257,90 @@ class Trainer:
             )
         return bad
 
-    def run_epoch(self, on_step: Callable[[int], None] | None = None) -> tuple[float, float, int]:
+    @property
+    def usable_batches(self) -> int:
+        """Micro-batches an epoch trains: a partial accumulation group at the end is left out."""
+        return self.steps_per_epoch * self.params.grad_accumulation
+
+    def _begin_epoch(self) -> int:
+        """Counters, learning rate and batch order for the next epoch; a resume from a batch
+        checkpoint restores its sums (rank 0: they are group totals), replays the epoch's
+        order from its generator state and skips the batches done. Returns batches done."""
+        self._reset_counters()
+        resume, self.resume_at = self.resume_at, None
+        if resume is None:
+            self.epoch_lr = self.scheduler.get_last_lr()[0]
+            self.epoch_order_rng = self.batches.generator.get_state()
+            self.epoch_seconds_before, self.images_before = 0.0, 0
+            return 0
+        self.epoch_lr, self.epoch_seconds_before = resume.lr, resume.seconds
+        self.batches.generator.set_state(resume.order_rng)
+        self.epoch_order_rng = resume.order_rng
+        self.batches.skip_next_epoch(resume.batches)
+        loss_sum, correct, nonfinite, skipped, images = resume.sums.tolist()
+        self.images_before = int(images)
+        if self.rank == 0:
+            self.loss_sum.fill_(loss_sum)
+            self.correct.fill_(int(correct))
+            self.nonfinite.fill_(int(nonfinite))
+            self.skipped.fill_(int(skipped))
+        return resume.batches
+
+    def run_epoch(
+        self, on_batch: Callable[[int], None] | None = None
+    ) -> tuple[float, float, int, int]:
+        """(train loss, train accuracy, the epoch's images over the group, the part of them
+        this process trained): an epoch resumed from a batch checkpoint counts the images
+        before the kill in the first figures only."""
         self.model.train()
         if self._set_frozen(self._frozen_at(self.state.epoch)):
             self._build_forward()
-        self._reset_counters()
+        done = self._begin_epoch()
+        self.epoch_started = time.perf_counter()
         epoch = self.state.epoch + 1
-        seen, group = 0, self.params.grad_accumulation
-        usable = self.steps_per_epoch * group  # a partial group at the end is left out
-        for index, (images, labels) in enumerate(self.batches, start=1):
+        seen, group, usable = 0, self.params.grad_accumulation, self.usable_batches
+        before_here = self.images_before if self.rank == 0 else 0
+        for index, (images, labels) in enumerate(self.batches, start=done + 1):
             if index > usable:
                 break
             self.train_step(images, labels, (index - 1) % group)
             seen += len(labels)
-            if on_step is not None:
-                on_step(index)
+            self.epoch_images = before_here + seen
+            if on_batch is not None:
+                on_batch(index)
             if index % NONFINITE_CHECK_EVERY == 0:
                 self._check_finite(epoch, index)
         nonfinite = self._check_finite(epoch, usable)
         totals = self.all_reduce(
             torch.stack(
-                [self.loss_sum, self.correct.float(), torch.tensor(float(seen), device=self.device)]
+                [
+                    self.loss_sum,
+                    self.correct.float(),
+                    torch.tensor(float(before_here + seen), device=self.device),
+                ]
             )
         )
         self.state.nonfinite_steps += nonfinite
         self.state.skipped_steps += int(self.skipped.item())
         loss_sum, correct, total = totals.tolist()  # sync: once per epoch
-        return loss_sum / max(total, 1), correct / max(total, 1), int(total)
+        return loss_sum / max(total, 1), correct / max(total, 1), int(total), self.images_before
+
+    def epoch_progress(self, batches: int) -> EpochProgress:
+        """Where this epoch stands after ``batches`` micro-batches, for a batch checkpoint (a
+        collective under DDP: the sums are reduced over the group)."""
+        sums = torch.stack(
+            [
+                self.loss_sum.double(),
+                self.correct.double(),
+                self.nonfinite.double(),
+                self.skipped.double(),
+                torch.tensor(float(self.epoch_images), dtype=torch.float64, device=self.device),
+            ]
+        )
+        seconds = self.epoch_seconds_before + time.perf_counter() - self.epoch_started
+        return EpochProgress(
+            batches, self.epoch_lr, self.epoch_order_rng, seconds, self.all_reduce(sums).cpu()
+        )
 
     def _share_buffers(self) -> None:
         """BatchNorm running stats drift apart between ranks after DDP's last broadcast of them
@@ -280,7 +353,6 @@ class Trainer:
     def validate(self, batch_size: int) -> tuple[float, float]:
         self._share_buffers()
         model = self.eval_model.eval()
-        images, labels = self.val
         sums = torch.zeros(3, device=self.device)
 
         def loss_and_correct(batch: torch.Tensor, target: torch.Tensor):
@@ -289,20 +361,23 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, target, reduction="sum")
             return loss, (logits.argmax(1) == target).sum()
 
-        for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
-            sums[0] += loss
-            sums[1] += correct
-        sums[2] = len(images)
+        for images, labels in self._val_chunks():  # one chunk in memory; a shard each streamed
+            for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
+                sums[0] += loss
+                sums[1] += correct
+            sums[2] += len(images)
         loss_sum, correct, count = self.all_reduce(sums).tolist()  # sync
         return loss_sum / count, correct / count
 
-    def _record(self, stats: EpochStats, seen: int, step_seconds: float) -> None:
+    def _record(self, stats: EpochStats, images: int, here: int, seconds: float) -> None:
+        """``images``: the epoch's, over the group; ``here``: the part this process trained, in
+        ``seconds`` (the whole run's totals add the time before a mid-epoch resume)."""
         state = self.state
         state.epoch = stats.epoch
         state.history.append(stats.as_dict())
-        state.images_seen += seen
-        state.train_seconds += step_seconds
-        self.work.add(seen, step_seconds)
+        state.images_seen += images
+        state.train_seconds += self.epoch_seconds_before + seconds
+        self.work.add(here, seconds)
         target = self.params.target_accuracy
         if target is not None and state.target_epoch is None and stats.val_accuracy >= target:
             state.target_epoch, state.seconds_to_target = stats.epoch, state.train_seconds
@@ -319,25 +394,25 @@ class Trainer:
         self,
         on_epoch: Callable[[EpochStats], None] | None = None,
         on_checkpoint: Callable[[Trainer], None] | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> TrainState:
         while self.state.epoch < self.params.epochs and not self.state.stopped_early:
             started = time.perf_counter()
-            lr = self.scheduler.get_last_lr()[0]
-            train_loss, train_acc, seen = self.run_epoch(on_step)
+            train_loss, train_acc, images, before = self.run_epoch(on_batch)
             step_seconds = time.perf_counter() - started
             val_loss, val_acc = self.validate(self.params.batch_size * 4)
+            here = images - before
             stats = EpochStats(
                 self.state.epoch + 1,
                 train_loss,
                 train_acc,
                 val_loss,
                 val_acc,
-                lr,
+                self.epoch_lr,
                 time.perf_counter() - started,
-                seen / step_seconds,
+                here / step_seconds,
             )
-            self._record(stats, seen, step_seconds)
+            self._record(stats, images, here, step_seconds)
             # Checkpoint first: once an epoch is reported, a kill can no longer lose it.
             if on_checkpoint is not None:
                 on_checkpoint(self)
@@ -373,9 +448,12 @@ class Trainer:
         self.augment.generator.set_state(rng["augment"])
 
     def state_dict(
-        self, rng_by_rank: list[dict[str, torch.Tensor]] | None = None
+        self,
+        rng_by_rank: list[dict[str, torch.Tensor]] | None = None,
+        progress: EpochProgress | None = None,
     ) -> dict[str, Any]:
-        """``rng_by_rank``: every rank's :meth:`rng_state`, gathered (one process: its own)."""
+        """``rng_by_rank``: every rank's :meth:`rng_state`, gathered (one process: its own);
+        ``progress``: where the epoch in progress stands (a batch checkpoint)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -385,6 +463,7 @@ class Trainer:
             "best_weights": self.best_weights,
             "rng": rng_by_rank if rng_by_rank is not None else [self.rng_state()],
             "state": asdict(self.state),
+            "progress": progress.as_dict() if progress is not None else None,
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -402,4 +481,7 @@ class Trainer:
             )
         self.set_rng_state(saved["rng"][self.rank])  # each rank its own, never rank 0's
         self.state = TrainState(**saved["state"])
-        self.work = ProcessWork(self.state.epoch, TrainState(**saved["state"]))
+        progress = saved.get("progress")
+        self.resume_at = EpochProgress(**progress) if progress is not None else None
+        batches = self.resume_at.batches if self.resume_at is not None else None
+        self.work = ProcessWork(self.state.epoch, TrainState(**saved["state"]), batches)

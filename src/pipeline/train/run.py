@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import random
 import sys
@@ -15,12 +16,12 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params, TrainParams
-from pipeline.data.storage import PreparedMeta, read_meta, read_split_tensors
+from pipeline.data.storage import PreparedMeta, read_meta, split_shards
 from pipeline.energy import meter_from_params
 from pipeline.errors import PipelineError
 from pipeline.hardware.memory import peak_memory, reset_peak_memory
 from pipeline.hardware.peak import flops_per_image
-from pipeline.io import sha256_file, sha256_json
+from pipeline.io import sha256_json
 from pipeline.model_io import ModelCard, save_trained
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.parts import head_parameter_names
@@ -39,6 +40,7 @@ from pipeline.train.loop import Trainer
 from pipeline.train.policy import resolve_policy
 from pipeline.train.resources import compute_report
 from pipeline.train.state import EpochStats
+from pipeline.train.streaming import available_memory_bytes, choose_data_path
 from pipeline.versioning import code_version
 
 
@@ -48,8 +50,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepared_hashes(prepared: Path) -> dict[str, str]:
-    return {name: sha256_file(prepared / f"{name}.safetensors") for name in ("train", "val")}
+def prepared_hashes(prepared: Path) -> dict[str, list[str]]:
+    """Every train and val shard's sha256, checked against meta.json's index (one read pass)."""
+    return {name: split_shards(prepared, name).verify() for name in ("train", "val")}
+
+
+def load_data(params: TrainParams, prepared: Path) -> tuple[dict, dict[str, str]]:
+    """The train and val splits: whole tensors (memory path) or their shards (stream path)."""
+    splits = {name: split_shards(prepared, name, verify=False) for name in ("train", "val")}
+    train = splits["train"]
+    path, why = choose_data_path(
+        params.data_path, train.count * train.image_bytes, available_memory_bytes()
+    )
+    if path == "stream":
+        return splits, {"data_path": path, "reason": why}
+    return {name: split.load_tensors() for name, split in splits.items()}, {
+        "data_path": path,
+        "reason": why,
+    }
 
 
 def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
@@ -57,7 +75,13 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
     (``data``: :func:`prepared_hashes`) and the code that ran it (docs/architecture.md says
     why the code is in)."""
     train = params.train.model_dump(
-        exclude={"checkpoint_every", "num_workers", "auto_batch_size", "distributed"}
+        exclude={
+            "checkpoint_every",
+            "num_workers",
+            "auto_batch_size",
+            "distributed",
+            "stream_prefetch_batches",
+        }
     )
     train["batch_size"] = batch_size
     train["effective_batch_size"] = batch_size * params.train.grad_accumulation * world_size
@@ -95,7 +119,7 @@ class StepBar:
     printed above it; plain lines only when stderr is not a terminal (DVC queue, CI logs)."""
 
     def __init__(self, trainer: Trainer, enabled: bool) -> None:
-        self.trainer, self.bar = trainer, None
+        self.trainer, self.bar, self.last = trainer, None, 2**62
         if enabled:
             from tqdm import tqdm
 
@@ -104,10 +128,12 @@ class StepBar:
         self.advance = self._advance if self.bar is not None else None
 
     def _advance(self, index: int) -> None:
-        if index == 1:
+        if index <= self.last:  # a new epoch (which a resume can start part-way through)
             self.bar.reset(total=len(self.trainer.batches))
+            self.bar.update(index - 1)
             epoch = self.trainer.state.epoch + 1
             self.bar.set_description(f"epoch {epoch}/{self.trainer.params.epochs}")
+        self.last = index
         self.bar.update(1)
 
     def write(self, line: str) -> None:
@@ -149,6 +175,24 @@ def checkpointer(folder: Path, every: int, fingerprint_value: str, group, accoun
                 save_checkpoint(folder, epoch, state, fingerprint_value)
             group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
         maybe_inject_fault(group, epoch)
+
+    return save
+
+
+def batch_checkpointer(folder: Path, every: int, fingerprint_value: str, group, account):
+    """train.checkpoint_every_batches: a checkpoint inside the epoch, at the end of every
+    ``every``-th micro-batch (the epoch's own checkpoint covers its last batch)."""
+
+    def save(trainer: Trainer, index: int) -> None:
+        if every and index % every == 0 and index < trainer.usable_batches:
+            account.stamp(trainer)
+            progress = trainer.epoch_progress(index)  # the epoch's sums so far (a collective)
+            rng = gather_rng_states(group, trainer.rng_state())
+            if group.is_writer:
+                state = {**trainer.state_dict(rng, progress), "epoch": trainer.state.epoch}
+                save_checkpoint(folder, trainer.state.epoch, state, fingerprint_value, index)
+            group.barrier()
+        maybe_inject_fault(group, trainer.state.epoch + 1, index)
 
     return save
 
@@ -225,7 +269,9 @@ def train_once(
     if group.is_writer:
         report(resume.message)
     resumed_epoch = resume.state["epoch"] if resume.state is not None else 0
-    if not group.same_everywhere(resumed_epoch):
+    progress = resume.state.get("progress") if resume.state is not None else None
+    resumed_batch = progress["batches"] if progress is not None else 0
+    if not (group.same_everywhere(resumed_epoch) and group.same_everywhere(resumed_batch)):
         raise PipelineError(f"ranks found different checkpoints in {folder}; is it shared?")
     if resume.state is not None:
         trainer.load_state_dict(resume.state)
@@ -240,7 +286,15 @@ def train_once(
                 bar.write(line(stats))
                 log_live(live, stats.as_dict())
 
-        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_step=bar.advance)
+        every = params.train.checkpoint_every_batches
+        save_batch = batch_checkpointer(folder, every, run_fingerprint, group, account)
+
+        def on_batch(index: int) -> None:
+            if bar.advance is not None:
+                bar.advance(index)
+            save_batch(trainer, index)
+
+        trainer.fit(on_epoch=on_epoch, on_checkpoint=save, on_batch=on_batch)
     return trainer
 
 
@@ -292,7 +346,9 @@ def train_with_backoff(
     Returns the trainer and the fingerprint of the run it finished."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
-    data_hashes = prepared_hashes(root / paths.PREPARED_DIR)
+    data_hashes: dict = prepared_hashes(root / paths.PREPARED_DIR)
+    # auto resolves per machine: a resume must read the data the same way (same batches).
+    data_hashes["read_as"] = "memory" if isinstance(data["train"], tuple) else "stream"
     if start is not None:  # the same path may later hold other weights: resume only on these
         data_hashes["pretrained"] = start.info.sha256
     batch_size = params.train.batch_size
@@ -335,8 +391,13 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     started = time.perf_counter()
     prepared = root / paths.PREPARED_DIR
     meta = read_meta(prepared)
-    data = {name: read_split_tensors(prepared, name) for name in ("train", "val")}
-    device, precision, policy = resolve_policy(rank_device(params.train, group), data["train"][0])
+    data, data_path = load_data(params.train, prepared)
+    streamed = data_path["data_path"] == "stream"
+    device, precision, policy = resolve_policy(
+        rank_device(params.train, group), None if streamed else data["train"][0]
+    )
+    if streamed:  # the device-resident copy does not apply: batches come from the reader
+        policy = dataclasses.replace(policy, data_on_device=False)
     channels, size, _ = meta.input_shape
     spec = ModelSpec.from_params(
         params.model, in_channels=channels, image_size=size, num_classes=meta.num_classes
@@ -362,6 +423,7 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     wall_seconds = time.perf_counter() - started
     metrics = train_metrics(trainer, policy, group, wall_seconds)
     metrics["memory_peak"] = peak_memory(device)
+    metrics["data_path"] = data_path
     metrics["compute"] = compute_figures(forward_flops, metrics, group, device, precision)
     metrics["energy"] = group_energy(reading, group, device, metrics["images"])
     metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,30 @@ class TrainState:
 
 
 @dataclass
+class EpochProgress:
+    """How far into an epoch a batch checkpoint is: what resuming there needs to go on exactly
+    as if never stopped. ``order_rng`` is the batch order's generator as the epoch began (the
+    epoch's order is drawn from it again, then ``batches`` are skipped); the sums are the
+    epoch's so far, reduced over the group (rank 0 restores them, the other ranks zeros)."""
+
+    batches: int  # micro-batches of the epoch done, on every rank
+    lr: float  # the learning rate as the epoch began (the epoch's reported lr)
+    order_rng: torch.Tensor
+    seconds: float  # optimiser-step time of the epoch so far (whole-run total's share)
+    sums: torch.Tensor  # loss_sum, correct, nonfinite, skipped, images: float64, group totals
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class ProcessWork:
     """What this process trained (not checkpointed): the figures metrics/train.json reports,
     beside the whole-run totals when the run was resumed."""
 
     resumed_from_epoch: int | None = None
     earlier: TrainState = field(default_factory=TrainState)  # the whole-run totals it resumed
+    resumed_from_batch: int | None = None  # a batch checkpoint: batches of the next epoch done
     images: list[int] = field(default_factory=list)  # per epoch trained here, all ranks
     seconds: list[float] = field(default_factory=list)  # optimiser steps only, per epoch
 

@@ -1,0 +1,131 @@
+"""Sharded prepared data: the writer, the checked reader, and hostile shards."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline.data.shards import ShardError, ShardWriter, open_split, write_split
+from pipeline.data.split import channel_stats
+from pipeline.safetensors_header import read_header
+
+SHAPE = (1, 4, 4)
+
+
+def make_split(count=30, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, *SHAPE), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(count)  # every row distinguishable
+    return images, np.arange(count, dtype=np.int64) % 3
+
+
+def write(folder, images, labels, shard_images, split="train"):
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_split(folder, split, images, labels, shard_images, seed=5)
+
+
+def opened(folder, written, split="train", verify=True, entries=None, count=None):
+    """The split as meta.json's index and counts describe it (``entries``/``count`` override)."""
+    entries = written.entries if entries is None else entries
+    count = written.count if count is None else count
+    return open_split(folder, split, entries, SHAPE, 3, count, verify)
+
+
+def test_round_trip_across_shards_keeps_every_row_once(tmp_path):
+    images, labels = make_split(30)
+    written = write(tmp_path, images, labels, shard_images=7)
+    index = written.entries
+    assert [e.file for e in index] == [f"train-{n:05d}.safetensors" for n in range(5)]
+    assert [e.count for e in index] == [7, 7, 7, 7, 2]
+    assert written.label_counts.tolist() == [10, 10, 10]
+    loaded, loaded_labels = opened(tmp_path, written).load()
+    order = loaded[:, 0, 0, 0].astype(int)
+    assert sorted(order) == list(range(30))  # every row once ...
+    assert order.tolist() != list(range(30))  # ... shuffled across shards (mixed classes)
+    np.testing.assert_array_equal(loaded, images[order])
+    np.testing.assert_array_equal(loaded_labels, labels[order])
+
+
+def test_one_shard_keeps_the_source_order_and_rows_reads_only_a_sample(tmp_path):
+    images, labels = make_split(30)
+    written = write(tmp_path, images, labels, shard_images=64)
+    split = opened(tmp_path, written)
+    assert len(split.shards) == 1
+    np.testing.assert_array_equal(split.load()[0], images)
+    written = write(tmp_path / "many", images, labels, shard_images=4)
+    many = opened(tmp_path / "many", written)
+    rows = np.array([0, 3, 4, 17, 29])
+    np.testing.assert_array_equal(many.rows(rows), many.load()[0][rows])
+
+
+def test_writer_channel_stats_match_the_whole_array():
+    images = np.random.default_rng(2).integers(0, 256, (50, 3, 5, 5), dtype=np.uint8)
+    writer = ShardWriter("/nonexistent", "train", shard_images=1000)  # nothing flushed
+    for start in range(0, 50, 16):
+        writer.add(images[start : start + 16], np.zeros(len(images[start : start + 16]), int))
+    mean, std = writer.channel_stats()
+    np.testing.assert_allclose(mean, channel_stats(images)[0], rtol=1e-12)
+    np.testing.assert_allclose(std, channel_stats(images)[1], rtol=1e-9)
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    images, labels = make_split(20)
+    return tmp_path, write(tmp_path, images, labels, shard_images=8)
+
+
+def test_truncated_shard_is_refused(prepared):
+    folder, written = prepared
+    path = folder / "train-00001.safetensors"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ShardError, match=r"train-00001\.safetensors.*truncated"):
+        opened(folder, written)
+
+
+def test_shard_with_the_wrong_image_shape_is_refused(prepared):
+    folder, written = prepared
+    images, labels = make_split(8)
+    write_split(folder, "other", images.reshape(8, 1, 2, 8), labels, 8, seed=0)
+    (folder / "other-00000.safetensors").replace(folder / "train-00000.safetensors")
+    with pytest.raises(ShardError, match=r"images is \('U8', \(8, 1, 2, 8\)\), meta.json says"):
+        opened(folder, written, verify=False)
+
+
+def test_linked_shard_is_refused(prepared, tmp_path_factory):
+    folder, written = prepared
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "x.safetensors"
+    (folder / "train-00000.safetensors").replace(elsewhere)
+    (folder / "train-00000.safetensors").symlink_to(elsewhere)
+    with pytest.raises(ShardError, match="is a symbolic link"):
+        opened(folder, written)
+
+
+def test_count_that_disagrees_with_the_index_is_refused(prepared):
+    folder, written = prepared
+    nine = [replace(written.entries[0], count=9), *written.entries[1:]]
+    with pytest.raises(ShardError, match=r"images is .*\(9, 1, 4, 4\)"):
+        opened(folder, written, entries=nine)
+    with pytest.raises(ShardError, match="shards hold 20 images, counts say 21"):
+        opened(folder, written, count=21)
+
+
+def test_changed_bytes_fail_the_sha256_and_bad_labels_fail_the_read(prepared):
+    folder, written = prepared
+    path = folder / "train-00002.safetensors"
+    data = bytearray(path.read_bytes())
+    data[read_header(path)["labels"].start + 7] ^= 0x7F  # first label's top byte: huge label
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="sha256 .* differs from meta.json"):
+        opened(folder, written)
+    split = opened(folder, written, verify=False)
+    with pytest.raises(ShardError, match="label -?[0-9]+ is outside 0..2"):
+        split.load()
+
+
+def test_missing_index_and_missing_file_are_one_line_errors(prepared):
+    folder, written = prepared
+    with pytest.raises(ShardError, match="no shards for split 'val'"):
+        opened(folder, written, split="val", entries=())
+    (folder / "train-00001.safetensors").unlink()
+    with pytest.raises(ShardError, match="train-00001.safetensors: shard listed in meta.json"):
+        opened(folder, written)
