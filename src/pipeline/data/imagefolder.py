@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.config import DataParams
 from pipeline.data.decode import GREY_MODES, Probe, decode_into, probe_chunk, target
 from pipeline.data.errors import DataSourceError
+from pipeline.data.links import dvc_caches
 from pipeline.data.parallel import ChunkRunner, chunk_size_for, resolve_workers, shared_empty
 from pipeline.data.progress import Progress
 from pipeline.data.types import Decoded, LabelledImages, Quarantined, SourceData
@@ -33,13 +34,7 @@ from pipeline.data.types import Decoded, LabelledImages, Quarantined, SourceData
 
 def _allowed_roots(root: Path) -> list[Path]:
     """data.root itself, and the DVC cache of the project holding it (``.dvc/cache``)."""
-    allowed = [root.resolve()]
-    for start in (root.absolute(), root.resolve()):
-        for folder in (start, *start.parents):
-            if (folder / ".dvc").is_dir():
-                allowed.append((folder / ".dvc" / "cache").resolve())
-                break
-    return allowed
+    return [root.resolve(), *dvc_caches(root)]
 
 
 def _escapes(path: Path, allowed: list[Path]) -> bool:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save as save_numpy_bytes
 
+from pipeline.data.links import dvc_caches
 from pipeline.data.progress import Progress
 from pipeline.data.types import Images, Quarantined, decode_rows
 from pipeline.errors import PipelineError
@@ -177,17 +178,6 @@ class ShardFile:
     labels_start: int
 
 
-def _dvc_caches(folder: Path) -> list[Path]:
-    """``.dvc/cache`` of the project holding ``folder``: where DVC's symlink cache type points."""
-    found = []
-    for start in (folder.absolute(), folder.resolve()):
-        for parent in (start, *start.parents):
-            if (parent / ".dvc").is_dir():
-                found.append((parent / ".dvc" / "cache").resolve())
-                break
-    return found
-
-
 def _check_file(path: Path) -> None:
     try:
         mode = path.lstat().st_mode
@@ -195,7 +185,7 @@ def _check_file(path: Path) -> None:
         raise ShardError(f"{path}: shard listed in meta.json is missing; re-run prepare") from None
     if stat.S_ISLNK(mode):
         target = path.resolve()
-        if not any(target.is_relative_to(cache) for cache in _dvc_caches(path.parent)):
+        if not any(target.is_relative_to(cache) for cache in dvc_caches(path.parent)):
             raise ShardError(
                 f"{path} is a symbolic link to {os.readlink(path)}; shards are read only as "
                 "files in the prepared folder (or links into its DVC cache)"
