@@ -187,11 +187,13 @@ def test_two_deterministic_runs_give_identical_weights_and_metrics(prepared_root
             "compute",
             "energy",
             "seconds_to_target",
+            "data_path",  # its reason names the memory available at the time
         }
         results.append(
             (
                 (root / paths.MODEL_WEIGHTS).read_bytes(),
                 {k: v for k, v in metrics.items() if k not in volatile},
+                metrics["data_path"]["data_path"],
             )
         )
     assert results[0] == results[1]
