@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pipeline.bench.run import derive, run_benchmark
 from pipeline.config import BenchmarkParams, parse_params
 from pipeline.data import digits
-from pipeline.data.split import channel_stats
+from pipeline.data.stats import channel_stats
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
 from pipeline.hardware.peak import Peak

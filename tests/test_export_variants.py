@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from pipeline.config import Params, ParamsError, ParityGate, parse_params
 from pipeline.data import digits
-from pipeline.data.split import channel_stats
+from pipeline.data.stats import channel_stats
 from pipeline.export.parity import Parity, ParityError, compare, enforce, problems
 from pipeline.export.run import enforce_gates, export_all
 from pipeline.export.session import make_session, session_logits

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -36,3 +37,31 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_staged_folder_replaces_whole_or_leaves_the_old_one(tmp_path, monkeypatch):
+    from pipeline import io as pipeline_io
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pipeline_io.staged_folder(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    with pytest.raises(RuntimeError), pipeline_io.staged_folder(target) as staging:
+        (staging / "half.txt").write_text("half")
+        raise RuntimeError("killed while writing")
+    real_replace, calls = os.replace, []
+
+    def second_replace_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old folder moved away, the new one cannot move in
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pipeline_io.os, "replace", second_replace_fails)
+    with pytest.raises(OSError, match="disk full"), pipeline_io.staged_folder(target) as staging:
+        (staging / "other.txt").write_text("other")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging, no retired folder
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.shards import ShardError, ShardWriter, open_split, write_split
-from pipeline.data.split import channel_stats
+from pipeline.data.stats import channel_stats
 from pipeline.safetensors_header import read_header
 
 SHAPE = (1, 4, 4)

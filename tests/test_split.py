@@ -3,7 +3,8 @@ import pytest
 
 from pipeline.config import DataParams
 from pipeline.data import digits
-from pipeline.data.split import SplitError, channel_stats, split
+from pipeline.data.split import SplitError, split
+from pipeline.data.stats import channel_stats
 from pipeline.data.storage import read_split, write_prepared
 from pipeline.data.types import LabelledImages, SourceData
 from pipeline.prepare import prepare_data

@@ -3,7 +3,8 @@ import torch
 
 from pipeline.config import Params, TrainParams
 from pipeline.data import digits
-from pipeline.data.split import channel_stats, split
+from pipeline.data.split import split
+from pipeline.data.stats import channel_stats
 from pipeline.hardware.device import DeviceError, resolve_device
 from pipeline.hardware.precision import choose_precision
 from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_trained, save_trained

@@ -68,9 +68,9 @@ def staged_folder(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
+    retired = None
     try:
         yield staging
-        retired = None
         if path.exists() or path.is_symlink():
             retired = Path(
                 tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
@@ -79,6 +79,9 @@ def staged_folder(path: str | Path) -> Iterator[Path]:
         os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None and not (path.exists() or path.is_symlink()):
+            os.replace(retired / path.name, path)  # the swap failed half-way: put the old back
+            shutil.rmtree(retired)
         raise
     if retired is not None:
         shutil.rmtree(retired)

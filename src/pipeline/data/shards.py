@@ -29,6 +29,7 @@ from safetensors.numpy import save as save_numpy_bytes
 
 from pipeline.data.links import dvc_caches
 from pipeline.data.progress import Progress
+from pipeline.data.stats import histogram_stats, pixel_histogram
 from pipeline.data.types import Images, Quarantined, decode_rows
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_bytes, sha256_file, write_bytes
@@ -54,7 +55,7 @@ class ShardEntry:
 
 class ShardWriter:
     """Collects rows and writes a shard each time ``shard_images`` of them are in; holds one
-    shard's worth of rows at most. Also sums pixels per channel (for the train split's stats)
+    shard's worth of rows at most. Also counts pixel values per channel (the train split's stats)
     and counts labels."""
 
     def __init__(self, out_dir: str | Path, split: str, shard_images: int) -> None:
@@ -63,16 +64,13 @@ class ShardWriter:
         self._images: np.ndarray | None = None
         self._labels = np.empty(shard_images, np.int64)
         self._filled = 0
-        self.pixel_sum: np.ndarray | None = None
-        self.pixel_square_sum: np.ndarray | None = None
-        self.pixels_per_channel = 0
+        self.histogram: np.ndarray | None = None  # per channel: counts of each value
         self.label_counts = np.zeros(0, np.int64)
 
     def add(self, images: np.ndarray, labels: np.ndarray) -> None:
         if self._images is None:
             self._images = np.empty((self.shard_images, *images.shape[1:]), np.uint8)
-            self.pixel_sum = np.zeros(images.shape[1], np.float64)
-            self.pixel_square_sum = np.zeros(images.shape[1], np.float64)
+            self.histogram = np.zeros((images.shape[1], 256), np.int64)
         self._accumulate(images, labels)
         done = 0
         while done < len(images):
@@ -84,20 +82,14 @@ class ShardWriter:
                 self._flush()
 
     def _accumulate(self, images: np.ndarray, labels: np.ndarray) -> None:
-        as_float = images.astype(np.float64) / 255.0
-        self.pixel_sum += as_float.sum(axis=(0, 2, 3))
-        self.pixel_square_sum += np.square(as_float).sum(axis=(0, 2, 3))
-        self.pixels_per_channel += images.shape[0] * images.shape[2] * images.shape[3]
+        self.histogram += pixel_histogram(images)
         counts = np.bincount(labels, minlength=len(self.label_counts))
         counts[: len(self.label_counts)] += self.label_counts
         self.label_counts = counts
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std on the 0..1 scale, from the sums (no second pass)."""
-        n = max(self.pixels_per_channel, 1)
-        mean = self.pixel_sum / n
-        std = np.sqrt(np.maximum(self.pixel_square_sum / n - np.square(mean), 0.0))
-        return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
+        """Per-channel mean and std on the 0..1 scale, of every row added (no second pass)."""
+        return histogram_stats(self.histogram)
 
     def _flush(self) -> None:
         assert self._images is not None
@@ -156,10 +148,10 @@ def write_split(
                 if order is None
                 else order[start:][:shard_images]
             )
-            decoded = decode_rows(images, rows)
-            writer.add(decoded.images, labels[rows][decoded.kept])
+            decoded, chosen = decode_rows(images, rows), labels[rows]
+            writer.add(decoded.images, chosen[decoded.kept])
             failed += decoded.failed
-            bar.update(len(labels[rows]))
+            bar.update(len(chosen))
     entries = writer.close()
     mean, std = writer.channel_stats()
     shape = tuple(int(size) for size in images.shape[1:])

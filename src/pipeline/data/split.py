@@ -57,11 +57,3 @@ def split(source: SourceData, val_fraction: float, test_fraction: float, seed: i
         train, val = _stratified(source.pools["train"], val_fraction, seed, "val")
         test = source.pools["test"]
     return {"train": train, "val": val, "test": test}
-
-
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 NCHW images, on the 0..1 scale."""
-    as_float = images.astype(np.float64) / 255.0
-    mean = as_float.mean(axis=(0, 2, 3))
-    std = as_float.std(axis=(0, 2, 3))
-    return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]

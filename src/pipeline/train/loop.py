@@ -290,22 +290,21 @@ class Trainer:
         self, on_batch: Callable[[int], None] | None = None
     ) -> tuple[float, float, int, int]:
         """(train loss, train accuracy, the epoch's images over the group, the part of them
-        this process trained): an epoch resumed from a batch checkpoint counts the images
-        before the kill in the first figures only."""
+        trained before a resume from a batch checkpoint: 0 for an epoch trained whole)."""
         self.model.train()
         if self._set_frozen(self._frozen_at(self.state.epoch)):
             self._build_forward()
         done = self._begin_epoch()
         self.epoch_started = time.perf_counter()
         epoch = self.state.epoch + 1
-        seen, group, usable = 0, self.params.grad_accumulation, self.usable_batches
-        before_here = self.images_before if self.rank == 0 else 0
+        group, usable = self.params.grad_accumulation, self.usable_batches
+        # This rank's images of the epoch; rank 0 also holds the group's from before a resume.
+        self.epoch_images = self.images_before if self.rank == 0 else 0
         for index, (images, labels) in enumerate(self.batches, start=done + 1):
             if index > usable:
                 break
             self.train_step(images, labels, (index - 1) % group)
-            seen += len(labels)
-            self.epoch_images = before_here + seen
+            self.epoch_images += len(labels)
             if on_batch is not None:
                 on_batch(index)
             if index % NONFINITE_CHECK_EVERY == 0:
@@ -316,7 +315,7 @@ class Trainer:
                 [
                     self.loss_sum,
                     self.correct.float(),
-                    torch.tensor(float(before_here + seen), device=self.device),
+                    torch.tensor(float(self.epoch_images), device=self.device),
                 ]
             )
         )

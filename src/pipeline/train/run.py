@@ -62,12 +62,9 @@ def load_data(params: TrainParams, prepared: Path) -> tuple[dict, dict[str, str]
     path, why = choose_data_path(
         params.data_path, train.count * train.image_bytes, available_memory_bytes()
     )
-    if path == "stream":
-        return splits, {"data_path": path, "reason": why}
-    return {name: split.load_tensors() for name, split in splits.items()}, {
-        "data_path": path,
-        "reason": why,
-    }
+    if path == "memory":
+        splits = {name: split.load_tensors() for name, split in splits.items()}
+    return splits, {"data_path": path, "reason": why}
 
 
 def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
