@@ -236,6 +236,22 @@ def test_an_edit_to_the_benchmark_code_changes_only_the_benchmark_stage(project)
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
+def test_bytecode_caches_are_not_code_changes(project):
+    # Python writes __pycache__ on import, with source mtimes inside; another clone's (or CI's)
+    # would differ from the committed dvc.lock and make every code dep look modified.
+    cache = project / "src/pipeline/bench/__pycache__"
+    cache.mkdir(exist_ok=True)
+    stray = cache / "timing.cpython-311.pyc"
+    try:
+        stray.write_bytes(b"\x00stray bytecode")
+        (project / "src/pipeline/stray.pyc").write_bytes(b"\x00stray bytecode")
+        status = json.loads(dvc(project, "status", "--json").stdout)
+    finally:
+        stray.unlink()
+        (project / "src/pipeline/stray.pyc").unlink()
+    assert status == {}
+
+
 def test_metrics_and_params_diff_between_commits(project):
     set_param(project, "train", "epochs", 2)
     dvc(project, "repro")
