@@ -426,8 +426,8 @@ def _label(run: Run) -> str:
 def _target_line(best: Run | None, target: float | None, scope: str | None) -> str:
     source = f"--target {target:g}" if target is not None else TARGET_PARAM
     if best is None:
-        energy = f"{scope} energy figure" if scope else "energy figure"
-        return f"* no run with a {energy} meets its target accuracy ({source})"
+        figure = f"a figure of {scope} energy" if scope else "an energy figure"
+        return f"* no run that meets its target accuracy ({source}) has {figure}"
     return (
         f"* least energy meeting the target ({source}): {best.name} "
         f"({best.joules_per_image:.4g} J/image of {scope} energy, accuracy {best.accuracy:.4f})"
