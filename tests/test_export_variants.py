@@ -7,6 +7,7 @@ model with real, confident predictions; nothing here reads the repo's DVC output
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import pipeline
 from pipeline.config import Params, ParamsError, ParityGate, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
@@ -98,6 +100,14 @@ def test_every_variant_is_written_checked_and_described(exported):
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     assert metrics["variants"]["int8"]["quantization"]["calibration_seed"] == 42
     enforce_gates(metrics)  # nothing raised
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
+def test_no_file_holds_a_path_of_this_checkout(exported, variant):
+    # torch's exporter writes each op's Python stack trace into node metadata: absolute paths
+    # that made model.onnx differ between clones and shipped a home directory to deployers.
+    source_root = str(Path(pipeline.__file__).resolve().parent.parent).encode()
+    assert source_root not in variant_path(exported["dir"], variant).read_bytes()
 
 
 @pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])

@@ -45,6 +45,31 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     onnx.helper.set_model_props(proto, metadata)
 
 
+# Node metadata torch's exporter fills with the Python stack trace of each op: absolute paths of
+# this checkout's source files, so the same model exported from another clone (or user's home
+# directory) would differ byte for byte and ship those paths to whoever deploys it.
+SOURCE_TRACE_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
+
+
+def strip_source_traces(proto: onnx.ModelProto) -> None:
+    """Drop :data:`SOURCE_TRACE_KEYS` from every node, in subgraphs and functions too."""
+
+    def strip(nodes) -> None:
+        for node in nodes:
+            kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_TRACE_KEYS]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attribute in node.attribute:  # If/Loop/Scan bodies
+                subgraphs = [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]
+                for graph in subgraphs:
+                    strip(graph.node)
+
+    strip(proto.graph.node)
+    for function in proto.functions:
+        strip(function.node)
+
+
 def save_checked(proto: onnx.ModelProto, out_path: str | Path) -> None:
     """Write ``proto`` beside ``out_path`` and move it into place only after it passes checks."""
     with atomic_open(out_path, "wb", check=check_onnx_file) as handle:
@@ -73,5 +98,6 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    strip_source_traces(proto)
     set_metadata(proto, metadata)
     save_checked(proto, out_path)
