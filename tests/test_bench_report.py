@@ -141,6 +141,22 @@ def test_headline_without_an_eligible_row_says_so():
     assert top["best_backend"] is None and top["speedup_vs_pytorch_eager"] is None
 
 
+def test_a_noisy_baseline_gives_no_speedup_and_says_why():
+    rows = sample_rows()
+    rows[0]["noisy"] = True  # eager fp32 at batch 1: its repeats disagreed
+    derive(rows, flops=1000, peaks={})
+    top = headline(rows, max_accuracy_drop=0.005)
+    assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"  # the best row still stands
+    assert top["batch_1"]["speedup_vs_pytorch_eager"] is None
+    assert "noisy" in top["batch_1"]["speedup_unavailable"]
+    assert all(r["speedup_vs_eager"] is None for r in rows if r["batch_size"] == 1)
+    assert top["batch_64"]["speedup_vs_pytorch_eager"] == pytest.approx(3.0)
+    assert top["batch_64"]["speedup_unavailable"] is None
+    text = rows_to_markdown(rows, {"threads": 2}, top)
+    assert "No speed-up at batch 1: the PyTorch eager fp32 row was noisy" in text
+    assert "No speed-up at batch 64" not in text
+
+
 def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
     rows = sample_rows()
     gpu = row(

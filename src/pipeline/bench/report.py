@@ -63,6 +63,16 @@ def _eligible(row: dict, base: dict | None, max_accuracy_drop: float) -> bool:
     return row["top1_accuracy"] >= base["top1_accuracy"] - max_accuracy_drop
 
 
+def speedup_baseline(base: dict | None) -> tuple[float | None, str | None]:
+    """(images/s a speed-up divides by, why there is none): a noisy baseline's figure is no
+    steadier than a noisy best row's, so a ratio over it (3084x was seen) is not reported."""
+    if base is None or base["status"] != "ok" or not base["images_per_s"]:
+        return None, "no PyTorch eager fp32 row that ran"
+    if base.get("noisy"):
+        return None, "the PyTorch eager fp32 row was noisy (benchmark.max_spread)"
+    return base["images_per_s"], None
+
+
 def headline(rows: list[dict], max_accuracy_drop: float) -> dict[str, Any]:
     """Per batch size: the fastest eligible row, against PyTorch eager fp32."""
     result = {}
@@ -74,7 +84,7 @@ def headline(rows: list[dict], max_accuracy_drop: float) -> dict[str, Any]:
         )
         eligible = [r for r in at if _eligible(r, base, max_accuracy_drop)]
         best = max(eligible, key=lambda r: r["images_per_s"]) if eligible else None
-        base_speed = base["images_per_s"] if base else None
+        base_speed, no_speedup = speedup_baseline(base)
         entry = {
             "best_backend": best["backend"] if best else None,
             "best_variant": best["variant"] if best else None,
@@ -82,10 +92,11 @@ def headline(rows: list[dict], max_accuracy_drop: float) -> dict[str, Any]:
             "best_images_per_s": best["images_per_s"] if best else None,
             # (max - min) / median of the best row's repeats: a re-run lands within about this.
             "best_spread": best.get("latency_spread") if best else None,
-            "baseline_images_per_s": base_speed,
+            "baseline_images_per_s": base["images_per_s"] if base else None,
             "speedup_vs_pytorch_eager": best["images_per_s"] / base_speed
             if best and base_speed
             else None,
+            "speedup_unavailable": no_speedup if best else None,
             "accuracy_delta_vs_pytorch": best["top1_accuracy"] - base["top1_accuracy"]
             if best and base and base["top1_accuracy"] is not None
             else None,
@@ -161,6 +172,10 @@ def rows_to_markdown(
             f"{_cell('speedup_vs_eager', entry['speedup_vs_pytorch_eager'])} | "
             f"{_cell('top1_delta_vs_pytorch', entry['accuracy_delta_vs_pytorch'])} |"
         )
+    for key, entry in top.items():
+        if entry.get("speedup_unavailable"):
+            batch = key.removeprefix("batch_")
+            lines += ["", f"No speed-up at batch {batch}: {entry['speedup_unavailable']}."]
     lines += ["", "## Every row", ""]
     lines.append("| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |")
     lines.append("|" + "---|" * len(TABLE_COLUMNS))

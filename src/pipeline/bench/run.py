@@ -15,7 +15,7 @@ import torch
 
 from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.memory import memory_probe
-from pipeline.bench.report import BASELINE, ROW_FIELDS
+from pipeline.bench.report import BASELINE, ROW_FIELDS, speedup_baseline
 from pipeline.bench.timing import spread, time_call
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.errors import describe
@@ -255,8 +255,9 @@ def derive(rows: list[dict], flops: int, peaks: dict[str, Peak]) -> None:
             row["peak_gflops"] = peak.gflops
             row["share_of_peak"] = row["gflops_per_s"] / peak.gflops
         ref = base.get(row["batch_size"])
-        if ref and ref["status"] == "ok" and ref["images_per_s"]:
-            row["speedup_vs_eager"] = row["images_per_s"] / ref["images_per_s"]
+        ref_speed, _ = speedup_baseline(ref)
+        if ref_speed:
+            row["speedup_vs_eager"] = row["images_per_s"] / ref_speed
         if ref and ref["top1_accuracy"] is not None and row["top1_accuracy"] is not None:
             row["top1_delta_vs_pytorch"] = row["top1_accuracy"] - ref["top1_accuracy"]
 
