@@ -91,6 +91,26 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
+def test_small_floats_as_dvc_writes_them_are_numbers(tmp_path):
+    # `dvc exp run -S export.gates.fp32.max_abs_logit_diff=0.0000001` writes `1e-07` (YAML 1.2,
+    # through DVC's own serializer); YAML 1.1 (PyYAML) reads that as the string '1e-07'.
+    from dvc.utils.serialize import dumps_yaml
+
+    raw = default_raw()
+    raw["export"]["gates"]["fp32"]["max_abs_logit_diff"] = 1e-7
+    raw["train"]["lr"] = 2.5e-5
+    raw["train"]["weight_decay"] = 1e-10
+    path = tmp_path / "params.yaml"
+    path.write_text(dumps_yaml(raw))
+    assert "max_abs_logit_diff: 1e-07" in path.read_text()
+    params = load_params(path)
+    assert params.export.gates.fp32.max_abs_logit_diff == 1e-7
+    assert (params.train.lr, params.train.weight_decay) == (2.5e-5, 1e-10)
+    path.write_text("train:\n  lr: 1e-07x\n")  # still not a number: named as before
+    with pytest.raises(ParamsError, match="'train.lr': '1e-07x'"):
+        load_params(path)
+
+
 @pytest.mark.parametrize(
     ("section", "key", "value", "expected"),
     [

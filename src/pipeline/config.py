@@ -515,6 +515,30 @@ def parse_params(raw: Any, *, source: str = "params") -> Params:
         raise ParamsError(f"{source}: {_describe(error)}") from None
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading exponent floats without a dot (``1e-07``) as floats.
+
+    PyYAML follows YAML 1.1, where ``1e-07`` is a string; DVC writes YAML 1.2 and emits small
+    values that way, so ``dvc exp run -S ...=0.0000001`` used to fail as 'not a valid number'.
+    """
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` through :class:`ParamsLoader` (safe: plain data only, no Python objects)."""
+    loader = ParamsLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     path = Path(path)
     try:
@@ -522,7 +546,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     except OSError as error:
         raise ParamsError(f"{path}: cannot read ({error.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML ({first_line(error)})") from None
     return parse_params(raw, source=str(path))
