@@ -197,6 +197,10 @@ def test_report_lists_runs_without_energy_and_never_gives_them_a_number(
     assert "least energy meeting the target (--target 0.95): cheap (0.5 J/image" in text
     assert re.search(r"^- waiting [0-9a-f]{7}: queued, not run yet$", text, re.MULTILINE)
     assert "- main c0ffee0: no accuracy" in text
+    # With every run left out there is no front to pick from, and the last line says that.
+    nothing = report([], 0.95, left_out)
+    assert nothing.endswith("* no run competes: every one was left out (see above)")
+    assert "has an energy figure" not in nothing
     # A target nobody with an energy figure reaches is said so, not given a pick.
     unreachable = report(runs, 0.9999, left_out)
     assert "least energy meeting" not in unreachable

@@ -413,6 +413,9 @@ def report(
         lines += ["", "Left out:"]
         lines += [f"- {_label(run)}: {why}" for run, why in left_out]
     lines.append("")
+    if not runs:
+        lines.append("* no run competes: every one was left out (see above)")
+        return "\n".join(lines)
     lines += [_target_line(best[scope], target, scope) for scope in scopes] or [
         _target_line(None, target, None)
     ]
