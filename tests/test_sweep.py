@@ -204,7 +204,8 @@ def test_report_lists_runs_without_energy_and_never_gives_them_a_number(
     # A target nobody with an energy figure reaches is said so, not given a pick.
     unreachable = report(runs, 0.9999, left_out)
     assert "least energy meeting" not in unreachable
-    assert "* no run that meets its target accuracy (--target 0.9999) has a figure of" in unreachable
+    expected = "* no run that meets its target accuracy (--target 0.9999) has a figure of"
+    assert expected in unreachable
 
 
 def test_main_reads_a_saved_json(document: list[dict], tmp_path: Path, capsys) -> None:
