@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import onnx
 import torch
 from torch import nn
 
+from pipeline.export.graphs import walk_nodes
 from pipeline.export.safety import check_onnx_file
 from pipeline.io import atomic_open
 from pipeline.model_io import ModelCard
@@ -53,21 +55,11 @@ SOURCE_TRACE_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
 
 def strip_source_traces(proto: onnx.ModelProto) -> None:
     """Drop :data:`SOURCE_TRACE_KEYS` from every node, in subgraphs and functions too."""
-
-    def strip(nodes) -> None:
-        for node in nodes:
-            kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_TRACE_KEYS]
-            if len(kept) != len(node.metadata_props):
-                del node.metadata_props[:]
-                node.metadata_props.extend(kept)
-            for attribute in node.attribute:  # If/Loop/Scan bodies
-                subgraphs = [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]
-                for graph in subgraphs:
-                    strip(graph.node)
-
-    strip(proto.graph.node)
-    for function in proto.functions:
-        strip(function.node)
+    graphs = [proto.graph, *proto.functions]
+    for node in itertools.chain.from_iterable(walk_nodes(graph) for graph in graphs):
+        kept = [prop for prop in node.metadata_props if prop.key not in SOURCE_TRACE_KEYS]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def save_checked(proto: onnx.ModelProto, out_path: str | Path) -> None:

@@ -9,6 +9,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.export.graphs import subgraphs
 
 
 class UnsafeModelError(PipelineError):
@@ -23,10 +24,8 @@ def _graph_tensors(graph: onnx.GraphProto):
             if attribute.HasField("t"):
                 yield attribute.t
             yield from attribute.tensors
-            for subgraph in (
-                [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs
-            ):
-                yield from _graph_tensors(subgraph)
+        for subgraph in subgraphs(node):
+            yield from _graph_tensors(subgraph)
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
