@@ -1,6 +1,12 @@
 """Stage benchmark: PyTorch against onnxruntime, every exported variant and provider asked for
 -> metrics/benchmark.{json,csv,svg} and metrics/report.md."""
 
+import sys
+from pathlib import Path
+
+# This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 from pipeline import paths
 from pipeline.bench.report import write_report
 from pipeline.bench.run import machine_context, run_benchmark

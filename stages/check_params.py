@@ -7,6 +7,12 @@ checks every registry name (arch, source, provider, variant) and the model's siz
 content never changes for valid params, so downstream stages rerun only for their own params.
 """
 
+import sys
+from pathlib import Path
+
+# This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.io import write_json

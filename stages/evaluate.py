@@ -1,6 +1,12 @@
 """Stage evaluate: the trained model on the test split -> metrics/eval.json (figures),
 metrics/details/eval.json (with the per-class table) and the confusion plot."""
 
+import sys
+from pathlib import Path
+
+# This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.data.storage import read_meta

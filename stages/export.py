@@ -1,5 +1,11 @@
 """Stage export: the trained model -> checked fp32/fp16/int8 ONNX files that match PyTorch."""
 
+import sys
+from pathlib import Path
+
+# This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 import torch
 
 from pipeline import paths

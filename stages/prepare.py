@@ -1,6 +1,12 @@
 """Stage prepare: a data source -> uint8 train/val/test safetensors + meta.json, and
 metrics/data.json (figures) with metrics/details/data.json (the whole record)."""
 
+import sys
+from pathlib import Path
+
+# This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.prepare import prepare_data

@@ -3,6 +3,12 @@
 One process, or a DDP group of them when train.distributed asks (see pipeline.train.launch).
 """
 
+import sys
+from pathlib import Path
+
+# This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.records import TRAIN_FIGURES, write_record
