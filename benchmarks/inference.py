@@ -203,10 +203,15 @@ def print_rows(result: dict) -> None:
             continue
         print(
             f"{r.backend:<22}{r.variant:<8}{r.batch_size:>6}{r.latency_ms_p50:>10.3f}"
-            f"{r.images_per_s:>12,.0f}{r.speedup_vs_eager:>8.2f}x{r.gflops_per_s:>9.1f}"
+            f"{r.images_per_s:>12,.0f}{_x(r.speedup_vs_eager):>9}{r.gflops_per_s:>9.1f}"
             f"{100 * r.share_of_peak:>7.0f}%{r.top1_accuracy:>8.4f}"
             f"{100 * r.top1_delta_vs_pytorch:>+7.2f}"
         )
+
+
+def _x(ratio: float | None) -> str:
+    """A speed-up, or '–' where there is none (a noisy baseline is never divided by)."""
+    return "–" if ratio is None else f"{ratio:.2f}x"
 
 
 def _verdict(ok: bool) -> str:
