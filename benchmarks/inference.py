@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.bench.run import derive, run_benchmark
+from pipeline.bench.rows import BenchRow
+from pipeline.bench.run import relate, run_benchmark, with_peak
 from pipeline.config import BenchmarkParams, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
@@ -99,24 +100,24 @@ def pipeline_model(model_dir: Path, prepared: Path):
     return model, card, (train.images, train.labels), (test.images, test.labels)
 
 
-def best_of_rounds(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
-    """Per row, the round with the most images/s; per peak, the best measurement."""
-    best: dict[tuple, dict] = {}
+def best_of_rounds(runs: list[tuple[list[BenchRow], dict]]) -> tuple[list[BenchRow], dict]:
+    """Per row, the round with the most images/s; per peak, the best measurement. Every row
+    here runs on the CPU, so each is held against the best CPU peak."""
+    best: dict[tuple, BenchRow] = {}
     for rows, _ in runs:
         for row in rows:
-            key = (row["backend"], row["variant"], row["batch_size"])
+            key = (row.backend, row.variant, row.batch_size)
             kept = best.get(key)
-            if kept is None or (row["images_per_s"] or 0) > (kept["images_per_s"] or 0):
+            if kept is None or (row.images_per_s or 0) > (kept.images_per_s or 0):
                 best[key] = row
     context = runs[0][1]
     for _, other in runs[1:]:
         for key, peak in other["peaks"].items():
             if peak["gflops"] > context["peaks"][key]["gflops"]:
                 context["peaks"][key] = peak
-    rows = list(best.values())
-    peaks = {key: Peak(**peak) for key, peak in context["peaks"].items()}
-    derive(rows, context["flops_per_image"], peaks)
-    return rows, context
+    cpu_peak = Peak(**context["peaks"]["cpu"])
+    rows = [with_peak(row, context["flops_per_image"], cpu_peak) for row in best.values()]
+    return relate(rows), context
 
 
 def measure(name: str, model, card, train, test, args) -> dict:
@@ -152,7 +153,7 @@ def measure(name: str, model, card, train, test, args) -> dict:
 
 def _find(rows, backend, variant, batch):
     wanted = (backend, variant, batch)
-    return next((r for r in rows if (r["backend"], r["variant"], r["batch_size"]) == wanted), None)
+    return next((r for r in rows if (r.backend, r.variant, r.batch_size) == wanted), None)
 
 
 def figures(rows: list[dict], context: dict) -> dict:
@@ -166,26 +167,26 @@ def figures(rows: list[dict], context: dict) -> dict:
         deployable = [
             r
             for r in rows
-            if r["backend"].startswith("onnxruntime")
-            and r["batch_size"] == batch
-            and r["status"] == "ok"
-            and r["top1_delta_vs_pytorch"] is not None
-            and r["top1_delta_vs_pytorch"] >= -TARGET_DROP
+            if r.backend.startswith("onnxruntime")
+            and r.batch_size == batch
+            and r.status == "ok"
+            and r.top1_delta_vs_pytorch is not None
+            and r.top1_delta_vs_pytorch >= -TARGET_DROP
         ]
-        best = max(deployable, key=lambda r: r["images_per_s"])
+        best = max(deployable, key=lambda r: r.images_per_s)
         out[f"batch_{batch}"] = {
-            "eager_images_per_s": eager["images_per_s"],
-            "best": f"{best['backend']} {best['variant']}",
-            "best_images_per_s": best["images_per_s"],
-            "best_vs_eager": best["images_per_s"] / eager["images_per_s"],
+            "eager_images_per_s": eager.images_per_s,
+            "best": f"{best.backend} {best.variant}",
+            "best_images_per_s": best.images_per_s,
+            "best_vs_eager": best.images_per_s / eager.images_per_s,
         }
         fp32, int8 = (_find(rows, "onnxruntime_cpu", v, batch) for v in ("fp32", "int8"))
         out[f"batch_{batch}"].update(
-            fp32_gflops=fp32["gflops_per_s"],
-            fp32_share_of_peak=fp32["share_of_peak"],
-            int8_vs_fp32=int8["images_per_s"] / fp32["images_per_s"],
-            int8_top1_delta=int8["top1_delta_vs_pytorch"],
-            pytorch_top1=eager["top1_accuracy"],
+            fp32_gflops=fp32.gflops_per_s,
+            fp32_share_of_peak=fp32.share_of_peak,
+            int8_vs_fp32=int8.images_per_s / fp32.images_per_s,
+            int8_top1_delta=int8.top1_delta_vs_pytorch,
+            pytorch_top1=eager.top1_accuracy,
         )
     return out
 
@@ -197,18 +198,20 @@ def print_rows(result: dict) -> None:
         f"{'GFLOP/s':>9}{'% peak':>8}{'top-1':>8}{'Δ pt':>7}"
     )
     for r in result["rows"]:
-        if r["images_per_s"] is None:
-            print(
-                f"{r['backend']:<22}{r['variant']:<8}{r['batch_size']:>6}  {r['status']}: "
-                f"{r['reason']}"
-            )
+        if r.images_per_s is None:
+            print(f"{r.backend:<22}{r.variant:<8}{r.batch_size:>6}  {r.status}: {r.reason}")
             continue
         print(
-            f"{r['backend']:<22}{r['variant']:<8}{r['batch_size']:>6}{r['latency_ms_p50']:>10.3f}"
-            f"{r['images_per_s']:>12,.0f}{r['speedup_vs_eager']:>8.2f}x{r['gflops_per_s']:>9.1f}"
-            f"{100 * r['share_of_peak']:>7.0f}%{r['top1_accuracy']:>8.4f}"
-            f"{100 * r['top1_delta_vs_pytorch']:>+7.2f}"
+            f"{r.backend:<22}{r.variant:<8}{r.batch_size:>6}{r.latency_ms_p50:>10.3f}"
+            f"{r.images_per_s:>12,.0f}{_x(r.speedup_vs_eager):>9}{r.gflops_per_s:>9.1f}"
+            f"{100 * r.share_of_peak:>7.0f}%{r.top1_accuracy:>8.4f}"
+            f"{100 * r.top1_delta_vs_pytorch:>+7.2f}"
         )
+
+
+def _x(ratio: float | None) -> str:
+    """A speed-up, or '–' where there is none (a noisy baseline is never divided by)."""
+    return "–" if ratio is None else f"{ratio:.2f}x"
 
 
 def _verdict(ok: bool) -> str:
@@ -228,11 +231,11 @@ def print_side_by_side(results: list[dict]) -> None:
         ("int8 vs fp32 ORT, batch 64 (>= 1.5x)", lambda f: _ratio(f[b64]["int8_vs_fp32"], 1.5)),
         ("int8 top-1 delta (within 0.5 pt)", lambda f: _delta(f[b64]["int8_top1_delta"])),
     ]
-    names = [r["name"] for r in results]
+    names = [r.name for r in results]
     print("\n## Side by side (each row's fastest of the rounds)\n")
     print(f"{'':<40}" + "".join(f"{n:>34}" for n in names))
     for title, show in lines:
-        print(f"{title:<40}" + "".join(f"{show(r['figures']):>34}" for r in results))
+        print(f"{title:<40}" + "".join(f"{show(r.figures):>34}" for r in results))
 
 
 def _ratio(value: float, target: float) -> str:
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print_rows(result)
     print_side_by_side(results)
     if args.json:
-        figures_only = {r["name"]: r["figures"] | {"export_parity": r["export"]} for r in results}
+        figures_only = {r.name: r.figures | {"export_parity": r.export} for r in results}
         args.json.write_text(json.dumps(figures_only, indent=2, default=str) + "\n")
     return 0
 
