@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.catalog import PROVIDERS, provider_running
+from pipeline.catalog import PROVIDERS, VARIANTS, provider_running
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import (
     failure_reason,
@@ -32,7 +32,6 @@ from pipeline.preprocess import Normalize
 
 GPU_PROVIDERS = {provider.ort_name for provider in PROVIDERS if provider.on_gpu}
 CPU_PROVIDER = PROVIDERS["cpu"].ort_name
-CPU_FP16_NOTE = "CPU provider runs fp16 nodes through casts to fp32"
 
 
 class Planned(NamedTuple):
@@ -161,14 +160,14 @@ def tensorrt_cache_dir(model_sha256: str, precision: str, profile: tuple[int, in
 def tensorrt_options(
     model_sha256: str, variant: str, image_shape, profile: tuple[int, int, int]
 ) -> dict[str, object]:
-    """fp16 kernels only for the fp16 variant; one (min, opt, max) batch profile per session."""
+    """fp16 kernels only for an fp16 variant; one (min, opt, max) batch profile per session."""
     dims = "x".join(str(d) for d in image_shape)
     low, opt, high = profile
-    precision = "fp16" if variant == "fp16" else variant
+    precision = VARIANTS[variant].precision
     timing = paths.TENSORRT_CACHE.resolve()  # kernel timings: valid for any model on this GPU
     timing.mkdir(parents=True, exist_ok=True)
     return {
-        "trt_fp16_enable": variant == "fp16",
+        "trt_fp16_enable": precision == "fp16",
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(tensorrt_cache_dir(model_sha256, precision, profile)),
         "trt_timing_cache_enable": True,
@@ -184,9 +183,10 @@ def ort_precision(variant: str, runs_on: str, capability: tuple[int, int] | None
     Ampere and newer (its default; onnxruntime has no switch for it); the CUDA provider is asked
     for IEEE fp32 (use_tf32=0), and CPUs have no TF32."""
     tf32_gpu = capability is not None and tuple(capability) >= TF32_CAPABILITY
-    if variant == "fp32" and runs_on == PROVIDERS["tensorrt"].ort_name and tf32_gpu:
+    precision = VARIANTS[variant].precision
+    if precision == "fp32" and runs_on == PROVIDERS["tensorrt"].ort_name and tf32_gpu:
         return "tf32"
-    return variant
+    return precision
 
 
 def placement_status(
@@ -254,8 +254,7 @@ class OrtBackend:
         self.on_gpu = running.on_gpu
         self.precision = ort_precision(variant, self.providers_used[0], capability)
         self.peak_key = running.peak_key(self.precision)
-        on_cpu_fp16 = variant == "fp16" and not self.on_gpu
-        self.note = CPU_FP16_NOTE if on_cpu_fp16 else ""
+        self.note = "" if self.on_gpu else VARIANTS[variant].cpu_note
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.takes_uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"
