@@ -76,36 +76,28 @@ def choose_reduce_range(setting: str | bool, cpu: CpuFeatures) -> tuple[bool, st
     return True, f"auto: {cpu.profile} CPU has no VNNI; 8-bit weights could saturate int16 sums"
 
 
-def to_int8(
-    src: str | Path,
-    dst: str | Path,
-    calibration: np.ndarray,
-    settings: Int8Params,
-    cpu: CpuFeatures | None = None,
-) -> dict:
-    """Static QDQ quantisation calibrated on ``calibration`` (already in the model's input dtype).
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
 
-    Deterministic: the same model, calibration images and recipe give the same bytes. The recipe
-    follows ``cpu`` (default: this machine's) where ``settings.reduce_range`` is auto.
-    """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    cpu = cpu or detect_cpu()
-    reduce_range, reduce_range_why = choose_reduce_range(settings.reduce_range, cpu)
-    source = check_onnx_file(src)
-    input_name = source.graph.input[0].name
-    activation = QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8
-    method = {
+    methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
-    }[settings.method]
+    }
+    return methods[name]
+
+
+def _quantize(
+    src: str | Path,
+    input_name: str,
+    calibration: np.ndarray,
+    settings: Int8Params,
+    reduce_range: bool,
+) -> tuple[onnx.ModelProto, list[str], str]:
+    """(the QDQ model, the op types whose outputs stay float, the shape inference used)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    activation = QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory(prefix="pipeline-int8.") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         # Constant folding and shape inference first, so each Conv's folded weights are
@@ -125,10 +117,29 @@ def to_int8(
             per_channel=settings.per_channel,
             reduce_range=reduce_range,
             op_types_to_quantize=list(settings.op_types),
-            calibrate_method=method,
+            calibrate_method=_calibration_method(settings.method),
             extra_options={"OpTypesToExcludeOutputQuantization": output_ops},
         )
-        model = onnx.load(str(quantized))
+        return onnx.load(str(quantized)), output_ops, shapes
+
+
+def to_int8(
+    src: str | Path,
+    dst: str | Path,
+    calibration: np.ndarray,
+    settings: Int8Params,
+    cpu: CpuFeatures | None = None,
+) -> dict:
+    """Static QDQ quantisation calibrated on ``calibration`` (already in the model's input dtype).
+
+    Deterministic: the same model, calibration images and recipe give the same bytes. The recipe
+    follows ``cpu`` (default: this machine's) where ``settings.reduce_range`` is auto.
+    """
+    cpu = cpu or detect_cpu()
+    reduce_range, reduce_range_why = choose_reduce_range(settings.reduce_range, cpu)
+    source = check_onnx_file(src)
+    input_name = source.graph.input[0].name
+    model, output_ops, shapes = _quantize(src, input_name, calibration, settings, reduce_range)
     _drop_unused_opsets(model)
     described = {
         "format": "QDQ",

@@ -96,6 +96,14 @@ def write_variants(
     return built
 
 
+def _graph_and_feed(model: WithPreprocessing, include_preprocessing: bool):
+    """The module to export, and what turns uint8 images into its input: without included
+    preprocessing the graph takes normalised float32, and so does every feed."""
+    if include_preprocessing:
+        return model, lambda images: images
+    return model.model, model.normalize
+
+
 def export_all(
     params: Params,
     model: WithPreprocessing,
@@ -111,22 +119,20 @@ def export_all(
     """
     settings, onnx_dir = params.export, Path(onnx_dir)
     images, labels = test
-    # Without included preprocessing the graph takes normalised float32 and so does every feed.
-    graph = model if settings.include_preprocessing else model.model
-    feed = (lambda x: x) if settings.include_preprocessing else model.normalize
+    graph, feed = _graph_and_feed(model, settings.include_preprocessing)
     props = metadata_props(card, settings.include_preprocessing, params_hash(params))
     context = ConvertContext(params, train_images, feed)
     built = write_variants(params, graph, feed(images[:2]), props, context, onnx_dir)
-
     batch_size = params.evaluate.batch_size  # both sides of the parity check
     torch_logits = predict_logits(model, images, batch_size).numpy()
     inputs = np.ascontiguousarray(feed(images).numpy())
     records = {}
     for name, info in built.items():
         path, gate = variant_path(onnx_dir, name), settings.gates[name]
-        record = check_variant(
-            path, name, inputs, torch_logits, labels.numpy(), gate, batch_size
-        ) | info.facts
+        record = (
+            check_variant(path, name, inputs, torch_logits, labels.numpy(), gate, batch_size)
+            | info.facts
+        )
         records[name] = _with_remedy(record, info.remedy or VARIANTS[name].remedy)
         _print_line(name, records[name])
     # The fp32 file is *the* model (models/onnx/model.onnx); variants are derived from it.
