@@ -159,8 +159,9 @@ def train_mode(spec, data, mode: str, steps: int, batch_size: int, device) -> di
 
 def export_variants(model: torch.nn.Module, folder: Path) -> tuple[dict[str, Path], str]:
     """fp32 and fp16 ONNX files of ``model`` (uint8 input); ({}, why) when export fails."""
+    from pipeline.export.fp16 import to_fp16
     from pipeline.export.onnx_export import export_onnx
-    from pipeline.export.variants import to_fp16, variant_path
+    from pipeline.export.variants import variant_path
 
     example = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
     try:

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from pipeline import paths
 from pipeline.bench.report import write_report
 from pipeline.bench.run import machine_context, run_benchmark
+from pipeline.catalog import exported_variants
 from pipeline.config import Params
 from pipeline.data.storage import read_split
 from pipeline.export.variants import variant_path
@@ -21,7 +22,8 @@ from pipeline.stage import run_stage
 def benchmark(params: Params) -> None:
     model, card = load_trained(paths.MODELS_DIR)
     test = read_split(paths.PREPARED_DIR, "test")
-    variants = {v: variant_path(paths.ONNX_DIR, v) for v in ["fp32", *params.export.variants]}
+    names = exported_variants(params.export.variants)
+    variants = {name: variant_path(paths.ONNX_DIR, name) for name in names}
     rows, context = run_benchmark(
         params.benchmark, model, card, variants, test.images, test.labels, params.energy
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+from dataclasses import asdict
 
 import pytest
 
@@ -104,9 +105,24 @@ def test_arch_takes_a_registered_name_or_a_family_member_by_form():
 
 
 def test_fp32_is_always_exported_so_only_derived_variants_can_be_asked_for():
-    assert catalog.derived_variants() == ["fp16", "int8"]
+    assert catalog.base_variant() == "fp32" and "fp32" not in catalog.derived_variants()
+    assert {"fp16", "int8"} <= set(catalog.derived_variants())  # a recipe may add more
+    assert catalog.exported_variants(["int8"]) == ["fp32", "int8"]
     with pytest.raises(ParamsError, match="'export.variants.0': 'fp32'"):
         parse_params({"export": {"variants": ["fp32"]}})
+
+
+def test_each_variant_brings_its_gate_file_and_precision():
+    """export.gates.<variant> exists for every entry, defaulting to the entry's gate."""
+    gates = parse_params({}).export.gates
+    files = [variant.file for variant in VARIANTS]
+    assert len(set(files)) == len(files) and all(f.endswith(".onnx") for f in files)
+    for variant in VARIANTS:
+        assert gates[variant.name].model_dump() == asdict(variant.gate)
+        assert variant.precision in {"fp32", "fp16", "int8"}
+        assert not variant.remedy.startswith("(")  # enforce_gates adds the brackets
+    with pytest.raises(KeyError, match="export.variants 'int4' is unknown"):
+        gates["int4"]
 
 
 def test_params_table_lists_each_registry_choice():

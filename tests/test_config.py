@@ -1,5 +1,7 @@
 """Tier 1 and 2: the params schema, and the repository's params.yaml against it."""
 
+import re
+
 import pytest
 import yaml
 
@@ -172,3 +174,19 @@ def test_params_table_documents_the_bounds():
     assert "| 1..10000 |" in rows["train.epochs"]
     assert "| 0..3600 |" in rows["benchmark.min_seconds"]
     assert "| 0..2147483647 |" in rows["seed"]
+
+
+def test_a_gate_that_sets_some_thresholds_keeps_its_variants_defaults_for_the_rest():
+    gates = parse_params({"export": {"gates": {"int8": {"min_top1_agreement": 0.9}}}}).export.gates
+    assert gates.int8.min_top1_agreement == 0.9
+    assert gates.int8.max_abs_logit_diff is None and gates.int8.max_accuracy_drop == 0.01
+    assert gates.fp16 == Params().export.gates.fp16
+    for bad, expected in [
+        ({"int4": {}}, "unknown key 'export.gates.int4'"),
+        ({"int8": {"max_diff": 1}}, "unknown key 'export.gates.int8.max_diff'"),
+        ({"int8": 3}, "'export.gates.int8': 3"),
+        ({"fp16": {"min_top1_agreement": 2}}, "'export.gates.fp16.min_top1_agreement': 2"),
+        ({"fp32": {"max_abs_logit_diff": "0.1"}}, "'export.gates.fp32.max_abs_logit_diff'"),
+    ]:
+        with pytest.raises(ParamsError, match=re.escape(expected)):
+            parse_params({"export": {"gates": bad}})

@@ -16,13 +16,16 @@ import torch
 from onnx import numpy_helper
 
 import pipeline
+from pipeline.catalog import CPU_FP16_NOTE, VARIANTS
 from pipeline.config import Params, ParamsError, ParityGate, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
+from pipeline.export.int8 import convert as convert_int8
+from pipeline.export.int8 import to_int8
 from pipeline.export.parity import Parity, ParityError, compare, enforce, problems
 from pipeline.export.run import enforce_gates, export_all
 from pipeline.export.session import make_session, session_logits
-from pipeline.export.variants import calibration_sample, to_int8, variant_path
+from pipeline.export.variants import ConvertContext, calibration_sample, variant_path
 from pipeline.hardware.cpu import CpuFeatures, detect
 from pipeline.io import sha256_file
 from pipeline.model_io import ModelCard, Normalisation
@@ -121,7 +124,7 @@ def test_parity_per_variant_on_cpu(exported, variant):
     assert session.get_outputs()[0].type == "tensor(float)"
     torch_logits = exported["model"](torch.from_numpy(images)).detach().numpy()
     parity = compare(torch_logits, session_logits(session, images, 256), labels)
-    gate = getattr(exported["params"].export.gates, variant)
+    gate = exported["params"].export.gates[variant]
     assert problems(parity, gate, variant) == []
     assert parity.torch_accuracy > 0.8
     if variant == "fp32":
@@ -222,18 +225,58 @@ def test_int8_default_passes_its_gate_on_this_cpu_whatever_it_is(exported):
     assert record["quantization"]["reduce_range"] is not exported["cpu"].int8_dot_product
 
 
-def test_a_failed_gate_deletes_its_file_and_names_the_setting_to_change(tmp_path):
-    kept, failed = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
-    kept.write_bytes(b"fp32"), failed.write_bytes(b"int8")
-    bad = {"file": str(failed), "problems": ["top-1 agreement 0.9 is below ..."]}
-    metrics = {"file": str(kept), "problems": [], "variants": {}}
-    for reduce_range, hint in [(False, "export.int8.reduce_range: true"),
-                               (True, "export.int8.method")]:  # fmt: skip
-        failed.write_bytes(b"int8")
-        metrics["variants"]["int8"] = bad | {"quantization": {"reduce_range": reduce_range}}
-        with pytest.raises(ParityError, match=f"int8: top-1 agreement .*{hint}"):
-            enforce_gates(metrics)
-        assert not failed.exists() and kept.read_bytes() == b"fp32"
+def test_a_failed_gate_deletes_its_file_and_names_the_setting_to_change(exported, tmp_path):
+    """The advice comes from the catalog entry (fp16) or from what the converter chose (int8
+    with 8-bit weights: 7-bit ones first); export.json keeps it beside the problems."""
+    never = {"max_abs_logit_diff": 1e-9}  # any real conversion differs more than this
+    params = parse_params(
+        {
+            "export": {
+                "int8": {"calibration_images": 64, "reduce_range": False},
+                "gates": {"fp16": never, "int8": never},
+            }
+        }
+    )
+    test = tuple(torch.from_numpy(part) for part in exported["test"])
+    train = torch.from_numpy(exported["train"][0])
+    model, card = exported["model"], exported["card"]
+    metrics = export_all(params, model, card, test, train, tmp_path)
+    assert "remedy" not in metrics  # fp32 passed
+    assert metrics["variants"]["int8"]["gate"]["min_top1_agreement"] == 0.98  # int8's default
+    with pytest.raises(ParityError) as raised:
+        enforce_gates(metrics)
+    fp16, int8 = str(raised.value).split(" | ")
+    assert fp16.startswith("fp16: max abs logit difference")
+    assert fp16.endswith(f"({VARIANTS['fp16'].remedy})")
+    assert int8.endswith("(set export.int8.reduce_range: true, the recipe for CPUs without VNNI)")
+    assert metrics["variants"]["int8"]["remedy"] in int8
+    assert variant_path(tmp_path, "fp32").is_file()
+    assert (
+        not variant_path(tmp_path, "fp16").exists() and not variant_path(tmp_path, "int8").exists()
+    )
+
+
+def test_int8_with_7_bit_weights_leaves_the_advice_to_the_catalog(exported, tmp_path):
+    params = parse_params({"export": {"int8": {"calibration_images": 64, "reduce_range": True}}})
+    train = torch.from_numpy(exported["train"][0])
+    context = ConvertContext(params, train, feed=lambda images: images)
+    fp32 = variant_path(exported["dir"], "fp32")
+    info = convert_int8(fp32, tmp_path / "q.onnx", context)
+    assert info.remedy is None and VARIANTS["int8"].remedy.startswith("try export.int8.method")
+    assert info.facts["quantization"]["calibration_images"] == 64
+    assert info.facts["quantization"]["calibration_seed"] == params.seed
+
+
+def test_fp16_checked_on_the_cpu_says_what_that_does_not_measure(exported):
+    """One note, the catalog's, for export's parity record and the benchmark's rows alike."""
+    record = exported["metrics"]["variants"]["fp16"]
+    if record["checked_on"] == "CPUExecutionProvider":
+        assert record["note"] == CPU_FP16_NOTE == VARIANTS["fp16"].cpu_note
+    assert (
+        "note" not in exported["metrics"] and "note" not in exported["metrics"]["variants"]["int8"]
+    )
+    sources = Path(pipeline.__file__).parent.rglob("*.py")
+    assert sum("nodes through casts to fp32" in path.read_text() for path in sources) == 1
 
 
 def test_gates_fail_the_export_with_the_key_to_change():

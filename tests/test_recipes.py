@@ -65,7 +65,7 @@ def test_every_recipe_block_names_its_file():
     kinds = [(kind, registry) for kind, registry, _, _ in recipe_blocks()]
     assert kinds == [
         ("new", None), ("add", "ARCHS"), ("new", None), ("add", "SOURCES"), ("add", "PROVIDERS"),
-        ("new", None), ("add", "PROVIDERS"),
+        ("new", None), ("add", "VARIANTS"), ("new", None), ("add", "PROVIDERS"),
     ]  # fmt: skip
 
 
@@ -96,6 +96,7 @@ def test_the_readme_table_lists_the_new_choices(followed):
     table = (root / "README.md").read_text()
     assert "`tiny_mlp`" in table and "`npz`" in table and "`openvino`" in table
     assert "`cuda_tf32`" in table
+    assert "`int8_dynamic`" in table and "`export.gates.int8_dynamic.min_top1_agreement`" in table
 
 
 def test_the_project_checks_pass_with_the_recipes_applied(followed):
@@ -114,12 +115,13 @@ def test_the_project_checks_pass_with_the_recipes_applied(followed):
     ).stdout  # fmt: skip
 
 
-def test_dvc_runs_the_new_model_source_and_provider(followed):
+def test_dvc_runs_the_new_model_source_provider_and_variant(followed):
     root, env = followed
     command = [
         sys.executable, "-m", "dvc", "exp", "run",
         "-S", "model.arch=tiny_mlp", "-S", "data.source=npz",
         "-S", "benchmark.providers=[cpu,openvino,cuda_tf32]",
+        "-S", "export.variants=[fp16,int8,int8_dynamic]",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -137,6 +139,15 @@ def test_dvc_runs_the_new_model_source_and_provider(followed):
     assert tf32 and all(row["backend"] == "onnxruntime_cuda_tf32" for row in tf32)
     if not torch.cuda.is_available():  # no GPU: a CPU fallback, never labelled tf32
         assert all(row["status"] == "fallback" and row["precision"] == "fp32" for row in tf32)
+    export = json.loads((root / "metrics/details/export.json").read_text())
+    dynamic = export["variants"]["int8_dynamic"]
+    assert dynamic["passed"] and dynamic["gate"]["min_top1_agreement"] == 0.97
+    assert (
+        dynamic["file"].endswith("model.int8_dynamic.onnx") and (root / dynamic["file"]).is_file()
+    )
+    assert dynamic["quantization"]["format"] == "dynamic"
+    timed = [row for row in rows if row["variant"] == "int8_dynamic"]
+    assert timed and {row["precision"] for row in timed} == {"int8"}
     assert dvc(root, "status").stdout.strip().endswith("up to date.")
 
 

@@ -3,8 +3,8 @@
 Pure data (no torch, no onnxruntime, no pydantic): config.py validates params against these
 lists, check_params and the README's params table read them, and the package that owns each
 choice imports its implementation from the entry's ``target`` ("pipeline.<package>.<module>:
-<attr>") through :func:`resolve`. Adding a model, a data source or an onnxruntime provider is
-one entry here (plus the module that implements it).
+<attr>") through :func:`resolve`. Adding a model, a data source, an onnxruntime provider or an
+export variant is one entry here (plus the module that implements it).
 """
 
 from __future__ import annotations
@@ -120,15 +120,40 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """A variant's default parity gate (``export.gates.<variant>`` overrides any threshold):
+    what it must match of PyTorch fp32 over the whole test split."""
+
+    max_abs_logit_diff: float | None  # None: reported, not gated
+    min_top1_agreement: float
+    max_accuracy_drop: float
+
+
+# What a parity check or a timing on onnxruntime's CPU provider does not measure of an fp16 file.
+CPU_FP16_NOTE = (
+    "onnxruntime's CPU provider runs fp16 nodes through casts to fp32: its figures are of the "
+    "graph, the fp16 weights and the input/output types, not of fp16 arithmetic"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Variant:
-    """An exported ONNX file; target is the function that writes it. fp32 is always exported,
-    the ``derived`` ones are made from it when ``export.variants`` lists them."""
+    """An exported ONNX file. The base (``derived=False``, fp32) is always exported; target is
+    the function that writes it from the PyTorch model. A derived variant is made from the base
+    when ``export.variants`` lists it; its target is a converter
+    ``convert(fp32_path, out_path, context: ConvertContext) -> VariantInfo``
+    (pipeline/export/variants.py)."""
 
     name: str
     description: str
-    file: str
+    file: str  # its file name in models/onnx/
     target: str
+    precision: str  # the arithmetic it computes in: fp32 | fp16 | int8
+    gate: Gate
+    remedy: str  # what to change when it misses its gate ("" for none)
     derived: bool = True
+    check_on_gpu: bool = False  # made for GPUs: its parity is checked on one when there is one
+    cpu_note: str = ""  # what onnxruntime's CPU provider does not measure of it
 
 
 SOURCES: Registry[Source] = Registry("data.source", [
@@ -169,17 +194,41 @@ PROVIDERS: Registry[Provider] = Registry("benchmark.providers", [
 ])  # fmt: skip
 
 VARIANTS: Registry[Variant] = Registry("export.variants", [
-    Variant("fp32", "the exported model itself", "model.onnx",
-            "pipeline.export.onnx_export:export_onnx", derived=False),
-    Variant("fp16", "fp16 weights and activations, fp32 inputs and logits; for GPUs",
-            "model.fp16.onnx", "pipeline.export.variants:to_fp16"),
-    Variant("int8", "static int8 QDQ, calibrated on a train sample; for CPUs",
-            "model.int8.onnx", "pipeline.export.variants:to_int8"),
+    Variant(name="fp32", description="the exported model itself", file="model.onnx",
+            target="pipeline.export.onnx_export:export_onnx", precision="fp32",
+            gate=Gate(max_abs_logit_diff=1e-3, min_top1_agreement=0.999,
+                      max_accuracy_drop=0.001),
+            remedy="", derived=False),
+    Variant(name="fp16",
+            description="fp16 weights and activations, fp32 inputs and logits; for GPUs",
+            file="model.fp16.onnx", target="pipeline.export.fp16:convert", precision="fp16",
+            gate=Gate(max_abs_logit_diff=0.1, min_top1_agreement=0.995,
+                      max_accuracy_drop=0.005),
+            remedy="check the model, or leave fp16 out of export.variants",
+            check_on_gpu=True, cpu_note=CPU_FP16_NOTE),
+    # int8's logit difference follows the logits' scale, not the predictions: reported only.
+    Variant(name="int8", description="static int8 QDQ, calibrated on a train sample; for CPUs",
+            file="model.int8.onnx", target="pipeline.export.int8:convert", precision="int8",
+            gate=Gate(max_abs_logit_diff=None, min_top1_agreement=0.98,
+                      max_accuracy_drop=0.01),
+            remedy="try export.int8.method: percentile, or leave int8 out of export.variants"),
 ])  # fmt: skip
 
 
+def base_variant() -> str:
+    """The variant every other one is derived from (fp32): the one entry not derived."""
+    (base,) = (variant.name for variant in VARIANTS if not variant.derived)
+    return base
+
+
 def derived_variants() -> list[str]:
+    """What ``export.variants`` may list."""
     return [variant.name for variant in VARIANTS if variant.derived]
+
+
+def exported_variants(asked: Iterable[str]) -> list[str]:
+    """Every file the export stage writes for ``export.variants`` = ``asked``: the base first."""
+    return [base_variant(), *asked]
 
 
 def arch_family(arch: str) -> tuple[ArchFamily, str] | None:

@@ -12,15 +12,32 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import annotated_types
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
-from pipeline.catalog import PROVIDERS, SOURCES, arch_names, derived_variants, is_known_arch
+from pipeline.catalog import (
+    PROVIDERS,
+    SOURCES,
+    VARIANTS,
+    arch_names,
+    derived_variants,
+    is_known_arch,
+)
 from pipeline.errors import PipelineError, first_line
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -329,33 +346,53 @@ class EvaluateParams(Section):
 
 
 class ParityGate(Section):
-    """What one exported variant must match of PyTorch fp32, over the whole test split."""
+    """What one exported variant must match of PyTorch fp32, over the whole test split; the
+    defaults are the variant's catalog entry's (``catalog.Gate``)."""
 
     max_abs_logit_diff: Annotated[float, Field(gt=0.0)] | None = Field(
-        1e-3,
         description="Fail export when any logit differs more than this from PyTorch's; null = "
         "report it only (int8: its size follows the logits' scale, not the predictions).",
     )
     min_top1_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        0.999, description="Fail export when a smaller share of top-1 predictions agree."
+        description="Fail export when a smaller share of top-1 predictions agree."
     )
     max_accuracy_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.001, description="Fail export when top-1 accuracy falls more (0.005 = 0.5 points)."
+        description="Fail export when top-1 accuracy falls more (0.005 = 0.5 points)."
     )
 
 
-class ParityGates(Section):
-    """One gate per variant: strict for fp32, looser where fp16 or int8 rounding is expected."""
+class _GatesByVariant(Section):
+    """``export.gates``: one :class:`ParityGate` per registered variant (fields made from
+    ``catalog.VARIANTS`` below), each threshold defaulting to the variant's catalog entry."""
 
-    fp32: ParityGate = Field(ParityGate(), description="Same arithmetic: only rounding order.")
-    fp16: ParityGate = Field(
-        ParityGate(max_abs_logit_diff=0.1, min_top1_agreement=0.995, max_accuracy_drop=0.005),
-        description="Half-precision weights and activations.",
-    )
-    int8: ParityGate = Field(
-        ParityGate(max_abs_logit_diff=None, min_top1_agreement=0.98, max_accuracy_drop=0.01),
-        description="8-bit weights and activations.",
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _catalog_defaults(cls, raw: Any) -> Any:
+        # A gate that sets some thresholds keeps its variant's defaults for the others.
+        if not isinstance(raw, dict):
+            return raw
+        return {
+            name: {**asdict(VARIANTS[name].gate), **given}
+            if name in VARIANTS and isinstance(given, dict)
+            else given
+            for name, given in raw.items()
+        }
+
+    def __getitem__(self, variant: str) -> ParityGate:
+        return getattr(self, VARIANTS[variant].name)
+
+
+ParityGates = create_model(
+    "ParityGates",
+    __base__=_GatesByVariant,
+    **{
+        variant.name: (
+            ParityGate,
+            Field(ParityGate(**asdict(variant.gate)), description=variant.description),
+        )
+        for variant in VARIANTS
+    },
+)
 
 
 QuantizableOp = Literal[
@@ -406,7 +443,7 @@ class ExportParams(Section):
         json_schema_extra=_choices(derived_variants()),
     )
     int8: Int8Params = Field(Int8Params(), description="How the int8 variant is quantised.")
-    gates: ParityGates = Field(
+    gates: ParityGates = Field(  # type: ignore[valid-type]  (made from the catalog)
         ParityGates(), description="Parity thresholds per variant; a miss fails the stage."
     )
 

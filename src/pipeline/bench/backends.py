@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.bench.providers import ModelFile, SessionTarget, chain_options
-from pipeline.catalog import PROVIDERS, Provider, fallback_chain
+from pipeline.catalog import PROVIDERS, VARIANTS, Provider, fallback_chain
 from pipeline.export.session import failure_reason, make_session, node_placement, session_logits
 from pipeline.hardware.precision import choose_precision
 from pipeline.hardware.tf32 import TF32_CAPABILITY, fp32_math
@@ -26,7 +26,6 @@ from pipeline.inference import in_batches, predict_logits
 from pipeline.preprocess import Normalize
 
 CPU_PROVIDER = PROVIDERS["cpu"].ort_name
-CPU_FP16_NOTE = "CPU provider runs fp16 nodes through casts to fp32"
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,8 @@ def ort_precision(variant: str, runs: Provider, capability: tuple[int, int] | No
     computes fp32 layers in TF32 on Ampere and newer with no switch (``fp32_as_tf32``); other
     providers are asked for IEEE fp32 by their options, and CPUs have no TF32."""
     tf32_gpu = capability is not None and tuple(capability) >= TF32_CAPABILITY
-    return "tf32" if variant == "fp32" and runs.fp32_as_tf32 and tf32_gpu else variant
+    precision = VARIANTS[variant].precision
+    return "tf32" if precision == "fp32" and runs.fp32_as_tf32 and tf32_gpu else precision
 
 
 def placement_status(
@@ -251,11 +251,10 @@ class OrtBackend:
         # What really runs decides where the row counts, never what was asked for.
         runs = next((p for p in self.chain if p.ort_name == used[0]), PROVIDERS["cpu"])
         precision = ort_precision(self.variant, runs, self.setup.capability)
-        on_cpu_fp16 = self.variant == "fp16" and not runs.on_gpu
+        note = "" if runs.on_gpu else VARIANTS[self.variant].cpu_note
         facts = RunFacts(
-            status, reason, tuple(used), precision, runs.on_gpu, runs.peak_key(precision),
-            CPU_FP16_NOTE if on_cpu_fp16 else "",
-        )  # fmt: skip
+            status, reason, tuple(used), precision, runs.on_gpu, runs.peak_key(precision), note
+        )
         return session, facts
 
     def _timed_session(self, batch_size: int):

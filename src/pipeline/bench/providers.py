@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.catalog import Provider, fallback_chain, resolve
+from pipeline.catalog import VARIANTS, Provider, fallback_chain, resolve
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.io import sha256_file
 
@@ -82,7 +82,7 @@ def tensorrt_options(target: SessionTarget) -> Options:
     cache = tensorrt_cache_dir(target.model.sha256, target.variant, target.profile)
     return {
         "device_id": target.device_index,
-        "trt_fp16_enable": target.variant == "fp16",
+        "trt_fp16_enable": VARIANTS[target.variant].precision == "fp16",
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,

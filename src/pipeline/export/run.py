@@ -10,15 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.catalog import PROVIDERS, VARIANTS, base_variant, exported_variants, resolve
 from pipeline.config import Params
 from pipeline.export.onnx_export import export_onnx, metadata_props
 from pipeline.export.parity import ParityError, compare, problems
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import (
     VARIANT_FILES,
-    calibration_sample,
-    to_fp16,
-    to_int8,
+    ConvertContext,
+    Converter,
+    VariantInfo,
     variant_path,
 )
 from pipeline.inference import predict_logits
@@ -27,16 +28,10 @@ from pipeline.model_io import ModelCard
 from pipeline.preprocess import WithPreprocessing
 from pipeline.versioning import params_hash
 
-CPU_FP16_NOTE = (
-    "checked on onnxruntime's CPU provider, which runs fp16 nodes through casts to fp32: "
-    "this checks the graph, its fp16 weights and its input/output types, not fp16 arithmetic "
-    "on a GPU"
-)
-
 
 def _parity_provider(variant: str) -> str:
-    # fp16 is meant for GPUs: check it on one when there is one.
-    return "cuda" if variant == "fp16" and torch.cuda.is_available() else "cpu"
+    # A variant made for GPUs is checked on one when there is one.
+    return "cuda" if VARIANTS[variant].check_on_gpu and torch.cuda.is_available() else "cpu"
 
 
 def check_variant(
@@ -63,8 +58,8 @@ def check_variant(
         "passed": not found,
         "problems": found,
     }
-    if variant == "fp16" and provider == "CPUExecutionProvider":
-        record["note"] = CPU_FP16_NOTE
+    if provider == PROVIDERS["cpu"].ort_name and VARIANTS[variant].cpu_note:
+        record["note"] = VARIANTS[variant].cpu_note
     return record
 
 
@@ -74,6 +69,39 @@ def _remove_stale(onnx_dir: Path, variants: list[str]) -> None:
         if name not in variants:
             with contextlib.suppress(FileNotFoundError):
                 (onnx_dir / filename).unlink()
+
+
+def convert(name: str, onnx_dir: Path, context: ConvertContext) -> VariantInfo:
+    """Write variant ``name`` from the fp32 file with the converter its catalog entry names."""
+    converter: Converter = resolve(VARIANTS[name].target, "pipeline.export")
+    return converter(variant_path(onnx_dir, base_variant()), variant_path(onnx_dir, name), context)
+
+
+def write_variants(
+    params: Params,
+    graph: torch.nn.Module,
+    example: torch.Tensor,
+    props: dict[str, str],
+    context: ConvertContext,
+    onnx_dir: Path,
+) -> dict[str, VariantInfo]:
+    """Export the base (fp32) file, then every variant ``export.variants`` asks for from it, in
+    one loop over their converters; what each did, by name, base first."""
+    base = base_variant()
+    export_onnx(graph, example, variant_path(onnx_dir, base), params.export.opset, props)
+    _remove_stale(onnx_dir, exported_variants(params.export.variants))
+    built = {base: VariantInfo()}
+    for name in params.export.variants:
+        built[name] = convert(name, onnx_dir, context)
+    return built
+
+
+def _graph_and_feed(model: WithPreprocessing, include_preprocessing: bool):
+    """The module to export, and what turns uint8 images into its input: without included
+    preprocessing the graph takes normalised float32, and so does every feed."""
+    if include_preprocessing:
+        return model, lambda images: images
+    return model.model, model.normalize
 
 
 def export_all(
@@ -91,45 +119,35 @@ def export_all(
     """
     settings, onnx_dir = params.export, Path(onnx_dir)
     images, labels = test
-    # Without included preprocessing the graph takes normalised float32 and so does every feed.
-    graph = model if settings.include_preprocessing else model.model
-    feed = (lambda x: x) if settings.include_preprocessing else model.normalize
-    fp32_path = variant_path(onnx_dir, "fp32")
+    graph, feed = _graph_and_feed(model, settings.include_preprocessing)
     props = metadata_props(card, settings.include_preprocessing, params_hash(params))
-    export_onnx(graph, feed(images[:2]), fp32_path, settings.opset, props)
-    _remove_stale(onnx_dir, ["fp32", *settings.variants])
-
-    built: dict[str, dict] = {"fp32": {}}
-    if "fp16" in settings.variants:
-        built["fp16"] = {"conversion": to_fp16(fp32_path, variant_path(onnx_dir, "fp16"))}
-    if "int8" in settings.variants:
-        count = settings.int8.calibration_images
-        sample = calibration_sample(train_images.numpy(), count, params.seed)
-        calibration = np.ascontiguousarray(feed(torch.from_numpy(sample)).numpy())
-        described = to_int8(fp32_path, variant_path(onnx_dir, "int8"), calibration, settings.int8)
-        built["int8"] = {"quantization": described | {"calibration_seed": params.seed}}
-
+    context = ConvertContext(params, train_images, feed)
+    built = write_variants(params, graph, feed(images[:2]), props, context, onnx_dir)
     batch_size = params.evaluate.batch_size  # both sides of the parity check
     torch_logits = predict_logits(model, images, batch_size).numpy()
     inputs = np.ascontiguousarray(feed(images).numpy())
     records = {}
-    for name, extra in built.items():
-        gate = getattr(settings.gates, name)
-        path = variant_path(onnx_dir, name)
-        records[name] = check_variant(
-            path, name, inputs, torch_logits, labels.numpy(), gate, batch_size
+    for name, info in built.items():
+        path, gate = variant_path(onnx_dir, name), settings.gates[name]
+        record = (
+            check_variant(path, name, inputs, torch_logits, labels.numpy(), gate, batch_size)
+            | info.facts
         )
-        records[name].update(extra)
+        records[name] = _with_remedy(record, info.remedy or VARIANTS[name].remedy)
         _print_line(name, records[name])
-    fp32 = records.pop("fp32")
     # The fp32 file is *the* model (models/onnx/model.onnx); variants are derived from it.
     return {
         "opset": settings.opset,
         "include_preprocessing": settings.include_preprocessing,
         "params_hash": props["params_hash"],
-        **fp32,
+        **records.pop(base_variant()),
         "variants": records,
     }
+
+
+def _with_remedy(record: dict[str, Any], remedy: str) -> dict[str, Any]:
+    """A record that missed its gate says what to change (export.json keeps the advice)."""
+    return record | {"remedy": remedy} if record["problems"] and remedy else record
 
 
 def _print_line(name: str, record: dict) -> None:
@@ -144,28 +162,18 @@ def _print_line(name: str, record: dict) -> None:
     )
 
 
-def _remedy(name: str, record: dict) -> str:
-    """The setting most likely to bring a failed variant inside its gate."""
-    if name == "fp32":
-        return ""
-    if name != "int8":
-        return f" (check the model, or leave {name} out of export.variants)"
-    if not record["quantization"]["reduce_range"]:
-        return " (set export.int8.reduce_range: true, the recipe for CPUs without VNNI)"
-    return " (try export.int8.method: percentile, or leave int8 out of export.variants)"
-
-
 def enforce_gates(metrics: dict[str, Any]) -> None:
     """Raise one error naming every variant whose parity gate failed, after deleting its file:
     a model that missed its gate must never be picked up downstream as if it passed."""
-    records = {"fp32": metrics, **metrics["variants"]}
+    records = {base_variant(): metrics, **metrics["variants"]}
     failed = {name: record for name, record in records.items() if record["problems"]}
     for record in failed.values():
         Path(record["file"]).unlink(missing_ok=True)
     if failed:
         raise ParityError(
             " | ".join(
-                f"{name}: {'; '.join(record['problems'])}{_remedy(name, record)}"
+                f"{name}: {'; '.join(record['problems'])}"
+                + (f" ({record['remedy']})" if "remedy" in record else "")
                 for name, record in failed.items()
             )
         )

@@ -1,23 +1,25 @@
-"""Variants derived from the checked fp32 ONNX model: fp16 for GPUs, static int8 QDQ for CPUs."""
+"""What every variant shares: the converter signature, its inputs and what it returns, the files'
+names (from ``catalog.VARIANTS``), and the seeded train sample a calibrating converter draws.
+
+A derived variant is one module of this package with a ``convert(fp32_path, out_path, context)``
+function, named by its catalog entry; ``export/run.py`` calls each one asked for in one loop.
+"""
 
 from __future__ import annotations
 
-import json
-import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
+import torch
 
 from pipeline.catalog import VARIANTS
-from pipeline.export.onnx_export import save_checked, set_metadata
-from pipeline.export.safety import check_onnx_file
-from pipeline.hardware.cpu import CpuFeatures
-from pipeline.hardware.cpu import detect as detect_cpu
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
-    from pipeline.config import Int8Params
+    from pipeline.config import Params
 
 VARIANT_FILES = {variant.name: variant.file for variant in VARIANTS}
 
@@ -26,42 +28,37 @@ def variant_path(onnx_dir: str | Path, variant: str) -> Path:
     return Path(onnx_dir) / VARIANT_FILES[variant]
 
 
-def _metadata(model: onnx.ModelProto, **extra: str) -> dict[str, str]:
-    return {prop.key: prop.value for prop in model.metadata_props} | extra
+@dataclass(frozen=True)
+class ConvertContext:
+    """What a converter may read besides the fp32 file: the params, the train images the stage
+    read for calibration, and ``feed``, which turns uint8 images into what the graph takes."""
+
+    params: Params
+    train_images: torch.Tensor
+    feed: Callable[[torch.Tensor], torch.Tensor]
+
+    def calibration_inputs(self, count: int) -> np.ndarray:
+        """A seeded sample of ``count`` train images, in the graph's input dtype and layout."""
+        sample = calibration_sample(self.train_images.numpy(), count, self.params.seed)
+        return np.ascontiguousarray(self.feed(torch.from_numpy(sample)).numpy())
 
 
-def _sort_topologically(graph: onnx.GraphProto) -> None:
-    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
-    ready = {value.name for value in graph.input} | {init.name for init in graph.initializer}
-    ready.add("")  # an omitted optional input
-    pending, ordered = list(graph.node), []
-    while pending:
-        runnable = [n for n in pending if all(name in ready for name in n.input)]
-        if not runnable:  # a cycle, or an input nothing produces: leave it to the checker
-            ordered += pending
-            break
-        for node in runnable:
-            ordered.append(node)
-            ready.update(node.output)
-        pending = [n for n in pending if n not in runnable]
-    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(nodes)
+@dataclass(frozen=True)
+class VariantInfo:
+    """What a converter did: ``facts`` join the variant's record in export.json; ``remedy``,
+    when set, replaces the catalog entry's advice for a failed gate (it knows what it chose)."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+    remedy: str | None = None
 
 
-def to_fp16(src: str | Path, dst: str | Path) -> dict:
-    """fp16 weights and activations; the inputs and the logits keep their dtype (keep_io_types),
-    so a deployer feeds the same arrays as to the fp32 model."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+class Converter(Protocol):
+    def __call__(self, fp32_path: Path, out_path: Path, context: ConvertContext) -> VariantInfo: ...
 
-    model = check_onnx_file(src)
-    # Ops whose fp16 form loses too much (the library's default block list) stay fp32.
-    fp16 = convert_float_to_float16(model, keep_io_types=True)
-    # It appends the Cast of a float32 graph input after the nodes that read it.
-    _sort_topologically(fp16.graph)
-    set_metadata(fp16, _metadata(model, variant="fp16"))
-    save_checked(fp16, dst)
-    return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
+
+def derived_metadata(source: onnx.ModelProto, variant: str, **extra: str) -> dict[str, str]:
+    """The fp32 file's metadata (class names, normalisation, ...) naming ``variant`` instead."""
+    return {prop.key: prop.value for prop in source.metadata_props} | {"variant": variant} | extra
 
 
 def calibration_rows(total: int, count: int, seed: int) -> np.ndarray:
@@ -73,131 +70,3 @@ def calibration_rows(total: int, count: int, seed: int) -> np.ndarray:
 def calibration_sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
     """A fixed sample of ``images``: the same ``seed`` always draws the same images, in order."""
     return np.ascontiguousarray(images[calibration_rows(len(images), count, seed)])
-
-
-def _calibration_reader(input_name: str, images: np.ndarray, batch_size: int = 64):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class ArrayReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rewind()
-
-        def get_next(self):
-            return next(self._batches, None)
-
-        def rewind(self) -> None:
-            self._batches = iter(
-                {input_name: images[start : start + batch_size]}
-                for start in range(0, len(images), batch_size)
-            )
-
-    return ArrayReader()
-
-
-def _drop_unused_opsets(model: onnx.ModelProto) -> None:
-    """The quantiser's pre-processing imports every domain it knows; keep the ones in use."""
-    used = {node.domain for node in model.graph.node} | {""}
-    keep = [opset for opset in model.opset_import if opset.domain in used]
-    del model.opset_import[:]
-    model.opset_import.extend(keep)
-
-
-def _output_op_types(model: onnx.ModelProto) -> list[str]:
-    outputs = {value.name for value in model.graph.output}
-    return sorted({node.op_type for node in model.graph.node if set(node.output) & outputs})
-
-
-def _pre_process(quant_pre_process, src, dst) -> str:
-    """onnxruntime's symbolic shape inference trips on some graphs (ReduceMax with axes as an
-    input, for one); ONNX's own inference is enough for fixed-size images."""
-    try:
-        quant_pre_process(str(src), str(dst))
-        return "symbolic"
-    except Exception:  # its failures are bare TypeErrors and the like, deep in its code
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-        return "onnx"
-
-
-def choose_reduce_range(setting: str | bool, cpu: CpuFeatures) -> tuple[bool, str]:
-    """(reduce_range, why). onnxruntime's x86 int8 kernels without VNNI (AVX2, AVX-512F) add
-    pairs of u8*s8 products in int16 (vpmaddubsw), which saturates with full 8-bit weights:
-    measured on the default model, max |logit diff| 1.66 on AVX2 against 0.14 on AVX-512 VNNI.
-    7-bit weights cannot saturate and give the same logits on every CPU (0.176 on both)."""
-    if setting != "auto":
-        return bool(setting), "set by export.int8.reduce_range"
-    if cpu.int8_dot_product:
-        return False, f"auto: {cpu.profile} CPU has VNNI dot products, which do not saturate"
-    return True, f"auto: {cpu.profile} CPU has no VNNI; 8-bit weights could saturate int16 sums"
-
-
-def to_int8(
-    src: str | Path,
-    dst: str | Path,
-    calibration: np.ndarray,
-    settings: Int8Params,
-    cpu: CpuFeatures | None = None,
-) -> dict:
-    """Static QDQ quantisation calibrated on ``calibration`` (already in the model's input dtype).
-
-    Deterministic: the same model, calibration images and recipe give the same bytes. The recipe
-    follows ``cpu`` (default: this machine's) where ``settings.reduce_range`` is auto.
-    """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    cpu = cpu or detect_cpu()
-    reduce_range, reduce_range_why = choose_reduce_range(settings.reduce_range, cpu)
-    source = check_onnx_file(src)
-    input_name = source.graph.input[0].name
-    activation = QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[settings.method]
-    with tempfile.TemporaryDirectory(prefix="pipeline-int8.") as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
-        # Constant folding and shape inference first, so each Conv's folded weights are
-        # quantised once and every activation has a known shape.
-        shapes = _pre_process(quant_pre_process, src, prepared)
-        # The logits stay float: quantising them adds error, clips any logit beyond the
-        # calibrated range and saves nothing. (The option works per op type: in a CNN that is
-        # the classifier head alone.)
-        output_ops = _output_op_types(onnx.load(str(prepared)))
-        quantize_static(
-            prepared,
-            quantized,
-            _calibration_reader(input_name, calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=activation,
-            weight_type=QuantType.QInt8,
-            per_channel=settings.per_channel,
-            reduce_range=reduce_range,
-            op_types_to_quantize=list(settings.op_types),
-            calibrate_method=method,
-            extra_options={"OpTypesToExcludeOutputQuantization": output_ops},
-        )
-        model = onnx.load(str(quantized))
-    _drop_unused_opsets(model)
-    described = {
-        "format": "QDQ",
-        "activations": settings.activations,
-        "weights": "int8",
-        "per_channel": settings.per_channel,
-        "reduce_range": reduce_range,
-        "reduce_range_reason": reduce_range_why,
-        "cpu": cpu.profile,
-        "op_types": list(settings.op_types),
-        "method": settings.method,
-        "calibration_images": len(calibration),
-        "outputs_not_quantised": output_ops,
-        "shape_inference": shapes,
-    }
-    set_metadata(model, _metadata(source, variant="int8", quantization=json.dumps(described)))
-    save_checked(model, dst)
-    return described
