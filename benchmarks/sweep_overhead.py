@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--project", choices=("tiny", "pipeline"), default="tiny")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes ~/.ray/auth_token
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     with tempfile.TemporaryDirectory(prefix="sweep-overhead.") as tmp:
         repo = build(Path(tmp), args.project)

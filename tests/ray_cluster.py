@@ -35,6 +35,8 @@ def free_port() -> int:
 def ray_env(base: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in base.items() if not key.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Ray 2.60 turns on token auth when ~/.ray/auth_token exists: keep the test the same anywhere.
+    env["RAY_AUTH_MODE"] = "disabled"
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 

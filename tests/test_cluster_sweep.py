@@ -22,7 +22,7 @@ from pipeline.cluster.preflight import check_outputs, clone_url, preflight
 from pipeline.cluster.report import progress_line, summary_table
 from pipeline.cluster.task import Result
 from pipeline.sweep import run_exp_show, runs_from_exp_show
-from ray_cluster import Cluster
+from ray_cluster import Cluster, ray_env
 
 # --- the grid ----------------------------------------------------------------------------------
 
@@ -205,9 +205,8 @@ def sweep_command(address: str, tmp: Path, *args: str) -> list[str]:
 
 
 def sweep_env() -> dict[str, str]:
-    env = tool_env()
+    env = ray_env(tool_env())  # as the nodes have it
     env["PYTHONPATH"] = str(ROOT / "src")  # this checkout's pipeline-sweep
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
 
