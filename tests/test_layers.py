@@ -27,7 +27,7 @@ RANKS = {
     "train": 7,
     "evaluate": 8, "export": 8,
     "bench": 9,
-    "params_check": 10, "stage": 10, "sweep": 10, "gpu_queue": 10, "stage_deps": 10,
+    "params_check": 10, "stage": 10, "sweep": 10, "cluster": 10, "stage_deps": 10,
 }  # fmt: skip
 
 

@@ -1,20 +1,16 @@
-"""pipeline-pareto on crafted and on real `dvc exp show --json`; pipeline-queue-gpus."""
+"""pipeline-pareto on crafted and on real `dvc exp show --json`."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import dvc, run
-from pipeline import gpu_queue
 from pipeline.sweep import (
     least_energy_meeting_target,
     main,
@@ -368,149 +364,3 @@ def test_workspace_with_results_of_its_own_stays(document: list[dict]) -> None:
     copy = [entry for entry in document if entry["rev"] != "workspace"]
     copy.insert(0, {**document[1]["experiments"][0]["revs"][0], "rev": "workspace"})
     assert "workspace" not in names(without_workspace_copy(runs_from_exp_show(copy)))
-
-
-# --- pipeline-queue-gpus ----------------------------------------------------------------------
-
-
-class FakeDvc:
-    """Stands in for `dvc queue status/start`: workers appear a couple of polls after a start."""
-
-    def __init__(self, queued: bool = True, workers: int = 0, lag: int = 2) -> None:
-        self.queued, self.workers, self.lag = queued, workers, lag
-        self.calls: list[tuple[list[str], dict | None]] = []
-        self._pending: list[int] = []
-
-    def __call__(self, command: list[str], *, stdout: io.TextIOBase, env=None, **_: Any):
-        args = command[3:]  # after python -m dvc
-        self.calls.append((args, env))
-        if args[:2] == ["queue", "start"]:
-            self._pending.append(self.lag)
-            stdout.write("Started '1' new experiments task queue worker.\n")
-        else:
-            self._pending = [left - 1 for left in self._pending]
-            self.workers += sum(1 for left in self._pending if left == 0)
-            self._pending = [left for left in self._pending if left > 0]
-            task = "abc1234  exp-1  12:00 AM   Queued\n" if self.queued else ""
-            stdout.write(
-                f"Task  Name  Created  Status\n{task}\n"
-                f"Worker status: 0 active, {self.workers} idle\n"
-            )
-        return subprocess.CompletedProcess(command, 0)
-
-    def starts(self) -> list[tuple[str, str | None]]:
-        return [
-            (args[3], (env or {}).get("CUDA_VISIBLE_DEVICES"))
-            for args, env in self.calls
-            if args[:2] == ["queue", "start"]
-        ]
-
-
-def test_one_pinned_worker_per_gpu_started_one_at_a_time() -> None:
-    fake = FakeDvc()
-    messages = gpu_queue.start_gpu_workers(["0", "1", "2"], run=fake, poll_s=0)
-
-    assert fake.starts() == [("1", "0"), ("2", "1"), ("3", "2")]
-    # Each start waits until the worker before it is counted (else -j would duplicate it).
-    kinds = [args[1] for args, _ in fake.calls]
-    assert kinds == [
-        "status",
-        "start",
-        "status",
-        "status",
-        "start",
-        "status",
-        "status",
-        "start",
-        "status",
-        "status",
-    ]
-    assert messages == [f"worker {n}: CUDA_VISIBLE_DEVICES={n - 1}" for n in (1, 2, 3)]
-
-
-def test_without_gpus_one_unpinned_worker() -> None:
-    fake = FakeDvc()
-    messages = gpu_queue.start_gpu_workers([], run=fake, poll_s=0)
-
-    assert fake.starts() == [("1", None)]
-    assert "no GPU visible" in messages[0]
-
-
-def test_refuses_to_add_to_running_workers() -> None:
-    fake = FakeDvc(workers=1)
-    with pytest.raises(SystemExit, match="already running"):
-        gpu_queue.start_gpu_workers(["0"], run=fake)
-    assert fake.starts() == []
-
-
-def test_nothing_queued_starts_nothing() -> None:
-    fake = FakeDvc(queued=False)
-    assert "nothing queued" in gpu_queue.start_gpu_workers(["0"], run=fake)[0]
-    assert fake.starts() == []
-
-
-def test_gives_up_when_a_worker_never_registers() -> None:
-    fake = FakeDvc(lag=10**6)
-    with pytest.raises(SystemExit, match="did not register"):
-        gpu_queue.start_gpu_workers(["0", "1"], run=fake, wait_s=0.05, poll_s=0.01)
-    assert fake.starts() == [("1", "0")]
-
-
-def test_gpu_ids_follow_cuda_visible_devices_else_the_nvml_count() -> None:
-    assert gpu_queue.gpu_ids({"CUDA_VISIBLE_DEVICES": "2, 3"}, count=lambda: 8) == ["2", "3"]
-    assert gpu_queue.gpu_ids({}, count=lambda: 2) == ["0", "1"]
-    assert gpu_queue.gpu_ids({}, count=lambda: 0) == []
-
-
-def test_nvml_gpu_count_is_zero_without_a_driver() -> None:
-    class NoDriver:
-        def nvmlInit(self) -> None:
-            raise RuntimeError("NVML Shared Library Not Found")
-
-    assert gpu_queue.nvml_gpu_count(NoDriver()) == 0
-
-
-PINNED_STAGE = """\
-import json, os, time
-os.makedirs("metrics", exist_ok=True)
-time.sleep(2)
-json.dump({"gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")},
-          open("metrics/train.json", "w"))
-"""
-
-
-@pytest.mark.slow
-def test_real_queue_workers_pass_their_gpu_to_the_experiments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    repo = make_repo(
-        tmp_path / "repo", PINNED_STAGE, ["metrics/train.json"], "train:\n  batch_size: 1\n"
-    )
-    for size in (2, 3, 4):
-        dvc(repo, "exp", "run", "--queue", "-S", f"train.batch_size={size}")
-    try:
-        # Two made-up GPU ids: no GPU is needed to see that each worker's variable arrives.
-        # A loaded 2-core machine can take over a minute to start a celery worker.
-        messages = gpu_queue.start_gpu_workers(["7", "9"], repo, poll_s=0.2, wait_s=180)
-        assert messages == ["worker 1: CUDA_VISIBLE_DEVICES=7", "worker 2: CUDA_VISIBLE_DEVICES=9"]
-        deadline = time.monotonic() + 120
-        while re.search(r"\s(Queued|Running)\s*$", dvc(repo, "queue", "status").stdout, re.M):
-            assert time.monotonic() < deadline, "queued experiments did not finish"
-            time.sleep(1)
-    finally:
-        dvc(repo, "queue", "stop", check=False)
-
-    experiments = [
-        run for run in runs_from_exp_show(run_exp_show(repo)) if run.kind == "experiment"
-    ]
-    assert len(experiments) == 3 and all(run.state == "success" for run in experiments)
-    document = json.loads(dvc(repo, "exp", "show", "--json").stdout)
-    gpus = [
-        rev["data"]["metrics"]["metrics/train.json"]["data"]["gpu"]
-        for exp in document[1]["experiments"]
-        for rev in exp["revs"]
-    ]
-    assert len(gpus) == 3 and set(gpus) <= {"7", "9"}  # never "unset": the variable arrived
-    assert "7" in gpus  # worker 1 starts first and takes the first experiment
