@@ -348,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         else time_compile(trained, held_out[0], settings)
     )
     write_report(report, args.out)
+    if report["inference"]["onnx_export"] != "ok":  # every onnxruntime row is missing
+        why = report["inference"]["onnx_export"]
+        print(f"gpu_check: {why}; no onnxruntime row was measured", file=sys.stderr)
+        return 1
     return 0 if report["tests"]["status"] != "failed" else 1
 
 
