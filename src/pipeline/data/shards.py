@@ -8,10 +8,11 @@ classes and a reader that shuffles only within a window of shards still sees eve
 one-shard split keeps the source's order (the embedded default's bytes do not move).
 
 Reading checks each shard before touching its data: a regular file (a symbolic link only into
-the project's DVC cache), the safetensors header (truncation), the tensors' dtype and shape
-against meta.json, the count against the index and, when asked, the sha256. Data is read
-through a memory map that lives only while one shard is copied out, so a reader holds at most
-the shards it was asked for, never the whole split.
+the project's DVC cache, wherever DVC's config puts it), the safetensors header (truncation),
+the tensors' dtype and shape against meta.json, the count against the index and, when asked,
+the sha256. Data is read through a memory
+map that lives only while one shard is copied out, so a reader holds at most the shards it
+was asked for, never the whole split.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save as save_numpy_bytes
 
-from pipeline.data.links import dvc_caches
+from pipeline.data.links import links_into_dvc_cache
 from pipeline.data.progress import Progress
 from pipeline.data.stats import histogram_stats, pixel_histogram
 from pipeline.data.types import Images, Quarantined, decode_rows
@@ -175,14 +176,13 @@ def _check_file(path: Path) -> None:
         mode = path.lstat().st_mode
     except OSError:
         raise ShardError(f"{path}: shard listed in meta.json is missing; re-run prepare") from None
-    if stat.S_ISLNK(mode):
-        target = path.resolve()
-        if not any(target.is_relative_to(cache) for cache in dvc_caches(path.parent)):
+    if stat.S_ISLNK(mode):  # before any read (hashing included) goes through it
+        if not links_into_dvc_cache(path):
             raise ShardError(
                 f"{path} is a symbolic link to {os.readlink(path)}; shards are read only as "
-                "files in the prepared folder (or links into its DVC cache)"
+                "files in the prepared folder (or links into its DVC cache, see dvc cache dir)"
             )
-        mode = target.stat().st_mode
+        mode = path.resolve().stat().st_mode
     if not stat.S_ISREG(mode):
         raise ShardError(f"{path} is not a regular file")
 
