@@ -10,7 +10,7 @@ one-shard split keeps the source's order (the embedded default's bytes do not mo
 Reading checks each shard before touching its data: a regular file (a symbolic link only into
 the project's DVC cache, wherever DVC's config puts it), the safetensors header (truncation),
 the tensors' dtype and shape against meta.json, the count against the index and, when asked,
-the sha256. Data is read through a memory
+the sha256 (once per prepared folder: pipeline.data.verified). Data is read through a memory
 map that lives only while one shard is copied out, so a reader holds at most the shards it
 was asked for, never the whole split.
 """
@@ -32,6 +32,7 @@ from pipeline.data.links import links_into_dvc_cache
 from pipeline.data.progress import Progress
 from pipeline.data.stats import histogram_stats, pixel_histogram
 from pipeline.data.types import Images, Quarantined, decode_rows
+from pipeline.data.verified import verify_once
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_bytes, sha256_file, write_bytes
 from pipeline.safetensors_header import TensorFileError, read_header
@@ -235,17 +236,22 @@ class SplitShards:
         return int(np.prod(self.image_shape))
 
     def verify(self) -> list[str]:
-        """Every shard's sha256, checked against the index (one read pass, chunked)."""
-        hashes = []
-        for shard in self.shards:
-            found = sha256_file(shard.path)
-            if found != shard.sha256:
+        """Every shard's sha256, checked against the index (one read pass, chunked) once per
+        prepared folder: a shard unchanged since an earlier check is not hashed again
+        (pipeline.data.verified)."""
+
+        def check(path: Path, expected: str) -> None:
+            found = sha256_file(path)
+            if found != expected:
                 raise ShardError(
-                    f"{shard.path}: sha256 {found[:12]}... differs from meta.json's "
-                    f"{shard.sha256[:12]}... (changed after prepare); re-run prepare"
+                    f"{path}: sha256 {found[:12]}... differs from meta.json's "
+                    f"{expected[:12]}... (changed after prepare); re-run prepare"
                 )
-            hashes.append(found)
-        return hashes
+
+        if self.shards:
+            pairs = [(shard.path, shard.sha256) for shard in self.shards]
+            verify_once(self.shards[0].path.parent, pairs, check)
+        return [shard.sha256 for shard in self.shards]
 
     def read_into(self, number: int, images: np.ndarray, labels: np.ndarray) -> None:
         """Copy shard ``number`` into the first rows of ``images``/``labels``."""
