@@ -42,6 +42,7 @@ if importlib.util.find_spec("pipeline") is None:
 
 from pipeline.bench.run import machine_context, run_benchmark  # noqa: E402
 from pipeline.bench.timing import time_call  # noqa: E402
+from pipeline.data.types import LabelledImages  # noqa: E402
 from pipeline.energy import cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
 from pipeline.hardware.peak import flops_per_image  # noqa: E402
@@ -230,8 +231,8 @@ def inference(model, data, settings: BenchSettings, energy: EnergySettings, fold
         normalisation=Normalisation(mean=tuple(MEAN), std=tuple(STD)),
     )
     variants, why = export_variants(model, folder)
-    images, labels = data[0].numpy(), data[1].numpy()
-    rows, context = run_benchmark(settings, model, spec_card, variants, images, labels, energy)
+    test = LabelledImages(data[0].numpy(), data[1].numpy())
+    rows, context = run_benchmark(settings, model, spec_card, variants, test, energy)
     return {"rows": rows, "context": context, "onnx_export": why or "ok"}
 
 

@@ -11,7 +11,7 @@ from pipeline import paths
 from pipeline.bench.report import write_report, write_report_chart
 from pipeline.bench.run import machine_context, run_benchmark
 from pipeline.config import Params
-from pipeline.data.storage import read_split
+from pipeline.data.storage import split_shards
 from pipeline.export.variants import variant_path
 from pipeline.model_io import load_trained
 from pipeline.records import benchmark_figures, write_record
@@ -20,11 +20,9 @@ from pipeline.stage import run_stage
 
 def benchmark(params: Params) -> None:
     model, card = load_trained(paths.MODELS_DIR)
-    test = read_split(paths.PREPARED_DIR, "test")
+    test = split_shards(paths.PREPARED_DIR, "test")  # read a shard at a time, never whole
     variants = {v: variant_path(paths.ONNX_DIR, v) for v in ["fp32", *params.export.variants]}
-    rows, context = run_benchmark(
-        params.benchmark, model, card, variants, test.images, test.labels, params.energy
-    )
+    rows, context = run_benchmark(params.benchmark, model, card, variants, test, params.energy)
     summary = write_report(
         rows,
         machine_context() | context,

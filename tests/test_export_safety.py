@@ -156,6 +156,7 @@ def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
     from pipeline.bench.backends import OrtBackend
     from pipeline.bench.run import Spec, benchmark_backend
     from pipeline.config import BenchmarkParams
+    from pipeline.data.types import LabelledImages
 
     params = BenchmarkParams(device="cpu", batch_sizes=[1], min_iterations=1, min_seconds=0.0)
     images = np.zeros((4, 1, 8, 8), np.uint8)
@@ -166,4 +167,6 @@ def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
 
         spec = Spec("onnxruntime_cpu", "int8", "cpu", "host", build)
         with pytest.raises(UnsafeModelError, match="not an ONNX model"):
-            benchmark_backend(spec, params, "cpu", images, np.zeros(4, np.int64))
+            benchmark_backend(
+                spec, params, "cpu", images, LabelledImages(images, np.zeros(4, np.int64))
+            )

@@ -17,6 +17,7 @@ from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.memory import memory_probe
 from pipeline.bench.report import BASELINE, ROW_FIELDS, speedup_baseline
 from pipeline.bench.timing import spread, time_call
+from pipeline.data.types import LabelledChunks
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.errors import describe
 from pipeline.export.safety import UnsafeModelError
@@ -125,10 +126,19 @@ def row_energy(call, backend, batch_size: int, energy_params, device) -> dict:
     }
 
 
+def split_accuracy(backend, test: LabelledChunks) -> float:
+    """Top-1 over the whole test split, read a shard at a time (memory flat in its size)."""
+    correct = 0
+    for images, labels in test.iter_shards():
+        correct += int((backend.logits(images, ACCURACY_BATCH).argmax(1) == labels).sum())
+    return correct / test.count
+
+
 def benchmark_backend(
-    spec: Spec, params: BenchmarkParams, device, images, labels, energy_params=None
+    spec: Spec, params: BenchmarkParams, device, images, test: LabelledChunks, energy_params=None
 ) -> list[dict]:
-    """Rows of one backend; one that cannot be built or run gives `failed` rows, not a crash."""
+    """Rows of one backend; one that cannot be built or run gives `failed` rows, not a crash.
+    ``images``: the first test images, timed; ``test``: the whole split, for accuracy."""
     probe = memory_probe(spec.memory, device)
     started = time.perf_counter()
     try:
@@ -164,8 +174,7 @@ def benchmark_backend(
         rows.append(_row(spec, size, **facts, **summary, **memory, **energy))
     # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
     try:
-        predictions = backend.logits(images, ACCURACY_BATCH).argmax(1)
-        accuracy = float((predictions == labels).mean())
+        accuracy = split_accuracy(backend, test)
     except Exception as error:
         accuracy = None
         for row in rows:
@@ -280,20 +289,22 @@ def run_benchmark(
     model,
     card,
     variants: dict[str, Path],
-    images,
-    labels,
+    test: LabelledChunks,
     energy_params: EnergyParams | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Rows for every backend x variant x provider x batch size, and the run's context."""
+    """Rows for every backend x variant x provider x batch size, and the run's context. Only
+    the first test images (the largest batch) are held; accuracy passes read ``test`` a shard
+    at a time."""
     threads = params.threads or physical_cores()
     # Same thread count for both frameworks, or the comparison measures the thread pools.
     torch.set_num_threads(threads)
     specs, device = backend_specs(params, model, card, variants, threads)
+    images = test.head(max(params.batch_sizes))  # what every timed call feeds
     flops = flops_per_image(model, torch.from_numpy(images[:1]))
     peaks = peaks_for(device, threads)
     rows = []
     for spec in specs:
-        rows += benchmark_backend(spec, params, device, images, labels, energy_params)
+        rows += benchmark_backend(spec, params, device, images, test, energy_params)
     timed_rounds(specs, params, rows, images)
     for row in rows:
         _print(row)

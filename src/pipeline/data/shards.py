@@ -289,6 +289,10 @@ class SplitShards:
             start = end
         return out
 
+    def head(self, count: int) -> np.ndarray:
+        """The first ``count`` images (all, when the split holds fewer)."""
+        return self.rows(np.arange(min(count, self.count)))
+
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for number, shard in enumerate(self.shards):
             images = np.empty((shard.count, *self.image_shape), np.uint8)

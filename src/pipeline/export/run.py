@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from pipeline.config import Params
+from pipeline.data.types import LabelledChunks
 from pipeline.export.onnx_export import export_onnx, metadata_props
-from pipeline.export.parity import ParityError, compare, problems
+from pipeline.export.parity import Parity, ParityError, ParityTally, problems
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import (
     VARIANT_FILES,
@@ -39,18 +40,21 @@ def _parity_provider(variant: str) -> str:
     return "cuda" if variant == "fp16" and torch.cuda.is_available() else "cpu"
 
 
-def check_variant(
-    path: Path,
-    variant: str,
-    inputs: np.ndarray,
-    torch_logits: np.ndarray,
-    labels,
-    gate,
-    batch_size: int,
-) -> dict[str, Any]:
+def parity_pass(model, feed, sessions: dict[str, Any], test: LabelledChunks, batch_size: int):
+    """Parity of every session against PyTorch fp32 over the whole test split, read a shard at
+    a time (memory flat in the split's size); each shard's PyTorch logits serve every variant."""
+    tallies = {name: ParityTally() for name in sessions}
+    for images, labels in test.iter_shards():
+        tensor = torch.from_numpy(images)
+        torch_logits = predict_logits(model, tensor, batch_size).numpy()
+        inputs = np.ascontiguousarray(feed(tensor).numpy())
+        for name, session in sessions.items():
+            tallies[name].add(torch_logits, session_logits(session, inputs, batch_size), labels)
+    return {name: tally.result() for name, tally in tallies.items()}
+
+
+def variant_record(path: Path, variant: str, session, parity: Parity, gate) -> dict[str, Any]:
     """File facts and parity of one exported file against PyTorch fp32's logits."""
-    session = make_session(path, _parity_provider(variant), log=[])
-    parity = compare(torch_logits, session_logits(session, inputs, batch_size), labels)
     provider = session.get_providers()[0]
     found = problems(parity, gate, variant)
     record = {
@@ -80,7 +84,7 @@ def export_all(
     params: Params,
     model: WithPreprocessing,
     card: ModelCard,
-    test: tuple[torch.Tensor, torch.Tensor],
+    test: LabelledChunks,
     train_images: torch.Tensor,
     onnx_dir: str | Path,
 ) -> dict[str, Any]:
@@ -90,13 +94,12 @@ def export_all(
     :func:`enforce_gates`, so a failed gate leaves its evidence behind.
     """
     settings, onnx_dir = params.export, Path(onnx_dir)
-    images, labels = test
     # Without included preprocessing the graph takes normalised float32 and so does every feed.
     graph = model if settings.include_preprocessing else model.model
     feed = (lambda x: x) if settings.include_preprocessing else model.normalize
     fp32_path = variant_path(onnx_dir, "fp32")
     props = metadata_props(card, settings.include_preprocessing, params_hash(params))
-    export_onnx(graph, feed(images[:2]), fp32_path, settings.opset, props)
+    export_onnx(graph, feed(torch.from_numpy(test.head(2))), fp32_path, settings.opset, props)
     _remove_stale(onnx_dir, ["fp32", *settings.variants])
 
     built: dict[str, dict] = {"fp32": {}}
@@ -110,15 +113,15 @@ def export_all(
         built["int8"] = {"quantization": described | {"calibration_seed": params.seed}}
 
     batch_size = params.evaluate.batch_size  # both sides of the parity check
-    torch_logits = predict_logits(model, images, batch_size).numpy()
-    inputs = np.ascontiguousarray(feed(images).numpy())
+    paths = {name: variant_path(onnx_dir, name) for name in built}
+    sessions = {
+        name: make_session(path, _parity_provider(name), log=[]) for name, path in paths.items()
+    }
+    parities = parity_pass(model, feed, sessions, test, batch_size)
     records = {}
     for name, extra in built.items():
         gate = getattr(settings.gates, name)
-        path = variant_path(onnx_dir, name)
-        records[name] = check_variant(
-            path, name, inputs, torch_logits, labels.numpy(), gate, batch_size
-        )
+        records[name] = variant_record(paths[name], name, sessions[name], parities[name], gate)
         records[name].update(extra)
         _print_line(name, records[name])
     fp32 = records.pop("fp32")
