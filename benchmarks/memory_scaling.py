@@ -11,7 +11,7 @@ split a shard at a time stays flat; one that loads it whole grows with it.
 Gates are loosened (an untrained model's int8 logits do not agree) and timing is cut to the
 minimum: only memory is measured here, not speed.
 
-    python benchmarks/memory_scaling.py [--images 8192] [--factor 4] [--keep DIR]
+    python benchmarks/memory_scaling.py [--images 8192] [--factor 4] [--stages export benchmark]
 """
 
 from __future__ import annotations
@@ -90,10 +90,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=8192, help="test images of the small split")
     parser.add_argument("--factor", type=int, default=4, help="the large split is this many times")
     parser.add_argument("--keep", type=Path, help="build the projects here and keep them")
+    parser.add_argument("--stages", nargs="+", default=["export", "benchmark"],
+                        choices=["export", "benchmark"], help="the stages to measure")  # fmt: skip
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="memory_scaling."))
     sizes = [args.images, args.images * args.factor]
-    peaks: dict[str, list[float]] = {"export": [], "benchmark": []}
+    peaks: dict[str, list[float]] = {stage: [] for stage in args.stages}
     try:
         for size in sizes:
             folder = base / f"test-{size}"

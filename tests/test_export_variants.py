@@ -21,7 +21,7 @@ from pipeline.data import digits
 from pipeline.data.stats import channel_stats
 from pipeline.data.types import LabelledImages
 from pipeline.export.parity import Parity, ParityError, ParityTally, compare, enforce, problems
-from pipeline.export.run import enforce_gates, export_all, parity_pass
+from pipeline.export.run import enforce_gates, export_all, parity_of
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import calibration_sample, to_int8, variant_path
 from pipeline.hardware.cpu import CpuFeatures, detect
@@ -124,14 +124,14 @@ class Chunked:
             yield self.images[start : start + self.size], self.labels[start : start + self.size]
 
 
-def test_parity_reads_the_test_split_a_shard_at_a_time_with_the_same_figures(exported):
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_parity_reads_the_test_split_a_shard_at_a_time_with_the_same_figures(exported, variant):
     images, labels = exported["test"]
-    sessions = {v: make_session(variant_path(exported["dir"], v)) for v in ("fp32", "int8")}
-    model = exported["model"]
-    whole = parity_pass(model, lambda x: x, sessions, LabelledImages(images, labels), 16)
+    session, model = make_session(variant_path(exported["dir"], variant)), exported["model"]
+    whole = parity_of(model, lambda x: x, session, LabelledImages(images, labels), 16)
     chunked = Chunked(images, labels, 64)  # a multiple of the batch: the same batches
-    assert parity_pass(model, lambda x: x, sessions, chunked, 16) == whole
-    assert chunked.largest == 64 and whole["fp32"].samples == len(labels) > 64
+    assert parity_of(model, lambda x: x, session, chunked, 16) == whole
+    assert chunked.largest == 64 and whole.samples == len(labels) > 64
 
 
 def test_a_nan_in_any_chunk_stays_in_the_parity(exported):

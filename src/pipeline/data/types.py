@@ -89,6 +89,13 @@ class LabelledImages:
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield np.asarray(self.images), self.labels
 
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> LabelledImages:
+        groups = None if self.groups is None else self.groups[index]
+        return LabelledImages(self.images[index], self.labels[index], groups)
+
 
 class LabelledChunks(Protocol):
     """A split that export's parity check and the benchmark's accuracy passes read chunk by
@@ -105,13 +112,6 @@ class LabelledChunks(Protocol):
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(uint8 NCHW images, int64 labels) chunks, in order, covering the split once."""
         ...
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, index: np.ndarray) -> LabelledImages:
-        groups = None if self.groups is None else self.groups[index]
-        return LabelledImages(self.images[index], self.labels[index], groups)
 
 
 @dataclass(frozen=True)

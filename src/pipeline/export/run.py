@@ -40,17 +40,17 @@ def _parity_provider(variant: str) -> str:
     return "cuda" if variant == "fp16" and torch.cuda.is_available() else "cpu"
 
 
-def parity_pass(model, feed, sessions: dict[str, Any], test: LabelledChunks, batch_size: int):
-    """Parity of every session against PyTorch fp32 over the whole test split, read a shard at
-    a time (memory flat in the split's size); each shard's PyTorch logits serve every variant."""
-    tallies = {name: ParityTally() for name in sessions}
+def parity_of(model, feed, session, test: LabelledChunks, batch_size: int) -> Parity:
+    """One session's parity against PyTorch fp32 over the whole test split, read a shard at a
+    time (memory flat in the split's size). One session at a time: each keeps an arena sized
+    for ``batch_size`` images, so PyTorch's logits are recomputed per variant instead."""
+    tally = ParityTally()
     for images, labels in test.iter_shards():
         tensor = torch.from_numpy(images)
         torch_logits = predict_logits(model, tensor, batch_size).numpy()
         inputs = np.ascontiguousarray(feed(tensor).numpy())
-        for name, session in sessions.items():
-            tallies[name].add(torch_logits, session_logits(session, inputs, batch_size), labels)
-    return {name: tally.result() for name, tally in tallies.items()}
+        tally.add(torch_logits, session_logits(session, inputs, batch_size), labels)
+    return tally.result()
 
 
 def variant_record(path: Path, variant: str, session, parity: Parity, gate) -> dict[str, Any]:
@@ -113,15 +113,12 @@ def export_all(
         built["int8"] = {"quantization": described | {"calibration_seed": params.seed}}
 
     batch_size = params.evaluate.batch_size  # both sides of the parity check
-    paths = {name: variant_path(onnx_dir, name) for name in built}
-    sessions = {
-        name: make_session(path, _parity_provider(name), log=[]) for name, path in paths.items()
-    }
-    parities = parity_pass(model, feed, sessions, test, batch_size)
     records = {}
     for name, extra in built.items():
-        gate = getattr(settings.gates, name)
-        records[name] = variant_record(paths[name], name, sessions[name], parities[name], gate)
+        path, gate = variant_path(onnx_dir, name), getattr(settings.gates, name)
+        session = make_session(path, _parity_provider(name), log=[])
+        parity = parity_of(model, feed, session, test, batch_size)
+        records[name] = variant_record(path, name, session, parity, gate)
         records[name].update(extra)
         _print_line(name, records[name])
     fp32 = records.pop("fp32")
