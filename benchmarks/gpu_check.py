@@ -42,6 +42,7 @@ if importlib.util.find_spec("pipeline") is None:
 
 from pipeline.bench.run import machine_context, run_benchmark  # noqa: E402
 from pipeline.bench.timing import time_call  # noqa: E402
+from pipeline.data.types import LabelledImages  # noqa: E402
 from pipeline.energy import cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
 from pipeline.hardware.peak import flops_per_image  # noqa: E402
@@ -233,8 +234,8 @@ def inference(model, data, settings: BenchSettings, energy: EnergySettings, fold
         normalisation=Normalisation(mean=tuple(MEAN), std=tuple(STD)),
     )
     variants, why = export_variants(model, folder)
-    images, labels = data[0].numpy(), data[1].numpy()
-    rows, context = run_benchmark(settings, model, spec_card, variants, images, labels, energy)
+    test = LabelledImages(data[0].numpy(), data[1].numpy())
+    rows, context = run_benchmark(settings, model, spec_card, variants, test, energy)
     return {"rows": [row.as_dict() for row in rows], "context": context, "onnx_export": why or "ok"}
 
 
@@ -352,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         else time_compile(trained, held_out[0], settings)
     )
     write_report(report, args.out)
+    if report["inference"]["onnx_export"] != "ok":  # every onnxruntime row is missing
+        why = report["inference"]["onnx_export"]
+        print(f"gpu_check: {why}; no onnxruntime row was measured", file=sys.stderr)
+        return 1
     return 0 if report["tests"]["status"] != "failed" else 1
 
 

@@ -33,6 +33,7 @@ from pipeline.bench.run import relate, run_benchmark, with_peak
 from pipeline.config import BenchmarkParams, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
+from pipeline.data.types import LabelledImages
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
 from pipeline.hardware.peak import Peak
@@ -124,7 +125,7 @@ def measure(name: str, model, card, train, test, args) -> dict:
     """Export every variant (with the parity gates), benchmark it, and derive the figures."""
     params = parse_params({"seed": 42, "export": {"variants": ["fp16", "int8"]}})
     with tempfile.TemporaryDirectory(prefix="bench-onnx.") as folder:
-        tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+        tensors = LabelledImages(*test)
         exported = export_all(params, model, card, tensors, torch.from_numpy(train[0]), folder)
         variants = {v: variant_path(folder, v) for v in ("fp32", "fp16", "int8")}
         bench = BenchmarkParams(
@@ -139,7 +140,7 @@ def measure(name: str, model, card, train, test, args) -> dict:
         runs = []
         for round_ in range(args.rounds):
             print(f"{name}: round {round_ + 1}/{args.rounds}", file=sys.stderr)
-            runs.append(run_benchmark(bench, model, card, variants, test[0], test[1]))
+            runs.append(run_benchmark(bench, model, card, variants, LabelledImages(*test)))
     rows, context = best_of_rounds(runs)
     records = {"fp32": exported, **exported["variants"]}
     return {

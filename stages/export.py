@@ -10,7 +10,7 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.data.storage import read_split_tensors, split_shards
+from pipeline.data.storage import split_shards
 from pipeline.export.run import enforce_gates, export_all
 from pipeline.export.variants import calibration_rows
 from pipeline.model_io import load_trained
@@ -20,7 +20,7 @@ from pipeline.stage import run_stage
 
 def export(params: Params) -> None:
     model, card = load_trained(paths.MODELS_DIR)
-    test = read_split_tensors(paths.PREPARED_DIR, "test")
+    test = split_shards(paths.PREPARED_DIR, "test")  # read a shard at a time, never whole
     # Only the calibration sample is read from the train shards, never the whole split.
     train = split_shards(paths.PREPARED_DIR, "train")
     rows = calibration_rows(train.count, params.export.int8.calibration_images, params.seed)

@@ -9,8 +9,9 @@ from test_export_variants import tiny_trained_model
 from pipeline.bench.backends import Backend, OrtBackend, OrtSetup, Plan, TorchBackend
 from pipeline.bench.report import headline
 from pipeline.bench.rows import BenchRow
-from pipeline.bench.run import backend_plans, benchmark_backend, run_benchmark
+from pipeline.bench.run import backend_plans, benchmark_backend, run_benchmark, split_accuracy
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
+from pipeline.data.types import LabelledImages
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
 
@@ -29,7 +30,7 @@ def exported(tmp_path_factory):
     model, card, train, test = tiny_trained_model()
     params = parse_params({"export": {"variants": ["int8"], "int8": {"calibration_images": 64}}})
     folder = tmp_path_factory.mktemp("onnx")
-    test_tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    test_tensors = LabelledImages(*test)
     export_all(params, model, card, test_tensors, torch.from_numpy(train[0]), folder)
     variants = {name: variant_path(folder, name) for name in ("fp32", "int8")}
     return model, card, variants, test
@@ -40,7 +41,9 @@ def matrix(exported):
     model, card, variants, (images, labels) = exported
     params = BenchmarkParams(device="cpu", providers=["cpu", "cuda", "tensorrt"], **FAST)
     energy = EnergyParams(min_window_s=0.05)
-    rows, context = run_benchmark(params, model, card, variants, images, labels, energy)
+    rows, context = run_benchmark(
+        params, model, card, variants, LabelledImages(images, labels), energy
+    )
     return rows, context
 
 
@@ -65,7 +68,9 @@ def test_cpu_watts_gives_a_labelled_estimate(exported):
     model, card, variants, (images, labels) = exported
     params = BenchmarkParams(device="cpu", providers=["cpu"], **{**FAST, "batch_sizes": [8]})
     energy = EnergyParams(min_window_s=0.2, cpu_watts=100.0)
-    rows, _ = run_benchmark(params, model, card, {"fp32": variants["fp32"]}, images, labels, energy)
+    rows, _ = run_benchmark(
+        params, model, card, {"fp32": variants["fp32"]}, LabelledImages(images, labels), energy
+    )
     for row in rows:
         if row.energy_method == "rapl":
             pytest.skip("this machine has a readable RAPL counter; no estimate is made")
@@ -161,12 +166,13 @@ def test_a_backend_that_cannot_be_built_or_run_gives_failed_rows(exported):
     model, _, _, (images, labels) = exported
     params = BenchmarkParams(device="cpu", **FAST)
     device = torch.device("cpu")
+    test = LabelledImages(images, labels)
 
     def cannot_build():
         raise RuntimeError("no kernel for this variant\nmore detail")
 
     plan = Plan("onnxruntime_x", "int4", "cpu", "host", cannot_build)
-    rows = [item.row for item in benchmark_backend(plan, params, device, images, labels)]
+    rows = [item.row for item in benchmark_backend(plan, params, device, images, test)]
     assert [r.status for r in rows] == ["failed", "failed"]
     assert rows[0].reason == "RuntimeError: no kernel for this variant"
     assert rows[0].images_per_s is None
@@ -178,11 +184,26 @@ def test_a_backend_that_cannot_be_built_or_run_gives_failed_rows(exported):
             return super().bind(batch)
 
     plan = Plan("pytorch_eager", "fp32", "cpu", "host", lambda: BreaksAtBatch8(model, device))
-    items = benchmark_backend(plan, params, device, images, labels)
+    items = benchmark_backend(plan, params, device, images, test)
     assert [item.row.status for item in items] == ["ok", "failed"]
     assert items[1].row.reason == "MemoryError: out of memory"
     assert items[0].row.top1_accuracy > 0.8
     assert items[1].facts is None  # a failed size is not timed again
+
+
+def test_the_benchmark_reads_the_test_split_a_shard_at_a_time(exported):
+    from test_export_variants import Chunked
+
+    model, card, variants, (images, labels) = exported
+    params = BenchmarkParams(device="cpu", providers=["cpu"], **{**FAST, "batch_sizes": [8]})
+    chunked = Chunked(images, labels, 100)
+    energy = EnergyParams(min_window_s=0.05)
+    rows, _ = run_benchmark(params, model, card, {"fp32": variants["fp32"]}, chunked, energy)
+    assert chunked.largest == 100 < len(labels)  # never the whole split at once
+    eager = TorchBackend(model, torch.device("cpu"))
+    whole = split_accuracy(eager, LabelledImages(images, labels))
+    assert whole == float((eager.logits(images, 256).argmax(1) == labels).mean()) > 0.8
+    assert {row.backend: row.top1_accuracy for row in rows}["pytorch_eager"] == whole
 
 
 def test_benchmark_params_are_validated():
@@ -211,7 +232,8 @@ def test_a_provider_added_to_the_catalog_alone_is_validated_requested_and_report
     planned = [plan for plan in plans if plan.provider == "openvino"]
     assert [(plan.name, plan.memory_kind) for plan in planned] == [("onnxruntime_openvino", "host")]
     energy = EnergyParams(min_window_s=0.05)
-    items = benchmark_backend(planned[0], params.benchmark, device, images, labels, energy)
+    test = LabelledImages(images, labels)
+    items = benchmark_backend(planned[0], params.benchmark, device, images, test, energy)
     rows = [item.row for item in items]
     assert [r.batch_size for r in rows] == [1, 8]
     assert all(r.status == "fallback" for r in rows), rows[0].reason

@@ -1,6 +1,10 @@
 """Charts drawn offline: the benchmark report's chart and pipeline-pareto --plot."""
 
 import json
+import resource
+import subprocess
+import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.bench.report import write_report
+from pipeline.bench.report import write_report, write_report_chart
 from pipeline.bench.rows import BenchRow
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import write_chart
@@ -30,6 +34,7 @@ def points(svg: Path) -> list[str]:
 def report(tmp_path: Path, rows: list[BenchRow]) -> tuple[Path, str]:
     files = [tmp_path / f"metrics/{name}" for name in ("b.csv", "report.md", "b.svg")]
     write_report(rows, CONTEXT, 0.005, *files)
+    assert write_report_chart(rows, CONTEXT, files[2]) is None
     return files[2], files[1].read_text()
 
 
@@ -58,16 +63,59 @@ def test_nothing_to_plot_still_writes_a_chart_that_says_so(tmp_path):
     assert "](b.svg)" in text
 
 
-def test_a_chart_that_cannot_be_drawn_leaves_no_file_behind(tmp_path, monkeypatch):
-    import pipeline.bench.report as report_module
+def test_a_chart_that_cannot_be_drawn_costs_no_figure(tmp_path, monkeypatch, capsys):
+    import pipeline.charts.render as render
 
-    def broken(spec, suffix):
-        raise RuntimeError("renderer crashed")
+    monkeypatch.setattr(render, "_CHILD", "import sys; sys.exit('renderer crashed')")
+    files = [tmp_path / f"metrics/{name}" for name in ("b.csv", "report.md", "b.svg")]
+    write_report(sample_rows(), CONTEXT, 0.005, *files)
+    reason = write_report_chart(sample_rows(), CONTEXT, files[2])
+    assert reason == "the chart renderer (vl-convert) failed (exit status 1): renderer crashed"
+    assert files[0].read_text().count("\n") == 9 and "](b.svg)" in files[1].read_text()
+    assert f"chart not drawn: {reason}" in files[2].read_text()  # DVC's output exists
+    assert capsys.readouterr().err == f"benchmark: chart {files[2]} not drawn: {reason}\n"
 
-    monkeypatch.setattr(report_module, "chart_bytes", broken)
-    with pytest.raises(RuntimeError):
-        report(tmp_path, sample_rows())
-    assert not (tmp_path / "metrics").exists() or not any((tmp_path / "metrics").iterdir())
+
+# Under a real virtual-memory limit (as `ulimit -v 8000000` sets it), the benchmark report and
+# pipeline-pareto --plot: vl-convert's V8 aborts the process it runs in (SIGTRAP) at any limit.
+UNDER_LIMIT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from pipeline.bench.report import write_report, write_report_chart
+    from pipeline.sweep import main
+    from test_bench_report import sample_rows
+    out = Path(sys.argv[1])
+    files = [out / name for name in ("b.csv", "report.md", "b.svg")]
+    context = {"cpu": "Test CPU"}
+    write_report(sample_rows(), context, 0.005, *files)
+    write_report_chart(sample_rows(), context, files[2])
+    sys.exit(main(["--json", str(out / "exp.json"), "--plot", str(out / "front.png")]))
+    """
+)
+
+
+def test_charts_under_a_virtual_memory_limit_cost_no_figure(tmp_path):
+    limit = 8_000_000 * 1024  # ulimit -v 8000000 (kB), as the issue's cluster node set it
+    (tmp_path / "exp.json").write_text(json.dumps(exp_show({"a": (0.9, 0.5, 10.0)})))
+    result = subprocess.run(
+        [sys.executable, "-c", UNDER_LIMIT, str(tmp_path), str(Path(__file__).parent)],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "b.csv").read_text().count("\n") == 9
+    assert result.stdout.startswith("Pareto front: accuracy")  # the report printed first
+    lines = result.stderr.splitlines()
+    for who, chart in (("benchmark", "b.svg"), ("pipeline-pareto", "front.png")):
+        line = next(line for line in lines if line.startswith(f"{who}: chart "))
+        assert "virtual-memory limit (ulimit -v 8000000 kB" in line
+        assert line.endswith("lift it (ulimit -v unlimited) to draw charts")
+        assert (tmp_path / chart).stat().st_size > 0
+    assert "ulimit -v unlimited" in (tmp_path / "b.svg").read_text()
 
 
 def test_png_charts_hold_a_drawing(tmp_path):

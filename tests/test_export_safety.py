@@ -156,6 +156,7 @@ def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
     from pipeline.bench.backends import OrtBackend, OrtSetup
     from pipeline.bench.run import benchmark_backend
     from pipeline.config import BenchmarkParams
+    from pipeline.data.types import LabelledImages
 
     params = BenchmarkParams(device="cpu", batch_sizes=[1], min_iterations=1, min_seconds=0.0)
     images = np.zeros((4, 1, 8, 8), np.uint8)
@@ -163,4 +164,6 @@ def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
     for path in not_onnx_files(tmp_path):
         plan = OrtBackend.plan(path, "int8", "cpu", setup)
         with pytest.raises(UnsafeModelError, match="not an ONNX model"):
-            benchmark_backend(plan, params, "cpu", images, np.zeros(4, np.int64))
+            benchmark_backend(
+                plan, params, "cpu", images, LabelledImages(images, np.zeros(4, np.int64))
+            )

@@ -20,10 +20,11 @@ from pipeline.catalog import CPU_FP16_NOTE, VARIANTS
 from pipeline.config import Params, ParamsError, ParityGate, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
+from pipeline.data.types import LabelledImages
 from pipeline.export.int8 import convert as convert_int8
 from pipeline.export.int8 import to_int8
-from pipeline.export.parity import Parity, ParityError, compare, enforce, problems
-from pipeline.export.run import enforce_gates, export_all
+from pipeline.export.parity import Parity, ParityError, ParityTally, compare, enforce, problems
+from pipeline.export.run import enforce_gates, export_all, parity_of
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import ConvertContext, calibration_sample, variant_path
 from pipeline.hardware.cpu import CpuFeatures, detect
@@ -73,7 +74,7 @@ def exported(tmp_path_factory):
     model, card, train, test = tiny_trained_model()
     onnx_dir = tmp_path_factory.mktemp("onnx")
     params = parse_params(PARAMS)
-    test_tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    test_tensors = LabelledImages(*test)
     metrics = export_all(params, model, card, test_tensors, torch.from_numpy(train[0]), onnx_dir)
     return {
         "model": model,
@@ -103,6 +104,48 @@ def test_every_variant_is_written_checked_and_described(exported):
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     assert metrics["variants"]["int8"]["quantization"]["calibration_seed"] == 42
     enforce_gates(metrics)  # nothing raised
+
+
+class Chunked:
+    """A test split handed out ``size`` rows at a time, as SplitShards hands out shards, with
+    no whole-split access; ``largest`` is the most rows any call handed out."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int) -> None:
+        self.images, self.labels, self.size, self.largest = images, labels, size, 0
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+    def head(self, count: int) -> np.ndarray:
+        self.largest = max(self.largest, min(count, self.count))
+        return self.images[:count]
+
+    def iter_shards(self):
+        for start in range(0, self.count, self.size):
+            self.largest = max(self.largest, min(self.size, self.count - start))
+            yield self.images[start : start + self.size], self.labels[start : start + self.size]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_parity_reads_the_test_split_a_shard_at_a_time_with_the_same_figures(exported, variant):
+    images, labels = exported["test"]
+    session, model = make_session(variant_path(exported["dir"], variant)), exported["model"]
+    whole = parity_of(model, lambda x: x, session, LabelledImages(images, labels), 16)
+    chunked = Chunked(images, labels, 64)  # a multiple of the batch: the same batches
+    assert parity_of(model, lambda x: x, session, chunked, 16) == whole
+    assert chunked.largest == 64 and whole.samples == len(labels) > 64
+
+
+def test_a_nan_in_any_chunk_stays_in_the_parity(exported):
+    logits, labels = np.zeros((2, 3), np.float32), np.zeros(2, np.int64)
+    broken = logits.copy()
+    broken[0, 0] = np.nan
+    tally = ParityTally()
+    tally.add(logits, broken, labels)
+    tally.add(logits, logits, labels)  # a later, finite chunk must not hide it
+    parity = tally.result()
+    assert "logits are not finite" in problems(parity, exported["params"].export.gates.fp32, "x")
 
 
 @pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
@@ -237,7 +280,7 @@ def test_a_failed_gate_deletes_its_file_and_names_the_setting_to_change(exported
             }
         }
     )
-    test = tuple(torch.from_numpy(part) for part in exported["test"])
+    test = LabelledImages(*exported["test"])
     train = torch.from_numpy(exported["train"][0])
     model, card = exported["model"], exported["card"]
     metrics = export_all(params, model, card, test, train, tmp_path)
@@ -320,7 +363,7 @@ def test_without_included_preprocessing_every_variant_takes_normalised_float32(t
     params = parse_params(
         {"export": {"include_preprocessing": False, "int8": {"calibration_images": 64}}}
     )
-    tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    tensors = LabelledImages(*test)
     metrics = export_all(params, model, card, tensors, torch.from_numpy(train[0]), tmp_path)
     enforce_gates(metrics)
     for variant in ("fp32", "fp16", "int8"):

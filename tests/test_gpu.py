@@ -5,6 +5,7 @@ import torch
 from test_engine import rgb_data
 
 from pipeline.config import BenchmarkParams, EnergyParams, TrainParams, parse_params
+from pipeline.data.types import LabelledImages
 from pipeline.energy import meter_from_params
 from pipeline.hardware.memory import peak_memory
 from pipeline.train.policy import resolve_policy
@@ -88,7 +89,7 @@ def test_cuda_provider_really_runs_on_the_gpu(tmp_path):
         params,
         model,
         card,
-        (torch.from_numpy(test[0]), torch.from_numpy(test[1])),
+        LabelledImages(*test),
         torch.from_numpy(train[0]),
         tmp_path,
     )
@@ -102,7 +103,7 @@ def test_cuda_provider_really_runs_on_the_gpu(tmp_path):
         min_seconds=0.0,
     )
     rows, context = run_benchmark(
-        bench, model, card, variants, test[0], test[1], EnergyParams(min_window_s=0.2)
+        bench, model, card, variants, LabelledImages(*test), EnergyParams(min_window_s=0.2)
     )
     cuda_rows = [r for r in rows if r.backend == "onnxruntime_cuda"]
     # partial (some nodes on the CPU) is allowed, but must say how many: see the placement test.
@@ -127,7 +128,7 @@ def _exported(tmp_path, variants=("fp16",)):
 
     model, card, train, test = tiny_trained_model()
     params = parse_params({"export": {"variants": list(variants)}})
-    tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
+    tensors = LabelledImages(*test)
     export_all(params, model, card, tensors, torch.from_numpy(train[0]), tmp_path)
     paths_ = {name: variant_path(tmp_path, name) for name in ("fp32", *variants)}
     return model, card, paths_, test

@@ -18,19 +18,21 @@ import runpy, sys
 
 class Blocker:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"dvc", "dvclive", "pydantic", "yaml"}:
+        if name.split(".")[0] in {"dvc", "dvclive", "pydantic", "yaml", *BLOCK_MORE}:
             raise ImportError(f"{name} is blocked: gpu_check must not need it")
         return None
 
+BLOCK_MORE = set(sys.argv[1].split(",")) - {""}
 sys.meta_path.insert(0, Blocker())
-sys.argv = [sys.argv[1], *sys.argv[2:]]
+sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess:
+def run_check(*args: str, block: str = "") -> subprocess.CompletedProcess:
+    """Run the script with the pipeline-only packages (and ``block``, comma-separated) blocked."""
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, "-c", BLOCKED_RUN, str(SCRIPT), *args]
+    command = [sys.executable, "-c", BLOCKED_RUN, block, str(SCRIPT), *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -66,6 +68,21 @@ def test_dry_run_writes_one_json_and_markdown_report_without_pipeline_only_packa
     assert all(r["status"] == "ok" and r["precision"] for r in rows)
     markdown = (out / "gpu_check.md").read_text()
     assert "## Training" in markdown and "onnxruntime_cpu" in markdown
+
+
+def test_without_onnxscript_every_onnxruntime_row_is_missing_and_it_fails(tmp_path):
+    out = tmp_path / "report"
+    done = run_check(
+        "--dry-run", "--skip-tests", "--skip-compile", "--out", str(out),
+        "--steps", "1", "--batch-size", "8", "--images", "16", "--width", "4",
+        "--batch-sizes", "2", block="onnxscript",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpu_check: ONNX export failed: ") and "onnxscript" in last
+    assert last.endswith("; no onnxruntime row was measured")
+    report = json.loads((out / "gpu_check.json").read_text())  # the evidence is still written
+    assert not any(row["backend"].startswith("onnxruntime") for row in report["inference"]["rows"])
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):

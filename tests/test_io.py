@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,25 @@ def test_staged_folder_replaces_whole_or_leaves_the_old_one(tmp_path, monkeypatc
         (staging / "other.txt").write_text("other")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging, no retired folder
     assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_a_killed_runs_staging_folders_go_at_the_next_run_and_git_ignores_them(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.io import staged_folder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    killed = [f".prepared.{dead}.k1ll3d.tmp", f".prepared.{dead}.r3t.old", ".prepared.n0p1d.tmp"]
+    alive = [f".prepared.{os.getpid()}.runs.tmp", ".other.12.x.tmp"]
+    for name in killed + alive:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train-00000.safetensors").write_bytes(b"half")
+    with staged_folder(tmp_path / "prepared") as staging:
+        (staging / "meta.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["prepared", *alive])
+    root = Path(__file__).resolve().parents[1]
+    for name in [f"data/{name}" for name in killed] + ["models/.onnx.1.ab.tmp"]:
+        check = ["git", "check-ignore", "-q", "--no-index", name]
+        assert subprocess.run(check, cwd=root).returncode == 0, f"git does not ignore {name}"

@@ -62,6 +62,12 @@ def test_header_claiming_huge_tensors_is_refused_before_any_read(models_dir, mon
     refused(models_dir, "not a safetensors file")
 
 
+def test_deeply_nested_header_is_one_line_not_a_recursion_traceback(models_dir):
+    raw = b"[" * 100_000 + b"]" * 100_000  # json.loads recurses once per bracket
+    (models_dir / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    refused(models_dir, "safetensors header is nested too deeply")
+
+
 def test_wrong_tensor_names_are_refused_from_the_header(models_dir, monkeypatch):
     monkeypatch.setattr(model_io, "load_tensors", pytest.fail)
     save_tensors(models_dir / "model.safetensors", {"encoder.weight": torch.zeros(4, 4)})

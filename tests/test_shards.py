@@ -129,3 +129,60 @@ def test_missing_index_and_missing_file_are_one_line_errors(prepared):
     (folder / "train-00001.safetensors").unlink()
     with pytest.raises(ShardError, match="train-00001.safetensors: shard listed in meta.json"):
         opened(folder, written)
+
+
+def counting_hashes(monkeypatch, delay=0.0):
+    """Count the shards hashed (pipeline.data.shards.sha256_file), each taking ``delay`` s."""
+    import time
+
+    from pipeline.data import shards
+    from pipeline.io import sha256_file
+
+    hashed = []
+
+    def counted(path):
+        hashed.append(path.name)
+        time.sleep(delay)
+        return sha256_file(path)
+
+    monkeypatch.setattr(shards, "sha256_file", counted)
+    return hashed
+
+
+def test_shards_are_hashed_once_per_prepared_folder_and_a_change_is_still_caught(
+    tmp_path, monkeypatch
+):
+    import os
+
+    folder = tmp_path / "prepared"
+    written = write(folder, *make_split(20), shard_images=8)
+    hashed = counting_hashes(monkeypatch)
+    opened(folder, written)
+    assert len(hashed) == 3 and (tmp_path / ".prepared.verified.json").is_file()
+    opened(folder, written)  # a second process, rank or resume
+    assert len(hashed) == 3
+    path = folder / "train-00001.safetensors"
+    times = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # same size, and the old mtime put back: only ctime tells
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    with pytest.raises(ShardError, match="train-00001.safetensors: sha256 .* differs"):
+        opened(folder, written)
+    data[-1] ^= 1
+    path.unlink()
+    path.write_bytes(bytes(data))  # the right bytes in a new file (as a relink leaves them)
+    del hashed[:]
+    opened(folder, written)
+    assert hashed == ["train-00001.safetensors"]
+
+
+def test_ranks_that_start_together_hash_each_shard_once_between_them(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = tmp_path / "prepared"
+    written = write(folder, *make_split(20), shard_images=8)
+    hashed = counting_hashes(monkeypatch, delay=0.05)
+    with ThreadPoolExecutor(4) as ranks:
+        list(ranks.map(lambda _: opened(folder, written), range(4)))
+    assert sorted(hashed) == [entry.file for entry in written.entries]

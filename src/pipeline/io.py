@@ -8,7 +8,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -59,22 +61,54 @@ def atomic_open(
         raise
 
 
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_staging(path: str | Path) -> list[Path]:
+    """Remove the staging and retired folders (``.<name>.<pid>.<random>.tmp`` / ``.old``) that
+    a killed run left beside ``path`` (a killed prepare leaves a dataset-sized one), unless the
+    process named in them still runs; folders named without a pid (older runs) go too."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)\.)?[^.]+\.(?:tmp|old)$")
+    removed = []
+    for entry in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
+        found = pattern.match(entry.name)
+        if not found or entry.is_symlink() or not entry.is_dir():
+            continue
+        if found.group(1) and _process_runs(int(found.group(1))):
+            continue
+        shutil.rmtree(entry)
+        removed.append(entry)
+    if removed:
+        names = ", ".join(entry.name for entry in removed)
+        print(f"removed what a killed run left beside {path}: {names}", file=sys.stderr)
+    return removed
+
+
 @contextlib.contextmanager
 def staged_folder(path: str | Path) -> Iterator[Path]:
     """A new empty folder beside ``path`` to fill; when the block ends without an error it
     replaces ``path`` whole (any old folder is removed after), else it is removed and ``path``
-    is left as it was: a failed run never leaves half a folder of outputs."""
+    is left as it was: a failed run never leaves half a folder of outputs. A killed run's
+    folders are removed first (``remove_stale_staging``): its pid is in their names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_staging(path)
+    prefix = f".{path.name}.{os.getpid()}."
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp makes it private (0700)
     retired = None
     try:
         yield staging
         if path.exists() or path.is_symlink():
-            retired = Path(
-                tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
-            )
+            retired = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=path.parent))
             os.replace(path, retired / path.name)
         os.replace(staging, path)
     except BaseException:

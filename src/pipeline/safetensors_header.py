@@ -78,6 +78,10 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
         raise TensorFileError(f"{path}: cannot read ({error.strerror or error})") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TensorFileError(f"{path}: safetensors header is not valid JSON") from None
+    except RecursionError:  # "[[[[...": json.loads recurses once per level
+        raise TensorFileError(
+            f"{path}: safetensors header is nested too deeply (not a safetensors file)"
+        ) from None
     if not isinstance(header, dict):
         raise TensorFileError(f"{path}: safetensors header is not a JSON object")
     header.pop("__metadata__", None)

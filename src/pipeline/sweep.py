@@ -463,8 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-spread must be a positive number: '{args.max_spread}'")
     runs, left_out = select_runs(runs_from_exp_show(document), args.max_spread, status)
     print(report(runs, args.target, left_out))
-    if args.plot is not None:
-        write_pareto_chart(args.plot, chart_panels(runs))
+    # After the report is printed: a chart that cannot be drawn says why and costs nothing else.
+    if args.plot is not None and write_pareto_chart(args.plot, chart_panels(runs)) is None:
         print(f"\nchart: {args.plot}")
     return 0
 

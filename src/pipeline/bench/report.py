@@ -18,8 +18,8 @@ from pipeline.bench.rows import (
     speedup_baseline,
 )
 from pipeline.charts.benchmark import benchmark_chart
-from pipeline.charts.render import chart_bytes, check_chart_path
-from pipeline.io import write_bytes, write_text
+from pipeline.charts.render import check_chart_path, draw_chart
+from pipeline.io import write_text
 
 TABLE_COLUMNS = [
     ("backend", "backend"),
@@ -211,15 +211,20 @@ def write_report(
     md_path,
     chart_path,
 ) -> dict:
-    """Write the CSV, the chart and the Markdown report; return the benchmark record."""
+    """Write the CSV and the Markdown report (which links ``chart_path``, drawn later by
+    ``write_report_chart``); return the benchmark record."""
     top = headline(rows, max_drop)
     figures = {key: entry.as_dict() for key, entry in top.items()}
     summary = {"context": context, "headline": figures, "rows": len(rows)}
     chart_path = check_chart_path(chart_path)
-    # Drawn before anything is written: a chart that fails leaves every old file in place.
-    chart = chart_bytes(benchmark_chart(rows, chart_subtitle(context)), chart_path.suffix.lower())
     chart_link = Path(os.path.relpath(chart_path, Path(md_path).parent)).as_posix()
     write_text(csv_path, rows_to_csv(rows))
-    write_bytes(chart_path, chart)
     write_text(md_path, rows_to_markdown(rows, context, top, chart_link))
     return summary
+
+
+def write_report_chart(rows: list[dict], context: dict[str, Any], chart_path) -> str | None:
+    """Drawn last, once every figure is written: a chart that cannot be drawn (a virtual-memory
+    limit kills vl-convert) becomes a placeholder saying why, never a failed stage. Returns
+    the reason it was not drawn, or None."""
+    return draw_chart(chart_path, benchmark_chart(rows, chart_subtitle(context)), "benchmark")

@@ -16,6 +16,7 @@ from pipeline.bench.memory import memory_probe
 from pipeline.bench.rounds import Measured, batch_of, finish, timed_rounds, why
 from pipeline.bench.rows import BenchRow, speedup_baseline
 from pipeline.bench.timing import time_call
+from pipeline.data.types import LabelledChunks
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
 from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
@@ -111,10 +112,19 @@ def _first_round(plan, backend, params, size, images, probe, energy_params, devi
     return Measured(plan, row, facts, [timing.latencies_ms])
 
 
+def split_accuracy(backend, test: LabelledChunks) -> float:
+    """Top-1 over the whole test split, read a shard at a time (memory flat in its size)."""
+    correct = 0
+    for images, labels in test.iter_shards():
+        correct += int((backend.logits(images, ACCURACY_BATCH).argmax(1) == labels).sum())
+    return correct / test.count
+
+
 def benchmark_backend(
-    plan: Plan, params: BenchmarkParams, device, images, labels, energy_params=None
+    plan: Plan, params: BenchmarkParams, device, images, test: LabelledChunks, energy_params=None
 ) -> list[Measured]:
-    """Rows of one backend; one that cannot be built or run gives `failed` rows, not a crash."""
+    """Rows of one backend; one that cannot be built or run gives `failed` rows, not a crash.
+    ``images``: the first test images, timed; ``test``: the whole split, for accuracy."""
     probe = memory_probe(plan.memory_kind, device)
     started = time.perf_counter()
     try:
@@ -130,8 +140,7 @@ def benchmark_backend(
     ]
     # Accuracy last: its larger batches would otherwise inflate the rows' peak memory.
     try:
-        predictions = backend.logits(images, ACCURACY_BATCH).argmax(1)
-        accuracy = {"top1_accuracy": float((predictions == labels).mean())}
+        accuracy = {"top1_accuracy": split_accuracy(backend, test)}
     except Exception as error:
         accuracy = {"status": "failed", "reason": f"accuracy pass: {why(error)}"}
         for item in items:
@@ -198,20 +207,22 @@ def run_benchmark(
     model,
     card,
     variants: dict[str, Path],
-    images,
-    labels,
+    test: LabelledChunks,
     energy_params: EnergyParams | None = None,
 ) -> tuple[list[BenchRow], dict[str, Any]]:
-    """Rows for every backend x variant x provider x batch size, and the run's context."""
+    """Rows for every backend x variant x provider x batch size, and the run's context. Only
+    the first test images (the largest batch) are held; accuracy passes read ``test`` a shard
+    at a time."""
     threads = params.threads or physical_cores()
     # Same thread count for both frameworks, or the comparison measures the thread pools.
     torch.set_num_threads(threads)
     plans, device = backend_plans(params, model, card, variants, threads)
+    images = test.head(max(params.batch_sizes))  # what every timed call feeds
     flops = flops_per_image(model, torch.from_numpy(images[:1]))
     peaks = peaks_for(device, threads)
     items = []
     for plan in plans:
-        items += benchmark_backend(plan, params, device, images, labels, energy_params)
+        items += benchmark_backend(plan, params, device, images, test, energy_params)
     timed_rounds(items, params, images)
     for item in items:
         item.row = finish(item, params.max_spread)

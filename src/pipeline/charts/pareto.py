@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.charts.render import message_chart, write_chart
+from pipeline.charts.render import draw_chart, message_chart
 
 TITLE = "Experiments: accuracy against cost"
 PLACE = {"field": "place", "type": "nominal", "title": None}
@@ -93,5 +93,6 @@ def pareto_chart(panels: Sequence[ParetoPanel]) -> dict[str, Any]:
     }
 
 
-def write_pareto_chart(path: str | Path, panels: Sequence[ParetoPanel]) -> None:
-    write_chart(path, pareto_chart(panels))
+def write_pareto_chart(path: str | Path, panels: Sequence[ParetoPanel]) -> str | None:
+    """Draw the chart (or a placeholder saying why not); returns that reason, or None."""
+    return draw_chart(path, pareto_chart(panels), "pipeline-pareto")

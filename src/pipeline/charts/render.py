@@ -1,12 +1,25 @@
-"""Vega-Lite specs -> SVG or PNG files, rendered in-process by vl-convert (no browser, no
-network: data must be inline in the spec)."""
+"""Vega-Lite specs -> SVG or PNG files, drawn by vl-convert (no browser, no network: data must
+be inline in the spec) in a child process.
+
+Why a child: vl-convert's V8 engine reserves a large address range when it starts, and under a
+virtual-memory limit (RLIMIT_AS, ``ulimit -v``, common on cluster and login nodes) it aborts
+the whole process ("Oilpan: CagedHeap reservation", SIGTRAP), at 8 GiB and at 64 GiB alike.
+In a child that abort costs the chart, never the figures of the process that asked for it.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import resource
+import signal
+import subprocess
+import sys
+from html import escape
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.io import write_bytes
 
 # DVC's plot templates are Vega-Lite v5 specs; this is the newest v5 that vl-convert ships, used
@@ -14,6 +27,24 @@ from pipeline.io import write_bytes
 VEGA_LITE_VERSION = "5.21"
 CHART_SUFFIXES = (".svg", ".png")
 PNG_SCALE = 2.0  # sharp on high-density screens
+RENDER_TIMEOUT_S = 120  # a few seconds on a busy 2-core machine
+
+# Run with -I (isolated: no PYTHONPATH, no user site): it needs vl_convert and nothing else.
+_CHILD = """
+import json, sys
+import vl_convert
+request = json.load(sys.stdin)
+options = {"vl_version": request["vl_version"], "allowed_base_urls": []}
+if request["suffix"] == ".svg":
+    out = vl_convert.vegalite_to_svg(request["spec"], **options).encode("utf-8")
+else:
+    out = vl_convert.vegalite_to_png(request["spec"], scale=request["scale"], **options)
+sys.stdout.buffer.write(out)
+"""
+
+
+class ChartNotDrawn(PipelineError):
+    """The renderer failed or could not start; the message says why and what to change."""
 
 
 def check_chart_path(path: str | Path) -> Path:
@@ -24,21 +55,84 @@ def check_chart_path(path: str | Path) -> Path:
     return path
 
 
-def chart_bytes(spec: dict[str, Any], suffix: str) -> bytes:
-    import vl_convert  # native module; only code that draws charts needs it
+def _address_space_limit() -> str | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else f"{soft // 1024} kB"
 
-    # No base URL is allowed: a spec that tries to load data from anywhere fails here.
-    options = {"vl_version": VEGA_LITE_VERSION, "allowed_base_urls": []}
-    if suffix == ".svg":
-        return vl_convert.vegalite_to_svg(spec, **options).encode("utf-8")
-    if suffix == ".png":
-        return vl_convert.vegalite_to_png(spec, scale=PNG_SCALE, **options)
-    raise PipelineError(f"a chart file must end in .svg or .png, not '{suffix}'")
+
+def _why(returncode: int, stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace")
+    how = f"exit status {returncode}"
+    if returncode < 0:
+        how = f"killed by {signal.Signals(-returncode).name}"
+    limit = _address_space_limit()
+    if limit and ("CagedHeap" in text or "out of memory" in text or returncode < 0):
+        return (
+            f"vl-convert's V8 engine could not reserve address space under a virtual-memory "
+            f"limit (ulimit -v {limit}; {how}); lift it (ulimit -v unlimited) to draw charts"
+        )
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (
+        f"the chart renderer (vl-convert) failed ({how}): {first_line(lines[-1] if lines else '')}"
+    )
+
+
+def chart_bytes(spec: dict[str, Any], suffix: str) -> bytes:
+    """The drawn chart; ChartNotDrawn (one line) when the child renderer fails."""
+    if suffix not in CHART_SUFFIXES:
+        raise PipelineError(f"a chart file must end in .svg or .png, not '{suffix}'")
+    request = {"spec": spec, "suffix": suffix, "vl_version": VEGA_LITE_VERSION, "scale": PNG_SCALE}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-I", "-c", _CHILD],
+            input=json.dumps(request).encode("utf-8"),
+            capture_output=True,
+            timeout=RENDER_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise ChartNotDrawn(f"the chart renderer took over {RENDER_TIMEOUT_S} s") from None
+    except OSError as error:
+        raise ChartNotDrawn(f"the chart renderer could not start: {error}") from None
+    if result.returncode != 0 or not result.stdout:
+        raise ChartNotDrawn(_why(result.returncode, result.stderr))
+    return result.stdout
 
 
 def write_chart(path: str | Path, spec: dict[str, Any]) -> None:
     path = check_chart_path(path)
     write_bytes(path, chart_bytes(spec, path.suffix.lower()))
+
+
+def placeholder_bytes(text: str, suffix: str) -> bytes:
+    """A plain picture of one line of text, made without vl-convert (it is what failed)."""
+    if suffix == ".svg":
+        return (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="900" height="40">'
+            f'<text x="8" y="25" font-family="sans-serif" font-size="13">{escape(text)}</text>'
+            "</svg>\n"
+        ).encode()
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (8 + 7 * len(text), 40), "white")
+    ImageDraw.Draw(image).text((8, 14), text, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def draw_chart(path: str | Path, spec: dict[str, Any], who: str) -> str | None:
+    """Write the chart; if it cannot be drawn, write a placeholder that says why (so an output
+    DVC expects exists), print one line and return the reason. Never raises ChartNotDrawn:
+    callers draw charts after every figure is written, and a chart never costs them."""
+    path = check_chart_path(path)
+    try:
+        write_bytes(path, chart_bytes(spec, path.suffix.lower()))
+        return None
+    except ChartNotDrawn as error:
+        reason = str(error)
+    write_bytes(path, placeholder_bytes(f"chart not drawn: {reason}", path.suffix.lower()))
+    print(f"{who}: chart {path} not drawn: {reason}", file=sys.stderr)
+    return reason
 
 
 def message_chart(title: str, text: str) -> dict[str, Any]:

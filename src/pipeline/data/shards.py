@@ -8,10 +8,11 @@ classes and a reader that shuffles only within a window of shards still sees eve
 one-shard split keeps the source's order (the embedded default's bytes do not move).
 
 Reading checks each shard before touching its data: a regular file (a symbolic link only into
-the project's DVC cache), the safetensors header (truncation), the tensors' dtype and shape
-against meta.json, the count against the index and, when asked, the sha256. Data is read
-through a memory map that lives only while one shard is copied out, so a reader holds at most
-the shards it was asked for, never the whole split.
+the project's DVC cache, wherever DVC's config puts it), the safetensors header (truncation),
+the tensors' dtype and shape against meta.json, the count against the index and, when asked,
+the sha256 (once per prepared folder: pipeline.data.verified). Data is read through a memory
+map that lives only while one shard is copied out, so a reader holds at most the shards it
+was asked for, never the whole split.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import numpy as np
 import torch
 from safetensors.numpy import save as save_numpy_bytes
 
-from pipeline.data.links import dvc_caches
+from pipeline.data.links import links_into_dvc_cache
 from pipeline.data.progress import Progress
 from pipeline.data.stats import histogram_stats, pixel_histogram
 from pipeline.data.types import Images, Quarantined, decode_rows
+from pipeline.data.verified import verify_once
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_bytes, sha256_file, write_bytes
 from pipeline.safetensors_header import TensorFileError, read_header
@@ -175,14 +177,13 @@ def _check_file(path: Path) -> None:
         mode = path.lstat().st_mode
     except OSError:
         raise ShardError(f"{path}: shard listed in meta.json is missing; re-run prepare") from None
-    if stat.S_ISLNK(mode):
-        target = path.resolve()
-        if not any(target.is_relative_to(cache) for cache in dvc_caches(path.parent)):
+    if stat.S_ISLNK(mode):  # before any read (hashing included) goes through it
+        if not links_into_dvc_cache(path):
             raise ShardError(
                 f"{path} is a symbolic link to {os.readlink(path)}; shards are read only as "
-                "files in the prepared folder (or links into its DVC cache)"
+                "files in the prepared folder (or links into its DVC cache, see dvc cache dir)"
             )
-        mode = target.stat().st_mode
+        mode = path.resolve().stat().st_mode
     if not stat.S_ISREG(mode):
         raise ShardError(f"{path} is not a regular file")
 
@@ -235,17 +236,22 @@ class SplitShards:
         return int(np.prod(self.image_shape))
 
     def verify(self) -> list[str]:
-        """Every shard's sha256, checked against the index (one read pass, chunked)."""
-        hashes = []
-        for shard in self.shards:
-            found = sha256_file(shard.path)
-            if found != shard.sha256:
+        """Every shard's sha256, checked against the index (one read pass, chunked) once per
+        prepared folder: a shard unchanged since an earlier check is not hashed again
+        (pipeline.data.verified)."""
+
+        def check(path: Path, expected: str) -> None:
+            found = sha256_file(path)
+            if found != expected:
                 raise ShardError(
-                    f"{shard.path}: sha256 {found[:12]}... differs from meta.json's "
-                    f"{shard.sha256[:12]}... (changed after prepare); re-run prepare"
+                    f"{path}: sha256 {found[:12]}... differs from meta.json's "
+                    f"{expected[:12]}... (changed after prepare); re-run prepare"
                 )
-            hashes.append(found)
-        return hashes
+
+        if self.shards:
+            pairs = [(shard.path, shard.sha256) for shard in self.shards]
+            verify_once(self.shards[0].path.parent, pairs, check)
+        return [shard.sha256 for shard in self.shards]
 
     def read_into(self, number: int, images: np.ndarray, labels: np.ndarray) -> None:
         """Copy shard ``number`` into the first rows of ``images``/``labels``."""
@@ -282,6 +288,10 @@ class SplitShards:
                 done += len(mine)
             start = end
         return out
+
+    def head(self, count: int) -> np.ndarray:
+        """The first ``count`` images (all, when the split holds fewer)."""
+        return self.rows(np.arange(min(count, self.count)))
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for number, shard in enumerate(self.shards):

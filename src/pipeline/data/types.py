@@ -6,6 +6,7 @@ select rows of before a pixel is decoded: prepare then decodes one shard's worth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -77,12 +78,40 @@ class LabelledImages:
         if self.groups is not None and self.groups.shape != (len(self.images),):
             raise ValueError(f"{len(self.groups)} group ids for {len(self.images)} images")
 
+    # LabelledChunks, for in-memory sets (tests, synthetic benchmarks): one chunk, the whole set.
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    def head(self, count: int) -> np.ndarray:
+        return np.ascontiguousarray(self.images[:count])
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        yield np.asarray(self.images), self.labels
+
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, index: np.ndarray) -> LabelledImages:
         groups = None if self.groups is None else self.groups[index]
         return LabelledImages(self.images[index], self.labels[index], groups)
+
+
+class LabelledChunks(Protocol):
+    """A split that export's parity check and the benchmark's accuracy passes read chunk by
+    chunk: a prepared split's shards (``SplitShards``: memory flat in the split's size), or
+    one in-memory ``LabelledImages``."""
+
+    @property
+    def count(self) -> int: ...
+
+    def head(self, count: int) -> np.ndarray:
+        """The first ``count`` images (fewer when the split is smaller), uint8 NCHW."""
+        ...
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(uint8 NCHW images, int64 labels) chunks, in order, covering the split once."""
+        ...
 
 
 @dataclass(frozen=True)

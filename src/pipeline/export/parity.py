@@ -31,16 +31,38 @@ class Parity:
         return {**asdict(self), "accuracy_delta": self.accuracy_delta}
 
 
+class ParityTally:
+    """Parity over a split read chunk by chunk: sums and a running maximum, never the logits
+    of the whole split (memory flat in its size)."""
+
+    def __init__(self) -> None:
+        self.samples = self.agree = self.torch_correct = self.onnx_correct = 0
+        self.max_diff = -math.inf
+
+    def add(self, torch_logits: np.ndarray, onnx_logits: np.ndarray, labels: np.ndarray) -> None:
+        torch_top1, onnx_top1 = torch_logits.argmax(1), onnx_logits.argmax(1)
+        self.samples += len(labels)
+        # np.maximum, not max(): a NaN must stay NaN (problems() tests for it).
+        diff = np.abs(torch_logits - onnx_logits).max()
+        self.max_diff = float(np.maximum(self.max_diff, diff))
+        self.agree += int((torch_top1 == onnx_top1).sum())
+        self.torch_correct += int((torch_top1 == labels).sum())
+        self.onnx_correct += int((onnx_top1 == labels).sum())
+
+    def result(self) -> Parity:
+        return Parity(
+            samples=self.samples,
+            max_abs_logit_diff=self.max_diff,
+            top1_agreement=self.agree / self.samples,
+            torch_accuracy=self.torch_correct / self.samples,
+            onnx_accuracy=self.onnx_correct / self.samples,
+        )
+
+
 def compare(torch_logits: np.ndarray, onnx_logits: np.ndarray, labels: np.ndarray) -> Parity:
-    torch_top1 = torch_logits.argmax(1)
-    onnx_top1 = onnx_logits.argmax(1)
-    return Parity(
-        samples=len(labels),
-        max_abs_logit_diff=float(np.abs(torch_logits - onnx_logits).max()),
-        top1_agreement=float((torch_top1 == onnx_top1).mean()),
-        torch_accuracy=float((torch_top1 == labels).mean()),
-        onnx_accuracy=float((onnx_top1 == labels).mean()),
-    )
+    tally = ParityTally()
+    tally.add(torch_logits, onnx_logits, labels)
+    return tally.result()
 
 
 def problems(parity: Parity, gate: ParityGate, name: str) -> list[str]:

@@ -12,8 +12,9 @@ import torch
 
 from pipeline.catalog import PROVIDERS, VARIANTS, base_variant, exported_variants, resolve
 from pipeline.config import Params
+from pipeline.data.types import LabelledChunks
 from pipeline.export.onnx_export import export_onnx, metadata_props
-from pipeline.export.parity import ParityError, compare, problems
+from pipeline.export.parity import Parity, ParityError, ParityTally, problems
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import (
     VARIANT_FILES,
@@ -34,18 +35,21 @@ def _parity_provider(variant: str) -> str:
     return "cuda" if VARIANTS[variant].check_on_gpu and torch.cuda.is_available() else "cpu"
 
 
-def check_variant(
-    path: Path,
-    variant: str,
-    inputs: np.ndarray,
-    torch_logits: np.ndarray,
-    labels,
-    gate,
-    batch_size: int,
-) -> dict[str, Any]:
+def parity_of(model, feed, session, test: LabelledChunks, batch_size: int) -> Parity:
+    """One session's parity against PyTorch fp32 over the whole test split, read a shard at a
+    time (memory flat in the split's size). One session at a time: each keeps an arena sized
+    for ``batch_size`` images, so PyTorch's logits are recomputed per variant instead."""
+    tally = ParityTally()
+    for images, labels in test.iter_shards():
+        tensor = torch.from_numpy(images)
+        torch_logits = predict_logits(model, tensor, batch_size).numpy()
+        inputs = np.ascontiguousarray(feed(tensor).numpy())
+        tally.add(torch_logits, session_logits(session, inputs, batch_size), labels)
+    return tally.result()
+
+
+def variant_record(path: Path, variant: str, session, parity: Parity, gate) -> dict[str, Any]:
     """File facts and parity of one exported file against PyTorch fp32's logits."""
-    session = make_session(path, _parity_provider(variant), log=[])
-    parity = compare(torch_logits, session_logits(session, inputs, batch_size), labels)
     provider = session.get_providers()[0]
     found = problems(parity, gate, variant)
     record = {
@@ -108,7 +112,7 @@ def export_all(
     params: Params,
     model: WithPreprocessing,
     card: ModelCard,
-    test: tuple[torch.Tensor, torch.Tensor],
+    test: LabelledChunks,
     train_images: torch.Tensor,
     onnx_dir: str | Path,
 ) -> dict[str, Any]:
@@ -118,21 +122,18 @@ def export_all(
     :func:`enforce_gates`, so a failed gate leaves its evidence behind.
     """
     settings, onnx_dir = params.export, Path(onnx_dir)
-    images, labels = test
     graph, feed = _graph_and_feed(model, settings.include_preprocessing)
     props = metadata_props(card, settings.include_preprocessing, params_hash(params))
     context = ConvertContext(params, train_images, feed)
-    built = write_variants(params, graph, feed(images[:2]), props, context, onnx_dir)
+    sample = feed(torch.from_numpy(test.head(2)))
+    built = write_variants(params, graph, sample, props, context, onnx_dir)
     batch_size = params.evaluate.batch_size  # both sides of the parity check
-    torch_logits = predict_logits(model, images, batch_size).numpy()
-    inputs = np.ascontiguousarray(feed(images).numpy())
     records = {}
     for name, info in built.items():
         path, gate = variant_path(onnx_dir, name), settings.gates[name]
-        record = (
-            check_variant(path, name, inputs, torch_logits, labels.numpy(), gate, batch_size)
-            | info.facts
-        )
+        session = make_session(path, _parity_provider(name), log=[])
+        parity = parity_of(model, feed, session, test, batch_size)
+        record = variant_record(path, name, session, parity, gate) | info.facts
         records[name] = _with_remedy(record, info.remedy or VARIANTS[name].remedy)
         _print_line(name, records[name])
     # The fp32 file is *the* model (models/onnx/model.onnx); variants are derived from it.

@@ -8,6 +8,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
+from pipeline.data.links import links_into_dvc_cache
 from pipeline.errors import PipelineError, first_line
 from pipeline.export.graphs import subgraphs
 
@@ -38,13 +39,14 @@ def _external_locations(model: onnx.ModelProto) -> list[str]:
 
 
 def check_onnx_file(path: str | Path) -> onnx.ModelProto:
-    """Refuse symlinks, files that are not ONNX, and external data outside the model's folder,
-    then run onnx's full check.
+    """Refuse symlinks (other than into the project's DVC cache), files that are not ONNX, and
+    external data outside the model's folder, then run onnx's full check.
 
     Returns the loaded model (without external data) for callers that need its metadata.
     """
     path = Path(path)
-    if path.is_symlink():
+    # DVC's symlink cache type links models/onnx/*.onnx into the cache; any other link is refused.
+    if path.is_symlink() and not links_into_dvc_cache(path):
         raise UnsafeModelError(f"{path}: ONNX model is a symbolic link; refusing to load it")
     if not path.is_file():
         raise UnsafeModelError(f"{path}: no such ONNX file")
