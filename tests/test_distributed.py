@@ -325,20 +325,17 @@ class _TwoRanks(Group):
 )
 def test_group_energy_adds_own_meters_and_counts_rapl_once(method, local_rank, other, expected):
     from pipeline.energy import EnergyReading
-    from pipeline.train.run import group_energy
+    from pipeline.train.accounting import group_joules
 
     reading = EnergyReading(joules=10.0, seconds=2.0, method=method, reason=None)
     group = _TwoRanks(rank=local_rank, world_size=2, local_rank=local_rank, other=other)
-    result = group_energy(reading, group, torch.device("cpu"), images=100)
-    assert result["joules"] == expected and result["joules_per_image"] == expected / 100
-    assert "summed over 2 processes" in result["reason"]
+    assert group_joules(reading, group, torch.device("cpu")) == expected
 
 
 def test_group_energy_stays_unavailable_when_a_rank_has_no_figure():
     from pipeline.energy import EnergyReading
-    from pipeline.train.run import group_energy
+    from pipeline.train.accounting import group_joules
 
     reading = EnergyReading(joules=None, seconds=2.0, method="unavailable", reason="no meter")
     group = _TwoRanks(rank=0, world_size=2, local_rank=0, other=5.0)
-    result = group_energy(reading, group, torch.device("cpu"), images=10)
-    assert result["joules"] is None and result["joules_per_image"] is None
+    assert group_joules(reading, group, torch.device("cpu")) is None

@@ -146,7 +146,7 @@ def kill_and_resume(root, prepared, train: dict, fault: str) -> dict:
     resumed = run_training(params, root)
     after_resume = (root / paths.MODEL_WEIGHTS).read_bytes()
     fresh = run_training(params, root)  # the finished run left no checkpoint to resume
-    assert fresh["resumed_from_epoch"] is None
+    assert fresh["resumed"]["from_epoch"] is None
     return {
         "checkpoints": checkpoints,
         "resumed": resumed,
@@ -161,7 +161,7 @@ def test_killed_streamed_run_resumes_to_identical_weights(sharded_digits, tmp_pa
     train = {"data_path": "stream", "epochs": 2, "batch_size": 32, "deterministic": True}
     run = kill_and_resume(tmp_path, sharded_digits, train, "rank=0,epoch=1")
     assert run["resumed"]["data_path"]["data_path"] == "stream"
-    assert run["resumed"]["resumed_from_epoch"] == 1
+    assert run["resumed"]["resumed"]["from_epoch"] == 1
     assert run["same_weights"]
 
 
@@ -178,11 +178,11 @@ def test_killed_mid_epoch_resumes_from_its_batch_checkpoint_bit_identically(
     run = kill_and_resume(tmp_path, sharded_digits, train, "rank=0,epoch=2,batch=21")
     assert run["checkpoints"][-1].startswith("epoch-0001+000020-"), run["checkpoints"]
     resumed, fresh = run["resumed"], run["fresh"]
-    assert resumed["resumed_from_epoch"] == 1 and resumed["resumed_from_batch"] == 20
+    assert resumed["resumed"]["from_epoch"] == 1 and resumed["resumed"]["from_batch"] == 20
     assert run["same_weights"]
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert resumed[key] == fresh[key], key
     # This process trained the epoch's last batches only; the whole run counts every image.
     per_epoch = fresh["images"] // 2
-    assert resumed["images"] == per_epoch - 20 * 32
-    assert resumed["whole_run"]["images"] == fresh["whole_run"]["images"] == 2 * per_epoch
+    assert resumed["process"]["images"] == per_epoch - 20 * 32
+    assert resumed["images"] == fresh["images"] == fresh["process"]["images"] == 2 * per_epoch

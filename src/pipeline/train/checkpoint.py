@@ -34,6 +34,21 @@ LEGACY = re.compile(r"^epoch-\d{4,}\.pt$")  # before runs were tagged; never res
 
 
 @dataclass(frozen=True)
+class RunIdentity:
+    """What a checkpoint must match to be resumed (``fingerprint``: params, data, code and what
+    ``auto`` resolved to), and the same without the resolved choices (``base``), so that a
+    checkpoint of this run made under other choices is recognised and the log says why."""
+
+    fingerprint: str
+    base: str
+    resolved: dict[str, str]  # device kind, precision, CPU profile
+
+    def stamp(self) -> dict[str, Any]:
+        """What every checkpoint of this run carries besides its state."""
+        return {"fingerprint": self.fingerprint, "base": self.base, "resolved": self.resolved}
+
+
+@dataclass(frozen=True)
 class Resume:
     """What the train stage found: a checkpoint to resume from, or why it starts fresh."""
 
@@ -140,9 +155,30 @@ def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str 
     return state, None
 
 
-def find_resume(folder: Path, fingerprint: str) -> Resume:
+def other_resolution(folder: Path, run: RunIdentity) -> str | None:
+    """Why the newest checkpoint of this run made under other resolved choices (another device
+    kind, precision or CPU profile) is not resumed; None when there is none. Reads only the
+    newest file of each other run, memory-mapped (its tensors are not read)."""
+    newest: dict[str, Path] = {}
+    for path in checkpoint_files(folder):
+        newest.setdefault(NAME.match(path.name).group(3), path)
+    newest.pop(run_tag(run.fingerprint), None)
+    for path in newest.values():
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: nothing to explain from it  # noqa: S112
+            state = None
+        if isinstance(state, dict) and state.get("base") == run.base:
+            theirs = ", ".join(f"{k} {v}" for k, v in state.get("resolved", {}).items())
+            ours = ", ".join(f"{k} {v}" for k, v in run.resolved.items())
+            return f"{path.name} was trained under {theirs}; this process resolved {ours}"
+    return None
+
+
+def find_resume(folder: Path, fingerprint: str, run: RunIdentity | None = None) -> Resume:
     """The newest readable checkpoint of this run (same fingerprint), else a fresh start and why.
-    Other runs' checkpoints are looked past and left alone."""
+    Other runs' checkpoints are looked past and left alone; with ``run``, one of this run made
+    under other resolved choices is named as the reason."""
     check_folder(folder)
     notes = [f"removed {name} (a killed write)" for name in remove_temporary(folder)]
     others = len(checkpoint_files(folder)) - len(checkpoint_files(folder, fingerprint))
@@ -161,7 +197,9 @@ def find_resume(folder: Path, fingerprint: str) -> Resume:
         within = f" + {progress['batches']} batches" if progress else ""
         message = f"resuming from {path.name} (epoch {state['epoch']}{within})"
         return Resume(state, f"{message}; {note}" if note else message)
-    why = "; ".join(problems) or "no checkpoint of this run (params, data and code)"
+    why = "; ".join(problems) or "no checkpoint of this run (params, data, code, resolved choices)"
+    if run is not None and (elsewhere := other_resolution(folder, run)) is not None:
+        why = f"{why}; not resumed: {elsewhere}"
     return Resume(None, "; ".join([f"starting fresh: {why}", *notes]))
 
 

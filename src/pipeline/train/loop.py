@@ -376,7 +376,9 @@ class Trainer:
         state.history.append(stats.as_dict())
         state.images_seen += images
         state.train_seconds += self.epoch_seconds_before + seconds
-        self.work.add(here, seconds)
+        state.warmup.append(len(state.epoch_images) == len(self.work.earlier.epoch_images))
+        state.epoch_images.append(here)
+        state.epoch_seconds.append(seconds)
         target = self.params.target_accuracy
         if target is not None and state.target_epoch is None and stats.val_accuracy >= target:
             state.target_epoch, state.seconds_to_target = stats.epoch, state.train_seconds
@@ -483,4 +485,5 @@ class Trainer:
         progress = saved.get("progress")
         self.resume_at = EpochProgress(**progress) if progress is not None else None
         batches = self.resume_at.batches if self.resume_at is not None else None
-        self.work = ProcessWork(self.state.epoch, TrainState(**saved["state"]), batches)
+        earlier = TrainState(**copy.deepcopy(saved["state"]))  # not the lists self.state grows
+        self.work = ProcessWork(self.state.epoch, earlier, batches)

@@ -27,14 +27,14 @@ from pipeline.models import ModelSpec, build_model
 from pipeline.models.parts import head_parameter_names
 from pipeline.models.pretrained import StartWeights, resolve_pretrained
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.accounting import (
-    RunAccount,
-    epochs_line,
-    group_energy,
-    process_figures,
-    whole_run,
+from pipeline.train.accounting import RunAccount, epochs_line
+from pipeline.train.checkpoint import (
+    RunIdentity,
+    find_resume,
+    remove_run,
+    report,
+    save_checkpoint,
 )
-from pipeline.train.checkpoint import find_resume, remove_run, report, save_checkpoint
 from pipeline.train.distributed import gather_rng_states, maybe_inject_fault
 from pipeline.train.loop import Trainer
 from pipeline.train.policy import resolve_policy
@@ -67,12 +67,27 @@ def load_data(params: TrainParams, prepared: Path) -> tuple[dict, dict[str, str]
     return splits, {"data_path": path, "reason": why}
 
 
-def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
+def resolved_choices(device: torch.device, policy) -> dict[str, str]:
+    """What ``auto`` resolved to on this machine, which a resumed run must share: the device
+    kind, the precision (``tf32`` where fp32 runs on TF32 units) and the CPU profile."""
+    return {"device": device.type, "precision": policy.precision, "cpu": policy.cpu}
+
+
+def fingerprint(
+    params: Params,
+    batch_size: int,
+    data: dict[str, str],
+    world_size: int = 1,
+    resolved: dict[str, str] | None = None,
+) -> str:
     """What a checkpoint must match to be resumed: the math of the run, the data it saw
-    (``data``: :func:`prepared_hashes`) and the code that ran it (docs/architecture.md says
-    why the code is in)."""
+    (``data``: :func:`prepared_hashes`), the code that ran it (docs/architecture.md says
+    why the code is in) and what ``auto`` resolved to (``resolved``: the params' ``device``
+    and ``precision`` as written are left out, ``cuda:1`` and ``auto`` alike)."""
     train = params.train.model_dump(
         exclude={
+            "device",
+            "precision",
             "checkpoint_every",
             "num_workers",
             "auto_batch_size",
@@ -93,7 +108,17 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
         "data": data,
         "code": code_version(),
     }
+    if resolved is not None:
+        payload["resolved"] = resolved
     return sha256_json(payload)
+
+
+def run_identity(params: Params, batch_size: int, data: dict, world_size: int, resolved: dict):
+    return RunIdentity(
+        fingerprint(params, batch_size, data, world_size, resolved),
+        fingerprint(params, batch_size, data, world_size),
+        resolved,
+    )
 
 
 def progress_line(total_epochs: int, first_epoch: int):
@@ -161,22 +186,22 @@ def log_live(live, stats: dict) -> None:
     live.next_step()
 
 
-def checkpointer(folder: Path, every: int, fingerprint_value: str, group, account: RunAccount):
+def checkpointer(folder: Path, every: int, run: RunIdentity, group, account: RunAccount):
     def save(trainer: Trainer) -> None:
         epoch = trainer.state.epoch
         if every and (epoch % every == 0 or epoch == trainer.params.epochs):
             account.stamp(trainer)  # whole-run totals so far (a collective)
             rng = gather_rng_states(group, trainer.rng_state())  # every rank's own (a collective)
             if group.is_writer:
-                state = {**trainer.state_dict(rng), "epoch": epoch}
-                save_checkpoint(folder, epoch, state, fingerprint_value)
+                state = {**trainer.state_dict(rng), "epoch": epoch, **run.stamp()}
+                save_checkpoint(folder, epoch, state, run.fingerprint)
             group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
         maybe_inject_fault(group, epoch)
 
     return save
 
 
-def batch_checkpointer(folder: Path, every: int, fingerprint_value: str, group, account):
+def batch_checkpointer(folder: Path, every: int, run: RunIdentity, group, account):
     """train.checkpoint_every_batches: a checkpoint inside the epoch, at the end of every
     ``every``-th micro-batch (the epoch's own checkpoint covers its last batch)."""
 
@@ -187,7 +212,8 @@ def batch_checkpointer(folder: Path, every: int, fingerprint_value: str, group, 
             rng = gather_rng_states(group, trainer.rng_state())
             if group.is_writer:
                 state = {**trainer.state_dict(rng, progress), "epoch": trainer.state.epoch}
-                save_checkpoint(folder, trainer.state.epoch, state, fingerprint_value, index)
+                state.update(run.stamp())
+                save_checkpoint(folder, trainer.state.epoch, state, run.fingerprint, index)
             group.barrier()
         maybe_inject_fault(group, trainer.state.epoch + 1, index)
 
@@ -255,14 +281,14 @@ def train_once(
     params: Params,
     root: Path,
     trainer: Trainer,
-    run_fingerprint: str,
+    run: RunIdentity,
     live,
     group,
     account: RunAccount,
 ) -> Trainer:
     """Resume if a matching checkpoint exists, then train to the end, checkpointing."""
     folder = root / paths.CHECKPOINT_DIR
-    resume = find_resume(folder, run_fingerprint)
+    resume = find_resume(folder, run.fingerprint, run)
     if group.is_writer:
         report(resume.message)
     resumed_epoch = resume.state["epoch"] if resume.state is not None else 0
@@ -275,7 +301,7 @@ def train_once(
     for past in trainer.state.history if group.is_writer else ():
         log_live(live, past)  # curves stay whole across a resume
     line = progress_line(params.train.epochs, trainer.state.epoch + 1)
-    save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group, account)
+    save = checkpointer(folder, params.train.checkpoint_every, run, group, account)
     with step_bar(trainer, group.is_writer and sys.stderr.isatty()) as bar:
 
         def on_epoch(stats: EpochStats) -> None:
@@ -284,7 +310,7 @@ def train_once(
                 log_live(live, stats.as_dict())
 
         every = params.train.checkpoint_every_batches
-        save_batch = batch_checkpointer(folder, every, run_fingerprint, group, account)
+        save_batch = batch_checkpointer(folder, every, run, group, account)
 
         def on_batch(index: int) -> None:
             if bar.advance is not None:
@@ -295,8 +321,9 @@ def train_once(
     return trainer
 
 
-def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[str, Any]:
-    """Time and images: this process's (see pipeline.train.accounting); the rest: the run's."""
+def train_metrics(trainer: Trainer, policy, group, figures: dict[str, Any]) -> dict[str, Any]:
+    """Time, images and energy (``figures``): the whole run's, this process's under
+    ``process``; the rest describes the trained model and the setup."""
     state = trainer.state
     last = state.history[-1]
     return {
@@ -304,7 +331,7 @@ def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[
         "best_val_accuracy": state.best_val_accuracy,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
-        **process_figures(trainer, wall_seconds),
+        **figures,
         "target_accuracy": trainer.params.target_accuracy,
         "target_epoch": state.target_epoch,
         "seconds_to_target": state.seconds_to_target,
@@ -350,7 +377,8 @@ def train_with_backoff(
         data_hashes["pretrained"] = start.info.sha256
     batch_size = params.train.batch_size
     while True:
-        run_fingerprint = fingerprint(params, batch_size, data_hashes, group.world_size)
+        resolved = resolved_choices(device, policy)
+        run = run_identity(params, batch_size, data_hashes, group.world_size, resolved)
         trainer = build_trainer(
             params, spec, meta, data, batch_size, device, precision, policy, group, start
         )
@@ -362,8 +390,8 @@ def train_with_backoff(
         )
         try:
             with live as logger:
-                trained = train_once(params, root, trainer, run_fingerprint, logger, group, account)
-                return trained, run_fingerprint
+                trained = train_once(params, root, trainer, run, logger, group, account)
+                return trained, run.fingerprint
         except torch.OutOfMemoryError:
             del trainer
             if device.type == "cuda":
@@ -385,7 +413,7 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     from pipeline.train.distributed import SINGLE
 
     group = group or SINGLE
-    started = time.perf_counter()
+    account = RunAccount(group)  # the run's one clock starts here
     prepared = root / paths.PREPARED_DIR
     meta = read_meta(prepared)
     data, data_path = load_data(params.train, prepared)
@@ -408,22 +436,16 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
             f"world size {group.world_size}",
             file=sys.stderr,
         )
-    meter = meter_from_params(params.energy, str(device))
     reset_peak_memory(device)
-    meter.start()
-    account = RunAccount(meter_from_params(params.energy, str(device)), group, device)
+    account.measure(meter_from_params(params.energy, str(device)), device)
     trainer, run_fingerprint = train_with_backoff(
         params, root, spec, meta, data, device, precision, policy, group, account, start
     )
-    account.close()
-    reading = meter.stop()
-    wall_seconds = time.perf_counter() - started
-    metrics = train_metrics(trainer, policy, group, wall_seconds)
+    metrics = train_metrics(trainer, policy, group, account.close(trainer))
     metrics["memory_peak"] = peak_memory(device)
     metrics["data_path"] = data_path
-    metrics["compute"] = compute_figures(forward_flops, metrics, group, device, precision)
-    metrics["energy"] = group_energy(reading, group, device, metrics["images"])
-    metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])
+    process = metrics["process"]
+    metrics["compute"] = compute_figures(forward_flops, process, group, device, precision)
     metrics["fine_tuning"] = fine_tuning_record(params.train, trainer, start)
     if group.is_writer:
         save_model(root, params, spec, meta, trainer, start)
@@ -435,9 +457,10 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     return metrics if group.is_writer else None
 
 
-def compute_figures(forward_flops: int, metrics: dict, group, device, precision) -> dict:
-    """Achieved FLOP/s from the steady-state rate (after the warm-up epoch) when there is one."""
-    rate = metrics["steady_state_images_per_s"] or metrics["images_per_s"]
+def compute_figures(forward_flops: int, process: dict, group, device, precision) -> dict:
+    """Achieved FLOP/s from this process's steady-state rate (after its warm-up epoch) when
+    there is one: the device it ran on is this process's."""
+    rate = process["steady_state_images_per_s"] or process["images_per_s"]
     if rate is None:
         return {"achieved_gflops": None, "reason": "no epoch was trained in this process"}
     return compute_report(forward_flops, rate / group.world_size, device, precision.autocast_dtype)
