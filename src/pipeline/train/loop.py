@@ -23,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.hardware.precision import Precision
 from pipeline.inference import in_batches
 from pipeline.train.augment import Augment
-from pipeline.train.batches import make_batches
+from pipeline.train.batches import EpochOrder, make_batches
 from pipeline.train.finetune import param_groups, set_backbone_trainable, sync_batchnorm
 from pipeline.train.schedule import make_scheduler
 from pipeline.train.state import EpochProgress, EpochStats, ProcessWork, TrainState
@@ -79,9 +79,11 @@ class Trainer:
         world_size: int = 1,
         all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
         head: set[str] | None = None,
+        order: EpochOrder | None = None,
     ) -> None:
         """``head``: the classifier head's parameter names in ``model`` (what stays trainable
-        while the backbone is frozen, and keeps train.lr under backbone_lr_factor)."""
+        while the backbone is frozen, and keeps train.lr under backbone_lr_factor); ``order``:
+        the shards in-memory ``train`` tensors were read from (the streamed batches' order)."""
         self.params, self.device, self.precision = params, device, precision
         self.channels_last, self.all_reduce = channels_last, all_reduce
         self.rank, self.world_size, self.head = rank, world_size, head
@@ -105,6 +107,7 @@ class Trainer:
                 rank,
                 world_size,
                 params.num_workers,
+                order,
             )
         self.val = val if isinstance(val, SplitShards) else self._val_shard(val, rank, world_size)
         side = train.image_shape[-1] if isinstance(train, SplitShards) else train[0].shape[-1]

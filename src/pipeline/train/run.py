@@ -28,6 +28,7 @@ from pipeline.models.parts import head_parameter_names
 from pipeline.models.pretrained import StartWeights, resolve_pretrained
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.accounting import RunAccount, epochs_line
+from pipeline.train.batches import EpochOrder
 from pipeline.train.checkpoint import (
     RunIdentity,
     find_resume,
@@ -55,16 +56,20 @@ def prepared_hashes(prepared: Path) -> dict[str, list[str]]:
     return {name: split_shards(prepared, name).verify() for name in ("train", "val")}
 
 
-def load_data(params: TrainParams, prepared: Path) -> tuple[dict, dict[str, str]]:
-    """The train and val splits: whole tensors (memory path) or their shards (stream path)."""
+def load_data(params: TrainParams, prepared: Path, group) -> tuple[dict, dict[str, str]]:
+    """The train and val splits: whole tensors (memory path) or their shards (stream path),
+    and the train split's shard order, which both paths follow (the same batches)."""
     splits = {name: split_shards(prepared, name, verify=False) for name in ("train", "val")}
     train = splits["train"]
     path, why = choose_data_path(
         params.data_path, train.count * train.image_bytes, available_memory_bytes()
     )
+    if not group.same_everywhere(int(path == "stream")):  # auto read each rank's free memory
+        path, why = "stream", f"{why}; other ranks chose otherwise: every rank streams"
+    order = EpochOrder(tuple(s.count for s in train.shards), params.stream_window_shards)
     if path == "memory":
         splits = {name: split.load_tensors() for name, split in splits.items()}
-    return splits, {"data_path": path, "reason": why}
+    return {**splits, "order": order}, {"data_path": path, "reason": why}
 
 
 def resolved_choices(device: torch.device, policy) -> dict[str, str]:
@@ -88,6 +93,8 @@ def fingerprint(
         exclude={
             "device",
             "precision",
+            "data_path",  # memory and stream give the same batches
+            "data_on_device",
             "checkpoint_every",
             "num_workers",
             "auto_batch_size",
@@ -274,6 +281,7 @@ def build_trainer(
         world_size=group.world_size,
         all_reduce=group.all_reduce,
         head=head,
+        order=data["order"],
     )
 
 
@@ -371,8 +379,6 @@ def train_with_backoff(
     from dvclive import Live  # heavy import; only the train stage needs it
 
     data_hashes: dict = prepared_hashes(root / paths.PREPARED_DIR)
-    # auto resolves per machine: a resume must read the data the same way (same batches).
-    data_hashes["read_as"] = "memory" if isinstance(data["train"], tuple) else "stream"
     if start is not None:  # the same path may later hold other weights: resume only on these
         data_hashes["pretrained"] = start.info.sha256
     batch_size = params.train.batch_size
@@ -416,7 +422,7 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     account = RunAccount(group)  # the run's one clock starts here
     prepared = root / paths.PREPARED_DIR
     meta = read_meta(prepared)
-    data, data_path = load_data(params.train, prepared)
+    data, data_path = load_data(params.train, prepared, group)
     streamed = data_path["data_path"] == "stream"
     device, precision, policy = resolve_policy(
         rank_device(params.train, group), None if streamed else data["train"][0]
