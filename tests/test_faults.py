@@ -21,6 +21,7 @@ from pipeline.prepare import prepare_data
 from pipeline.records import TRAIN_FIGURES, write_record
 from pipeline.sweep import _run as sweep_entry
 from pipeline.sweep import pareto_front
+from pipeline.train import checkpoint as checkpoint_module
 from pipeline.train import loop
 from pipeline.train.checkpoint import (
     checkpoint_files,
@@ -479,3 +480,35 @@ def test_a_checkpoint_of_another_resolution_is_not_resumed_and_the_log_says_why(
         "this process resolved device cpu, precision fp32, cpu AVX-512"
     ) in log
     assert checkpoint_files(root / paths.CHECKPOINT_DIR) == [left]  # another run's: kept
+
+
+def test_a_checkpoint_the_file_system_refuses_stops_the_run_instead_of_starting_over(
+    tmp_path, monkeypatch
+):
+    """Permission or I/O errors: starting fresh would throw the run's epochs away (and its new
+    checkpoints would later crowd the old one out); the run stops in one line naming it."""
+    save_checkpoint(tmp_path, 14, {"epoch": 14}, RUN_A)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", refuse)
+    with pytest.raises(PipelineError, match=r"epoch-0014-a{12}\.pt: cannot read") as error:
+        find_resume(tmp_path, RUN_A)
+    assert "\n" not in str(error.value) and "Permission denied" in str(error.value)
+
+
+def test_an_unreadable_newer_checkpoint_never_crowds_out_the_fresh_runs_own(tmp_path):
+    """Corrupt content: the run starts fresh (the log names it), and its new checkpoints are
+    the newest two kept; the corrupt epoch-14 file, older than they are, goes."""
+    stale = checkpoint_path(tmp_path, 14, RUN_A)
+    stale.write_bytes(b"not a checkpoint")
+    resume = find_resume(tmp_path, RUN_A)
+    assert resume.state is None and f"{stale.name} unreadable" in resume.message
+    for epoch in (1, 2, 3):
+        save_checkpoint(tmp_path, epoch, {"epoch": epoch}, RUN_A)
+    assert checkpoint_files(tmp_path, RUN_A) == [
+        checkpoint_path(tmp_path, 3, RUN_A),
+        checkpoint_path(tmp_path, 2, RUN_A),
+    ]
+    assert find_resume(tmp_path, RUN_A).state["epoch"] == 3

@@ -110,11 +110,15 @@ def save_checkpoint(
     folder: Path, epoch: int, state: dict[str, Any], fingerprint: str, batch: int = 0,
     keep: int = 2,
 ) -> Path:  # fmt: skip
-    """Write this run's checkpoint, then drop its own older ones beyond ``keep``."""
+    """Write this run's checkpoint, then drop its own older ones beyond ``keep``. A file of this
+    run numbered past the one written is older than it: one whose content was unreadable when
+    the run started (a readable one would have been resumed), never counted among the newest."""
     path = checkpoint_path(folder, epoch, fingerprint, batch)
     with atomic_open(path, "wb") as handle:
         torch.save({**state, "fingerprint": fingerprint}, handle)
-    for old in checkpoint_files(folder, fingerprint)[keep:]:
+    mine = checkpoint_files(folder, fingerprint)
+    place = mine.index(path)
+    for old in mine[:place] + mine[place + keep :]:
         old.unlink(missing_ok=True)
     return path
 
@@ -143,11 +147,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(state, None), or (None, why it cannot be resumed)."""
+    """(state, None), or (None, why it cannot be resumed). The file system refusing a read
+    (permission, I/O error) stops the run: starting over would throw its epochs away."""
     try:
         state = load_checkpoint(path)
     except PipelineError:
         raise
+    except FileNotFoundError:
+        return None, f"{path.name} gone"
+    except OSError as error:
+        raise PipelineError(
+            f"{path}: cannot read this run's checkpoint ({describe(error)[:160]}); fix the "
+            "file's access and re-run to resume, or delete it to train from scratch"
+        ) from None
     except Exception as error:  # truncated, corrupt or hostile: try the previous one
         return None, f"{path.name} unreadable ({describe(error)[:160]})"
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
