@@ -11,7 +11,7 @@ from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_tra
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.registry import UnknownModelError
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.loop import Trainer
+from pipeline.train.loop import trainer_for_tensors
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def make_trainer(precision="fp32", width=16, **train):
     spec = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, num_classes=10, width=width)
     model = WithPreprocessing(build_model(spec), mean, std)
     params = TrainParams(**{"epochs": 3, "batch_size": 64, "lr": 0.003, **train})
-    return Trainer(
+    return trainer_for_tensors(
         model,
         train_data,
         val,

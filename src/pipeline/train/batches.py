@@ -126,6 +126,7 @@ class DeviceBatches(ShardedOrder):
     ) -> None:
         """``order``: the shards the tensors were read from (default: one, a plain shuffle)."""
         super().__init__(order or EpochOrder.whole(len(images)), batch_size, seed, rank, world_size)
+        self.image_side = images.shape[-1]
         self.images = images.to(device)
         self.labels = labels.to(device)
 
@@ -168,6 +169,7 @@ class HostBatches(ShardedOrder):
         self, images, labels, batch_size, device, seed, rank=0, world_size=1, workers=2, order=None
     ):
         super().__init__(order or EpochOrder.whole(len(images)), batch_size, seed, rank, world_size)
+        self.image_side = images.shape[-1]
         self.device = device
         self.images, self.labels = images, labels
         self.loader = DataLoader(

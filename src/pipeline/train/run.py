@@ -33,6 +33,7 @@ from pipeline.train.checkpoint import (
     save_checkpoint,
 )
 from pipeline.train.distributed import gather_rng_states, maybe_inject_fault
+from pipeline.train.feeders import StepSetup
 from pipeline.train.loop import Trainer
 from pipeline.train.progress import log_live, progress_line, step_bar
 from pipeline.train.resources import compute_report
@@ -156,24 +157,15 @@ def build_trainer(setup: TrainSetup, batch_size: int) -> Trainer:
     if start is not None:
         start.load_into(network)
     model = WithPreprocessing(network, *setup.normalisation())
-    head = {f"model.{name}" for name in head_parameter_names(network, spec.num_classes)}
+    head = frozenset(f"model.{name}" for name in head_parameter_names(network, spec.num_classes))
     train_params = setup.params.train.model_copy(update={"batch_size": batch_size})
-    return Trainer(
-        model,
-        setup.data["train"],
-        setup.data["val"],
-        train_params,
-        setup.device,
-        setup.precision,
-        setup.params.seed,
-        channels_last=setup.policy.channels_last,
-        data_on_device=setup.policy.data_on_device,
-        rank=group.rank,
-        world_size=group.world_size,
-        all_reduce=group.all_reduce,
-        head=head,
-        order=setup.data["order"],
-    )
+    policy = setup.policy
+    step = StepSetup(
+        setup.device, setup.precision, setup.params.seed, policy.channels_last,
+        policy.data_on_device, group.rank, group.world_size, group.all_reduce, head,
+    )  # fmt: skip
+    feeder, validation = setup.data.feeder(train_params, step), setup.data.validation(step)
+    return Trainer(model, feeder, validation, train_params, step)
 
 
 def train_once(setup: TrainSetup, trainer: Trainer, run: RunIdentity, live) -> Trainer:

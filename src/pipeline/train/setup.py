@@ -4,7 +4,6 @@ process group and the run's account)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pipeline.hardware.precision import Precision
 from pipeline.models import ModelSpec
 from pipeline.models.pretrained import StartWeights, resolve_pretrained
 from pipeline.train.accounting import RunAccount
-from pipeline.train.batches import EpochOrder
+from pipeline.train.feeders import InMemory, Streamed, read_splits
 from pipeline.train.policy import Policy, resolve_policy
 from pipeline.train.streaming import available_memory_bytes, choose_data_path
 
@@ -32,7 +31,7 @@ class TrainSetup:
     meta: PreparedMeta
     spec: ModelSpec
     start: StartWeights | None  # model.pretrained's weights, fitted to the model
-    data: dict  # train and val: tensors (memory) or shards (stream); order: the batch order
+    data: InMemory | Streamed  # where batches come from, decided once
     data_path: dict[str, str]  # memory | stream, and why
     device: torch.device
     precision: Precision
@@ -51,9 +50,9 @@ class TrainSetup:
         return self.meta.mean, self.meta.std
 
 
-def load_data(params: TrainParams, prepared: Path, group) -> tuple[dict, dict[str, str]]:
+def load_data(params: TrainParams, prepared: Path, group) -> tuple[InMemory | Streamed, dict]:
     """The train and val splits: whole tensors (memory path) or their shards (stream path),
-    and the train split's shard order, which both paths follow (the same batches)."""
+    which both follow the train split's shard order (the same batches); and why."""
     splits = {name: split_shards(prepared, name, verify=False) for name in ("train", "val")}
     train = splits["train"]
     path, why = choose_data_path(
@@ -61,10 +60,8 @@ def load_data(params: TrainParams, prepared: Path, group) -> tuple[dict, dict[st
     )
     if not group.same_everywhere(int(path == "stream")):  # auto read each rank's free memory
         path, why = "stream", f"{why}; other ranks chose otherwise: every rank streams"
-    order = EpochOrder(tuple(s.count for s in train.shards), params.stream_window_shards)
-    if path == "memory":
-        splits = {name: split.load_tensors() for name, split in splits.items()}
-    return {**splits, "order": order}, {"data_path": path, "reason": why}
+    data = read_splits(train, splits["val"], path, params.stream_window_shards)
+    return data, {"data_path": path, "reason": why}
 
 
 def rank_device(train: TrainParams, group) -> TrainParams:
@@ -79,12 +76,8 @@ def build_setup(params: Params, root: Path, group, account: RunAccount) -> Train
     energy window on the resolved device."""
     meta = read_meta(root / paths.PREPARED_DIR)
     data, data_path = load_data(params.train, root / paths.PREPARED_DIR, group)
-    streamed = data_path["data_path"] == "stream"
-    device, precision, policy = resolve_policy(
-        rank_device(params.train, group), None if streamed else data["train"][0]
-    )
-    if streamed:  # the device-resident copy does not apply: batches come from the reader
-        policy = dataclasses.replace(policy, data_on_device=False)
+    device, precision, policy = resolve_policy(rank_device(params.train, group), data.policy_images)
+    policy = data.adjust(policy)
     channels, size, _ = meta.input_shape
     spec = ModelSpec.from_params(
         params.model, in_channels=channels, image_size=size, num_classes=meta.num_classes

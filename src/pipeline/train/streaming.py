@@ -48,6 +48,7 @@ class StreamBatches(SkipOnce):
         On the CPU the step already keeps every core busy and a reader thread would preempt
         its threads (measured: 0.8x of in-memory images/s), so batches are read in line."""
         self.split, self.device = split, device
+        self.image_side = split.image_shape[-1]
         self.rank, self.world_size = rank, world_size
         self.count = split.count
         self.shard_size = self.count // world_size
