@@ -51,6 +51,7 @@ def child(args: argparse.Namespace) -> None:
     from pipeline.data.storage import split_shards
     from pipeline.models import ModelSpec, build_model
     from pipeline.preprocess import WithPreprocessing
+    from pipeline.train.feeders import StepSetup, read_splits
     from pipeline.train.loop import Trainer
     from pipeline.train.policy import resolve_policy
 
@@ -58,15 +59,15 @@ def child(args: argparse.Namespace) -> None:
     params = TrainParams(
         epochs=1000, batch_size=args.batch, precision="fp32", data_path=args.path, lr=1e-3
     )
-    train = split_shards(args.child, "train")
-    val = split_shards(args.child, "val").load_tensors()
-    data = train if args.path == "stream" else train.load_tensors()
+    train, val = split_shards(args.child, "train"), split_shards(args.child, "val")
+    data = read_splits(train, val, args.path, params.stream_window_shards)
     device, precision, policy = resolve_policy(params, None)
     torch.manual_seed(0)
     model = build_model(ModelSpec("small_cnn", 3, args.side, CLASSES, width=args.width))
+    step = StepSetup(device, precision, seed=0, channels_last=policy.channels_last)
     trainer = Trainer(
-        WithPreprocessing(model, [0.5] * 3, [0.29] * 3), data, val, params, device, precision,
-        seed=0, channels_last=policy.channels_last,
+        WithPreprocessing(model, [0.5] * 3, [0.29] * 3), data.feeder(params, step),
+        data.validation(step), params, step,
     )  # fmt: skip
     trainer.model.train()
     batches = (batch for _ in range(1_000_000) for batch in trainer.batches)  # epoch after epoch

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.config import TrainParams
 from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import Normalize, WithPreprocessing
-from pipeline.train.loop import Trainer
+from pipeline.train.loop import trainer_for_tensors
 from pipeline.train.policy import resolve_policy
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -93,7 +93,7 @@ def tutorial_images_per_s(model, data, batch_size, steps, warmup, device) -> flo
 def engine_images_per_s(model, data, batch_size, steps, warmup) -> tuple[float, dict]:
     params = TrainParams(epochs=1, batch_size=batch_size, lr=1e-3)
     device, precision, policy = resolve_policy(params, data[0])
-    trainer = Trainer(
+    trainer = trainer_for_tensors(
         WithPreprocessing(model, MEAN, STD),
         data,
         (data[0][:64], data[1][:64]),

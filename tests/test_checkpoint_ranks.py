@@ -15,7 +15,7 @@ from pipeline.config import TrainParams
 from pipeline.hardware.precision import PRECISIONS
 from pipeline.train import distributed
 from pipeline.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from pipeline.train.loop import Trainer
+from pipeline.train.loop import Trainer, trainer_for_tensors
 
 RUN = "e" * 64
 
@@ -23,7 +23,7 @@ RUN = "e" * 64
 def tiny_trainer(group: distributed.Group) -> Trainer:
     images = torch.randint(0, 255, (32, 1, 2, 2), dtype=torch.uint8, generator=torch.Generator())
     labels = torch.zeros(32, dtype=torch.long)
-    return Trainer(
+    return trainer_for_tensors(
         nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),
         (images, labels),
         (images, labels),

@@ -23,12 +23,13 @@ from pipeline import paths
 from pipeline.config import Params, ParamsError, TrainParams, parse_params
 from pipeline.data.storage import read_split_tensors
 from pipeline.errors import PipelineError
+from pipeline.hardware.precision import PRECISIONS
 from pipeline.inference import predict_logits
 from pipeline.model_io import load_trained
 from pipeline.train import distributed, launch
-from pipeline.train.batches import DeviceBatches, HostBatches, make_batches
+from pipeline.train.batches import DeviceBatches, EpochOrder, HostBatches, make_batches
 from pipeline.train.distributed import Group
-from pipeline.train.loop import Trainer
+from pipeline.train.feeders import InMemory, StepSetup
 from pipeline.train.run import fingerprint, prepared_hashes, run_training
 
 # Six epochs: enough for two processes (half the optimiser steps) to reach the single-process
@@ -185,8 +186,11 @@ def test_rank_shards_cover_the_epoch_once_device_and_host_paths():
 def test_validation_slices_count_every_sample_once():
     n = 269
     val = (torch.arange(n).view(n, 1), torch.zeros(n, dtype=torch.long))
-    holder = SimpleNamespace(device=torch.device("cpu"))
-    slices = [Trainer._val_shard(holder, val, rank, 2)[0].view(-1) for rank in range(2)]
+    data = InMemory(val, val, EpochOrder.whole(n))
+    steps = [
+        StepSetup(torch.device("cpu"), PRECISIONS["fp32"], 0, rank=r, world_size=2) for r in (0, 1)
+    ]
+    slices = [data.validation(step).chunks()[0][0].view(-1) for step in steps]
     assert torch.equal(torch.cat(slices), torch.arange(n))
 
 
@@ -325,20 +329,17 @@ class _TwoRanks(Group):
 )
 def test_group_energy_adds_own_meters_and_counts_rapl_once(method, local_rank, other, expected):
     from pipeline.energy import EnergyReading
-    from pipeline.train.run import group_energy
+    from pipeline.train.accounting import group_joules
 
     reading = EnergyReading(joules=10.0, seconds=2.0, method=method, reason=None)
     group = _TwoRanks(rank=local_rank, world_size=2, local_rank=local_rank, other=other)
-    result = group_energy(reading, group, torch.device("cpu"), images=100)
-    assert result["joules"] == expected and result["joules_per_image"] == expected / 100
-    assert "summed over 2 processes" in result["reason"]
+    assert group_joules(reading, group, torch.device("cpu")) == expected
 
 
 def test_group_energy_stays_unavailable_when_a_rank_has_no_figure():
     from pipeline.energy import EnergyReading
-    from pipeline.train.run import group_energy
+    from pipeline.train.accounting import group_joules
 
     reading = EnergyReading(joules=None, seconds=2.0, method="unavailable", reason="no meter")
     group = _TwoRanks(rank=0, world_size=2, local_rank=0, other=5.0)
-    result = group_energy(reading, group, torch.device("cpu"), images=10)
-    assert result["joules"] is None and result["joules_per_image"] is None
+    assert group_joules(reading, group, torch.device("cpu")) is None

@@ -10,7 +10,7 @@ from pipeline.models import ModelSpec, build_model
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.augment import Augment, random_crop
 from pipeline.train.batches import DeviceBatches, HostBatches, epoch_shard
-from pipeline.train.loop import Trainer
+from pipeline.train.loop import trainer_for_tensors
 from pipeline.train.policy import resolve_policy
 from pipeline.train.schedule import warmup_cosine
 from test_train import make_trainer
@@ -146,7 +146,7 @@ def test_cifar_class_models_train_on_32x32_rgb(arch):
     spec = ModelSpec(arch=arch, in_channels=3, image_size=32, num_classes=4, width=8)
     model = WithPreprocessing(build_model(spec), [0.2] * 3, [0.3] * 3)
     params = TrainParams(epochs=3, batch_size=32, lr=0.003, augment="crop_flip")
-    trainer = Trainer(
+    trainer = trainer_for_tensors(
         model,
         (images, labels),
         (images[:32], labels[:32]),
@@ -173,7 +173,7 @@ def test_onecycle_with_very_few_steps_still_trains():
     spec = ModelSpec(arch="small_cnn", in_channels=3, image_size=8, num_classes=4, width=8)
     model = WithPreprocessing(build_model(spec), [0.2] * 3, [0.3] * 3)
     params = TrainParams(epochs=1, batch_size=16)  # 3 steps in all
-    trainer = Trainer(
+    trainer = trainer_for_tensors(
         model,
         (images, labels),
         (images, labels),

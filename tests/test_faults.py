@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from conftest import dvc, make_project_copy, run, tool_env
+from conftest import ROOT, dvc, make_project_copy, run, tool_env
 from pipeline import paths
-from pipeline.config import Params, TrainParams
+from pipeline.config import Params, TrainParams, load_params
 from pipeline.errors import PipelineError
 from pipeline.prepare import prepare_data
+from pipeline.records import TRAIN_FIGURES, write_record
+from pipeline.sweep import _run as sweep_entry
+from pipeline.sweep import pareto_front
+from pipeline.train import checkpoint as checkpoint_module
 from pipeline.train import loop
 from pipeline.train.checkpoint import (
     checkpoint_files,
@@ -25,7 +30,8 @@ from pipeline.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from pipeline.train.run import run_training
+from pipeline.train.distributed import FAULT_ENV
+from pipeline.train.run import fingerprint, run_training
 
 # Slow enough per epoch (~0.3 s) to be killed in the middle of one; deterministic.
 KILLABLE = {
@@ -131,19 +137,21 @@ def test_killed_dvc_repro_resumes_through_dvc_and_counts_this_process_work(tmp_p
     assert resumed_at(3).search(again.stderr + again.stdout)
     assert (root / paths.MODEL_WEIGHTS).read_bytes() == reference
     metrics = json.loads((root / paths.TRAIN_DETAILS).read_text())
-    whole = metrics["whole_run"]
-    per_epoch = whole["images"] // 5
-    assert metrics["epochs"] == whole["epochs"] == 5 and whole["processes"] == 2
-    assert metrics["resumed_from_epoch"] == 3 and metrics["epochs_trained"] == 2
-    # Images, time and joules: this process's, never divided by the whole run's images.
-    assert metrics["images"] == metrics["energy"]["images"] == 2 * per_epoch
-    energy = metrics["energy"]
+    process = metrics["process"]
+    per_epoch = metrics["images"] // 5
+    assert metrics["epochs"] == 5 and metrics["resumed"]["processes"] == 2
+    assert metrics["resumed"]["from_epoch"] == 3 and process["epochs_trained"] == 2
+    # This process's images, time and joules, never divided by the whole run's images.
+    assert process["images"] == process["energy"]["images"] == 2 * per_epoch
+    energy = process["energy"]
     assert energy["joules_per_image"] == pytest.approx(energy["joules"] / (2 * per_epoch))
-    assert metrics["images_per_s"] == pytest.approx(metrics["images"] / metrics["train_seconds"])
-    assert whole["train_seconds"] > metrics["train_seconds"]
-    assert whole["wall_seconds"] > metrics["wall_seconds"]
-    assert whole["joules"] > energy["joules"] and whole["images"] == 5 * per_epoch
-    assert metrics["steady_state_images_per_s"] > 0  # two epochs here: the second is steady
+    assert process["images_per_s"] == pytest.approx(process["images"] / process["train_seconds"])
+    assert metrics["train_seconds"] > process["train_seconds"]
+    assert metrics["wall_seconds"] > process["wall_seconds"]
+    assert metrics["energy"]["joules"] > energy["joules"] and metrics["images"] == 5 * per_epoch
+    assert process["steady_state_images_per_s"] > 0  # two epochs here: the second is steady
+    # Two warm-up epochs (one per process) of five: three steady ones in the whole run.
+    assert metrics["steady_state_images_per_s"] > 0
 
 
 def test_code_edit_and_forced_repro_train_every_epoch_through_dvc(tmp_path):
@@ -159,9 +167,9 @@ def test_code_edit_and_forced_repro_train_every_epoch_through_dvc(tmp_path):
         assert "starting fresh" in log and "resuming" not in log, log
         assert "trained epochs 1-2 (2) in this process" in log
         again = json.loads((root / paths.TRAIN_DETAILS).read_text())
-        assert again["resumed_from_epoch"] is None and again["epochs_trained"] == 2
-        assert again["images"] == again["whole_run"]["images"] == first["images"] > 0
-        assert again["whole_run"]["processes"] == 1
+        assert again["resumed"]["from_epoch"] is None and again["process"]["epochs_trained"] == 2
+        assert again["images"] == again["process"]["images"] == first["images"] > 0
+        assert again["resumed"]["processes"] == 1
     assert checkpoint_files(root / paths.CHECKPOINT_DIR) == []
     # The train stage reads the energy section: DVC must see a change there.
     params = (root / "params.yaml").read_text()
@@ -180,7 +188,7 @@ def test_two_deterministic_runs_give_identical_weights_and_metrics(prepared_root
             "steady_state_images_per_s",
             "steady_state_spread",
             "train_seconds",
-            "whole_run",
+            "process",
             "seconds_per_epoch",
             "wall_seconds",
             "memory_peak",
@@ -206,7 +214,7 @@ def test_a_finished_run_is_never_resumed_and_leaves_no_checkpoint(prepared_root,
     assert checkpoint_files(root / paths.CHECKPOINT_DIR) == []
     weights = (root / paths.MODEL_WEIGHTS).read_bytes()
     again = run_training(params, root)  # same params, data and code: a re-run trains again
-    assert again["resumed_from_epoch"] is None and again["epochs_trained"] == 2
+    assert again["resumed"]["from_epoch"] is None and again["process"]["epochs_trained"] == 2
     assert again["images"] == first["images"] > 0
     assert (root / paths.MODEL_WEIGHTS).read_bytes() == weights
 
@@ -380,3 +388,127 @@ def test_auto_batch_size_backs_off_and_records_the_size_used(prepared_root, tmp_
     metrics = run_training(train_params(batch_size=128, auto_batch_size=True, epochs=2), root)
     assert metrics["batch_size"] == 32
     assert (root / paths.MODEL_WEIGHTS).exists()
+
+
+def test_run_killed_at_epoch_14_of_15_reports_the_whole_run_and_pareto_ranks_it_so(
+    prepared_root, tmp_path
+):
+    """metrics/train.json (what exp show, metrics diff and pipeline-pareto read) describes the
+    whole run: a run resumed for its last epoch must not win the time or energy front."""
+    root = fresh_root(prepared_root, tmp_path)
+    raw = {
+        "model": {"width": 8},
+        "energy": {"cpu_watts": 50.0},
+        "train": {"epochs": 15, "batch_size": 128, "deterministic": True, "target_accuracy": None},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "stages/train.py")],
+        cwd=root,
+        env={**tool_env(), FAULT_ENV: "rank=0,epoch=14"},
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode != 0 and "exits after epoch 14" in killed.stderr, killed.stderr
+    record = run_training(load_params(root / "params.yaml"), root)
+    write_record(root / paths.TRAIN_METRICS, record, TRAIN_FIGURES)
+    train = json.loads((root / paths.TRAIN_METRICS).read_text())
+    process = record["process"]
+    assert train["resumed"] == {"processes": 2} and record["resumed"]["from_epoch"] == 14
+    assert "process" not in train and process["epochs_trained"] == 1
+    assert train["images"] == 15 * process["images"] > 0
+    # The whole run's totals add the first process's (up to its epoch-14 checkpoint) to this one's.
+    assert train["train_seconds"] > process["train_seconds"] > 0
+    assert train["wall_seconds"] > process["wall_seconds"] > 0
+    assert train["images_per_s"] == pytest.approx(train["images"] / train["train_seconds"])
+    energy = record["energy"]
+    assert energy["joules"] > process["energy"]["joules"] > 0
+    assert energy["method"] == process["energy"]["method"] and energy["scope"]
+    assert train["energy"]["joules_per_image"] == pytest.approx(energy["joules"] / train["images"])
+    # pipeline-pareto: a rival just as accurate that took less than the whole run's time (but
+    # longer than the resumed process) beats the resumed run on the time front.
+    resumed = sweep_run(train, "resumed", 0.90)
+    rival = sweep_run({"wall_seconds": (train["wall_seconds"] + process["wall_seconds"]) / 2},
+                      "rival", 0.91)  # fmt: skip
+    assert resumed.wall_seconds == train["wall_seconds"]
+    front = pareto_front([resumed, rival], lambda run: run.wall_seconds)
+    assert [run.name for run in front] == ["rival"]
+
+
+def sweep_run(train: dict, name: str, accuracy: float):
+    """The run pipeline-pareto reads from `dvc exp show --json` for these metrics files."""
+    metrics = {"metrics/eval.json": {"data": {"accuracy": accuracy}}}
+    metrics["metrics/train.json"] = {"data": train}
+    entry = {"rev": "0" * 40, "name": name, "data": {"params": {}, "metrics": metrics}}
+    return sweep_entry(entry, "experiment", None, "metrics/eval.json", "metrics/train.json")
+
+
+def test_fingerprint_hashes_what_auto_resolved_to_not_the_words():
+    auto = train_params()  # device and precision: auto
+    written = train_params(device="cpu", precision="fp32")
+    data = {"train": ["0" * 64]}
+    cpu = {"device": "cpu", "precision": "fp32", "cpu": "AVX2"}
+    gpu = {"device": "cuda", "precision": "bf16", "cpu": "AVX2"}
+    assert fingerprint(auto, 64, data, resolved=cpu) == fingerprint(written, 64, data, resolved=cpu)
+    assert fingerprint(auto, 64, data, resolved=cpu) != fingerprint(auto, 64, data, resolved=gpu)
+    avx512 = {**cpu, "cpu": "AVX-512 bf16"}
+    assert fingerprint(auto, 64, data, resolved=cpu) != fingerprint(auto, 64, data, resolved=avx512)
+
+
+def test_a_checkpoint_of_another_resolution_is_not_resumed_and_the_log_says_why(
+    prepared_root, tmp_path, monkeypatch, capsys
+):
+    """Killed after epoch 1 on an AVX2 profile, re-run where the CPU profile is AVX-512: the
+    run starts fresh, names the checkpoint and both resolutions, and leaves it alone."""
+    root = fresh_root(prepared_root, tmp_path)
+    raw = {"model": {"width": 8}, "train": {"epochs": 2, "batch_size": 128}}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**tool_env(), FAULT_ENV: "rank=0,epoch=1", "PIPELINE_CPU_FLAGS": "avx2,fma"}
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "stages/train.py")], cwd=root, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert "exits after epoch 1" in killed.stderr, killed.stderr
+    (left,) = checkpoint_files(root / paths.CHECKPOINT_DIR)
+    monkeypatch.setenv("PIPELINE_CPU_FLAGS", "avx2,fma,avx512f")
+    record = run_training(load_params(root / "params.yaml"), root)
+    log = capsys.readouterr().err
+    assert record["resumed"]["processes"] == 1 and record["process"]["epochs_trained"] == 2
+    assert record["policy"]["cpu"] == "AVX-512" and "starting fresh" in log
+    assert (
+        f"not resumed: {left.name} was trained under device cpu, precision fp32, cpu AVX2; "
+        "this process resolved device cpu, precision fp32, cpu AVX-512"
+    ) in log
+    assert checkpoint_files(root / paths.CHECKPOINT_DIR) == [left]  # another run's: kept
+
+
+def test_a_checkpoint_the_file_system_refuses_stops_the_run_instead_of_starting_over(
+    tmp_path, monkeypatch
+):
+    """Permission or I/O errors: starting fresh would throw the run's epochs away (and its new
+    checkpoints would later crowd the old one out); the run stops in one line naming it."""
+    save_checkpoint(tmp_path, 14, {"epoch": 14}, RUN_A)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", refuse)
+    with pytest.raises(PipelineError, match=r"epoch-0014-a{12}\.pt: cannot read") as error:
+        find_resume(tmp_path, RUN_A)
+    assert "\n" not in str(error.value) and "Permission denied" in str(error.value)
+
+
+def test_an_unreadable_newer_checkpoint_never_crowds_out_the_fresh_runs_own(tmp_path):
+    """Corrupt content: the run starts fresh (the log names it), and its new checkpoints are
+    the newest two kept; the corrupt epoch-14 file, older than they are, goes."""
+    stale = checkpoint_path(tmp_path, 14, RUN_A)
+    stale.write_bytes(b"not a checkpoint")
+    resume = find_resume(tmp_path, RUN_A)
+    assert resume.state is None and f"{stale.name} unreadable" in resume.message
+    for epoch in (1, 2, 3):
+        save_checkpoint(tmp_path, epoch, {"epoch": epoch}, RUN_A)
+    assert checkpoint_files(tmp_path, RUN_A) == [
+        checkpoint_path(tmp_path, 3, RUN_A),
+        checkpoint_path(tmp_path, 2, RUN_A),
+    ]
+    assert find_resume(tmp_path, RUN_A).state["epoch"] == 3

@@ -13,7 +13,7 @@ from pipeline.models import ModelSpec, build_model
 from pipeline.models.parts import head_parameter_names
 from pipeline.preprocess import WithPreprocessing
 from pipeline.train.finetune import sync_batchnorm
-from pipeline.train.loop import Trainer
+from pipeline.train.loop import trainer_for_tensors
 from pipeline.train.policy import choose_precision
 from test_train import digits_tensors as split_digits
 
@@ -33,7 +33,9 @@ def digits_trainer(width=8, model=None, head=None, **train):
         model = WithPreprocessing(network, mean, std)
         head = {f"model.{name}" for name in head_parameter_names(network, 10)}
     params = TrainParams(**{"epochs": 2, "batch_size": 64, "channels_last": False, **train})
-    return Trainer(model, train_data, val, params, torch.device("cpu"), FP32, seed=0, head=head)
+    return trainer_for_tensors(
+        model, train_data, val, params, torch.device("cpu"), FP32, seed=0, head=head
+    )
 
 
 def snapshot(trainer):

@@ -31,10 +31,10 @@ def test_engine_trains_on_the_gpu_with_data_resident(precision):
     device = torch.device("cuda")
     params = trainer.params.model_copy(update={"device": "cuda", "precision": precision})
     _, chosen, _ = resolve_policy(params)
-    from pipeline.train.loop import Trainer
+    from pipeline.train.loop import trainer_for_tensors
 
     model = trainer.model.to("cpu")
-    gpu = Trainer(
+    gpu = trainer_for_tensors(
         model,
         (trainer.batches.images.cpu(), trainer.batches.labels.cpu()),
         (trainer.val[0].cpu(), trainer.val[1].cpu()),

@@ -164,3 +164,19 @@ def test_params_refuse_torchvision_weights_for_other_archs_and_missing_files(tmp
     params = parse_params({"model": {"pretrained": str(tmp_path / "absent.safetensors")}})
     with pytest.raises(ParamsError, match="absent.safetensors'?: no such file"):
         check_pretrained(params)
+
+
+def test_weights_without_batchnorm_batch_counters_load(tmp_path):
+    """torchvision's classic ResNet files have no BatchNorm ``num_batches_tracked``."""
+    torch.manual_seed(1)
+    source = build_model(GREY).state_dict()
+    counters = [name for name in source if name.endswith("num_batches_tracked")]
+    assert counters  # small_cnn has BatchNorm layers
+    path = tmp_path / "classic.safetensors"
+    save_tensors(path, {k: v for k, v in source.items() if k not in counters})
+    start = resolve_pretrained(GREY, str(path))
+    model = build_model(GREY)
+    start.load_into(model)
+    state = model.state_dict()
+    assert all(state[name] == 0 for name in counters)
+    assert torch.equal(state["features.3.weight"], source["features.3.weight"])

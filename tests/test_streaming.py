@@ -14,6 +14,7 @@ from pipeline import paths
 from pipeline.config import DataParams, Params, TrainParams, load_params
 from pipeline.data.shards import open_split, write_split
 from pipeline.prepare import prepare_data
+from pipeline.train.batches import DeviceBatches, HostBatches
 from pipeline.train.distributed import FAULT_ENV
 from pipeline.train.run import run_training
 from pipeline.train.streaming import StreamBatches, choose_data_path
@@ -112,16 +113,51 @@ def sharded_digits(tmp_path_factory):
     return root
 
 
-def test_streamed_and_in_memory_training_reach_the_same_ballpark(sharded_digits):
-    accuracy = {}
-    for path in ("memory", "stream"):
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_memory_feeders_give_the_streamed_batches(split, world_size):
+    """Same seed, same shards: in memory (on the device or through a DataLoader) the batches
+    are the streamed ones, rank by rank, also when an epoch resumes part-way."""
+    images, labels = split.load_tensors()
+    for rank in range(world_size):
+        stream = StreamBatches(split, 8, CPU, seed=3, rank=rank, world_size=world_size)
+        expected = epochs(stream, 3)
+        assert expected[0] != expected[1]
+        order = stream.order
+        for feeder in (
+            DeviceBatches(images, labels, 8, CPU, 3, rank, world_size, order),
+            HostBatches(images, labels, 8, CPU, 3, rank, world_size, 0, order),
+        ):
+            assert epochs(feeder, 2) == expected[:2]
+            feeder.skip_next_epoch(3)  # a resume after the third batch of epoch 3
+            assert epochs(feeder, 1) == [expected[2][3:]]
+
+
+def test_the_dataloader_feeder_leaves_the_global_generator_alone(split):
+    """A resumed run starts a new DataLoader iterator where the uninterrupted one did not: it
+    must not draw from torch's global generator (dropout, ...)."""
+    images, labels = split.load_tensors()
+    feeder = HostBatches(images, labels, 8, CPU, 3, workers=0)
+    before = torch.get_rng_state()
+    next(iter(feeder))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_memory_and_stream_train_bit_identical_weights(sharded_digits, tmp_path):
+    """train.data_path (and data_on_device) never change the result: deterministic CPU
+    training ships byte-identical weights whichever way the train split is read."""
+    weights = {}
+    for path, on_device in (("memory", True), ("memory", False), ("stream", False)):
+        root = tmp_path / f"{path}-{on_device}"
+        (root / "data").mkdir(parents=True)
+        (root / "data/prepared").symlink_to(sharded_digits / paths.PREPARED_DIR)
         train = TrainParams(
-            epochs=2, data_path=path, checkpoint_every=0, target_accuracy=None, precision="fp32"
-        )
-        metrics = run_training(Params(model={"width": 16}, train=train), sharded_digits)
+            epochs=2, data_path=path, data_on_device=on_device, num_workers=0, augment="crop",
+            checkpoint_every=0, target_accuracy=None, precision="fp32", deterministic=True,
+        )  # fmt: skip
+        metrics = run_training(Params(model={"width": 8}, train=train), root)
         assert metrics["data_path"]["data_path"] == path
-        accuracy[path] = metrics["val_accuracy"]
-    assert accuracy["stream"] > 0.9 and abs(accuracy["stream"] - accuracy["memory"]) < 0.05
+        weights[path, on_device] = (root / paths.MODEL_WEIGHTS).read_bytes()
+    assert len(set(weights.values())) == 1, list(weights)
 
 
 def kill_and_resume(root, prepared, train: dict, fault: str) -> dict:
@@ -146,7 +182,7 @@ def kill_and_resume(root, prepared, train: dict, fault: str) -> dict:
     resumed = run_training(params, root)
     after_resume = (root / paths.MODEL_WEIGHTS).read_bytes()
     fresh = run_training(params, root)  # the finished run left no checkpoint to resume
-    assert fresh["resumed_from_epoch"] is None
+    assert fresh["resumed"]["from_epoch"] is None
     return {
         "checkpoints": checkpoints,
         "resumed": resumed,
@@ -161,7 +197,7 @@ def test_killed_streamed_run_resumes_to_identical_weights(sharded_digits, tmp_pa
     train = {"data_path": "stream", "epochs": 2, "batch_size": 32, "deterministic": True}
     run = kill_and_resume(tmp_path, sharded_digits, train, "rank=0,epoch=1")
     assert run["resumed"]["data_path"]["data_path"] == "stream"
-    assert run["resumed"]["resumed_from_epoch"] == 1
+    assert run["resumed"]["resumed"]["from_epoch"] == 1
     assert run["same_weights"]
 
 
@@ -178,11 +214,11 @@ def test_killed_mid_epoch_resumes_from_its_batch_checkpoint_bit_identically(
     run = kill_and_resume(tmp_path, sharded_digits, train, "rank=0,epoch=2,batch=21")
     assert run["checkpoints"][-1].startswith("epoch-0001+000020-"), run["checkpoints"]
     resumed, fresh = run["resumed"], run["fresh"]
-    assert resumed["resumed_from_epoch"] == 1 and resumed["resumed_from_batch"] == 20
+    assert resumed["resumed"]["from_epoch"] == 1 and resumed["resumed"]["from_batch"] == 20
     assert run["same_weights"]
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert resumed[key] == fresh[key], key
     # This process trained the epoch's last batches only; the whole run counts every image.
     per_epoch = fresh["images"] // 2
-    assert resumed["images"] == per_epoch - 20 * 32
-    assert resumed["whole_run"]["images"] == fresh["whole_run"]["images"] == 2 * per_epoch
+    assert resumed["process"]["images"] == per_epoch - 20 * 32
+    assert resumed["images"] == fresh["images"] == fresh["process"]["images"] == 2 * per_epoch

@@ -11,7 +11,7 @@ from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_tra
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.registry import UnknownModelError
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.loop import Trainer
+from pipeline.train.loop import trainer_for_tensors
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def make_trainer(precision="fp32", width=16, **train):
     spec = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, num_classes=10, width=width)
     model = WithPreprocessing(build_model(spec), mean, std)
     params = TrainParams(**{"epochs": 3, "batch_size": 64, "lr": 0.003, **train})
-    return Trainer(
+    return trainer_for_tensors(
         model,
         train_data,
         val,
@@ -164,13 +164,15 @@ def test_step_bar_completes_and_prints_the_epoch_line_above_it(monkeypatch):
     assert plain.getvalue() == "epoch   1/2  loss 0.1\n"
 
 
-def test_steady_spread_skips_the_warm_up_epoch_and_needs_two_more():
-    from pipeline.train.state import ProcessWork
+def test_steady_rates_skip_each_process_warm_up_epoch_and_spread_needs_two_more():
+    from pipeline.train.state import rates
 
-    work = ProcessWork()
-    for images, seconds in [(100, 10.0), (100, 1.0)]:
-        work.add(images, seconds)
-    assert work.steady_spread() is None  # one steady epoch: no spread to measure
-    for images, seconds in [(100, 2.0), (100, 1.0)]:  # rates 100, 50, 100 images/s
-        work.add(images, seconds)
-    assert work.steady_spread() == pytest.approx(0.5)  # (100 - 50) / 100; the slow first ignored
+    # A run trained by two processes: epochs 1 and 3 are their warm-ups.
+    images, seconds = [100, 100, 100, 100], [10.0, 1.0, 20.0, 2.0]
+    warmup = [True, False, True, False]
+    figures = rates(images[:2], seconds[:2], warmup[:2])
+    assert figures["steady_state_spread"] is None  # one steady epoch: no spread to measure
+    figures = rates(images, seconds, warmup)  # steady rates 100 and 50 images/s
+    assert figures["steady_state_images_per_s"] == pytest.approx(200 / 3.0)
+    assert figures["steady_state_spread"] == pytest.approx(2 * 50 / 150)  # (100 - 50) / 75
+    assert figures["images_per_s"] == pytest.approx(400 / 33.0)

@@ -70,6 +70,11 @@ TRAIN_FIGURES = (
     "val_accuracy",
     "best_val_accuracy",
     "epochs",
+    # Time, images and energy of the whole run (every process of a resumed run; this
+    # process's share is in metrics/details/train.json under ``process`` only).
+    "resumed.processes",  # 1: trained in one go
+    "images",
+    "train_seconds",
     "images_per_s",
     "steady_state_images_per_s",
     "steady_state_spread",

@@ -13,8 +13,9 @@ dvc 3.67 writes it::
 
 Test accuracy is ``accuracy`` in the eval metrics, energy ``energy.joules_per_image`` in the
 train metrics (flat, or nested as :meth:`pipeline.energy.EnergyReading.to_dict` writes it), time
-``wall_seconds`` there too, and the precision and device that ran ``policy.precision`` and
-``policy.device`` (the params may say ``auto``). A run without an energy figure is listed as
+``wall_seconds`` there too (both cover the whole run: every process of a resumed one), and the
+precision and device that ran ``policy.precision`` and ``policy.device`` (the params may say
+``auto``). A run without an energy figure is listed as
 "energy unavailable" and kept off the energy front: it is never given a number.
 
 Only runs that finished with results of their own compete (:func:`select_runs`): queued,
@@ -43,6 +44,7 @@ from typing import Any, Literal
 
 from pipeline import paths
 from pipeline.charts.pareto import ParetoPanel, ParetoPoint, write_pareto_chart
+from pipeline.energy.base import ENERGY_SCOPES
 from pipeline.records import dotted_get
 
 Kind = Literal["workspace", "baseline", "experiment"]
@@ -51,13 +53,6 @@ MAX_SPREAD = 0.25  # default --max-spread: per-epoch images/s spread that makes 
 UNFINISHED = {"queued": "queued, not run yet", "running": "still running"}
 FAILED = "failed: dvc exp show gives it the workspace's figures, not its own"
 TARGET_PARAM = "train.target_accuracy"
-# What each energy method measures; the order is the order of the report's energy fronts.
-ENERGY_SCOPES = {
-    "nvml_energy_counter": "GPU board",
-    "nvml_power_sampling": "GPU board",
-    "rapl": "CPU package",
-    "estimate": "estimate",
-}
 UNKNOWN_SCOPE = "unknown scope"
 
 
@@ -87,7 +82,10 @@ class Run:
         """What the energy figure covers (GPU board, CPU package, estimate); None without one."""
         if self.joules_per_image is None:
             return None
-        return ENERGY_SCOPES.get(self.energy_method or "", UNKNOWN_SCOPE)
+        # A resumed run's whole-run figure may join methods of one scope ("a+b").
+        methods = (self.energy_method or "").split("+")
+        scopes = {ENERGY_SCOPES.get(method, UNKNOWN_SCOPE) for method in methods}
+        return scopes.pop() if len(scopes) == 1 else UNKNOWN_SCOPE
 
 
 def energy_scopes(runs: Sequence[Run]) -> list[str]:

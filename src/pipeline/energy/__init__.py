@@ -24,7 +24,7 @@ UUID; a MIG entry makes the GPU meters unavailable (a MIG slice has no energy me
 ``cuda:N`` measures the N-th visible GPU, plain ``cuda`` the first.
 """
 
-from pipeline.energy.base import EnergyReading, Meter, MeterUnavailable, Method
+from pipeline.energy.base import ENERGY_SCOPES, EnergyReading, Meter, MeterUnavailable, Method
 from pipeline.energy.cpu import CpuTimeEstimate, RaplMeter, process_cpu_seconds, read_sysfs_int
 from pipeline.energy.nvml import NvmlCounterMeter, NvmlGpus, NvmlPowerMeter, visible_gpus
 from pipeline.energy.window import (
@@ -36,6 +36,7 @@ from pipeline.energy.window import (
 )
 
 __all__ = [
+    "ENERGY_SCOPES",
     "CpuTimeEstimate",
     "EnergyReading",
     "EnergyWindow",

@@ -9,6 +9,15 @@ from typing import Any, Literal, Protocol
 
 Method = Literal["nvml_energy_counter", "nvml_power_sampling", "rapl", "estimate", "unavailable"]
 
+# What each method measures. Joules of different scopes are never added: a GPU board's and a CPU
+# package's are different quantities, and an estimate is not a measurement.
+ENERGY_SCOPES: dict[str, str] = {
+    "nvml_energy_counter": "GPU board",
+    "nvml_power_sampling": "GPU board",
+    "rapl": "CPU package",
+    "estimate": "estimate",
+}
+
 # NVML's counter ticks every ~20-100 ms; shorter windows mostly measure the tick.
 SHORT_WINDOW_S = 0.1
 

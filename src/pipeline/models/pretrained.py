@@ -134,6 +134,19 @@ def _adapt_first_conv(name: str, weight: torch.Tensor, want: torch.Size, what: s
     return weight.expand(-1, 3, -1, -1) / 3.0  # the same response to a grey image
 
 
+def untracked_batches(
+    state: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """BatchNorm's ``num_batches_tracked`` counters the file lacks (torchvision's classic ResNet
+    files predate them), as a fresh model has them: 0. They only matter with momentum=None."""
+    suffix = ".num_batches_tracked"
+    return {
+        name: torch.zeros((), dtype=torch.long)
+        for name in state
+        if name.endswith(suffix) and name not in loaded
+    }
+
+
 def fit_state(
     model: nn.Module, num_classes: int, loaded: dict[str, torch.Tensor], what: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -143,6 +156,7 @@ def fit_state(
     state = model.state_dict()
     head = head_parameter_names(model, num_classes)
     conv = first_conv_weight(model)
+    loaded = {**untracked_batches(state, loaded), **loaded}
     missing = sorted(set(state) - set(loaded) - head)
     unexpected = sorted(set(loaded) - set(state))
     for problem, names in (("lack", missing), ("hold a tensor the model lacks:", unexpected)):

@@ -7,11 +7,16 @@ workers and asynchronous copies.
 
 Both shard every epoch across processes: all ranks draw the same permutation from the same
 seeded generator, and rank r takes positions r, r + world, r + 2 * world, ...
+
+The permutation is :class:`EpochOrder`'s, which the streaming feeder draws too (shards in a
+seeded order, ``window`` at a time, rows shuffled within each window), so ``train.data_path``
+never changes the batches: memory and stream give the same ones for the same seed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -21,6 +26,55 @@ def epoch_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     """This rank's disjoint share of a permutation; equal shares, the remainder dropped."""
     usable = len(order) - len(order) % world_size
     return order[:usable][rank::world_size]
+
+
+SEED_RANGE = 2**62
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """One epoch's order from one seed: the shards in a seeded order, taken ``window`` at a
+    time, the rows of each window shuffled. Rows are numbered as the shards concatenated."""
+
+    shard_counts: tuple[int, ...]
+    window: int = 2
+
+    @classmethod
+    def whole(cls, count: int) -> EpochOrder:
+        """One shard of ``count`` rows: a plain permutation (tensors that came unsharded)."""
+        return cls((count,), 1)
+
+    @property
+    def count(self) -> int:
+        return sum(self.shard_counts)
+
+    def windows(self, epoch_seed: int) -> Iterator[tuple[list[int], torch.Tensor, int]]:
+        """(shard numbers, row permutation of their concatenation, epoch position of its first
+        row) for each window of the epoch."""
+        generator = torch.Generator().manual_seed(epoch_seed)
+        order = torch.randperm(len(self.shard_counts), generator=generator).tolist()
+        position = 0
+        for start in range(0, len(order), self.window):
+            numbers = order[start : start + self.window]
+            rows = sum(self.shard_counts[n] for n in numbers)
+            yield numbers, torch.randperm(rows, generator=generator), position
+            position += rows
+
+    def indices(self, epoch_seed: int) -> torch.Tensor:
+        """The epoch's whole order as row numbers of the concatenated shards."""
+        offsets = [0]
+        for count in self.shard_counts:
+            offsets.append(offsets[-1] + count)
+        parts = []
+        for numbers, permutation, _ in self.windows(epoch_seed):
+            rows = torch.cat([torch.arange(offsets[n], offsets[n + 1]) for n in numbers])
+            parts.append(rows[permutation])
+        return torch.cat(parts)
+
+
+def draw_epoch_seed(generator: torch.Generator) -> int:
+    """One draw per epoch from the checkpointed generator: a resume continues the sequence."""
+    return int(torch.randint(SEED_RANGE, (1,), generator=generator).item())
 
 
 class SkipOnce:
@@ -40,10 +94,12 @@ class SkipOnce:
 class ShardedOrder(SkipOnce):
     """The seeded, per-rank shuffle both feeders share: which samples, in which batches."""
 
-    def __init__(self, count: int, batch_size: int, seed: int, rank: int, world_size: int):
-        self.count = count
+    def __init__(
+        self, order: EpochOrder, batch_size: int, seed: int, rank: int, world_size: int
+    ) -> None:
+        self.order, self.count = order, order.count
         self.rank, self.world_size = rank, world_size
-        self.shard_size = count // world_size
+        self.shard_size = self.count // world_size
         self.batch_size = min(batch_size, self.shard_size)
         # The shuffle generator lives on the CPU: same order on every device, cheap to save.
         self.generator = torch.Generator().manual_seed(seed)
@@ -52,7 +108,7 @@ class ShardedOrder(SkipOnce):
         return self.shard_size // self.batch_size  # full batches only: steady shapes, no recompiles
 
     def epoch_indices(self) -> torch.Tensor:
-        order = torch.randperm(self.count, generator=self.generator)
+        order = self.order.indices(draw_epoch_seed(self.generator))
         return epoch_shard(order, self.rank, self.world_size)
 
 
@@ -66,8 +122,11 @@ class DeviceBatches(ShardedOrder):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        order: EpochOrder | None = None,
     ) -> None:
-        super().__init__(len(images), batch_size, seed, rank, world_size)
+        """``order``: the shards the tensors were read from (default: one, a plain shuffle)."""
+        super().__init__(order or EpochOrder.whole(len(images)), batch_size, seed, rank, world_size)
+        self.image_side = images.shape[-1]
         self.images = images.to(device)
         self.labels = labels.to(device)
 
@@ -106,8 +165,11 @@ class _ShardSampler(torch.utils.data.Sampler):
 class HostBatches(ShardedOrder):
     """Same order as DeviceBatches, fed by DataLoader workers from pinned host memory."""
 
-    def __init__(self, images, labels, batch_size, device, seed, rank=0, world_size=1, workers=2):
-        super().__init__(len(images), batch_size, seed, rank, world_size)
+    def __init__(
+        self, images, labels, batch_size, device, seed, rank=0, world_size=1, workers=2, order=None
+    ):
+        super().__init__(order or EpochOrder.whole(len(images)), batch_size, seed, rank, world_size)
+        self.image_side = images.shape[-1]
         self.device = device
         self.images, self.labels = images, labels
         self.loader = DataLoader(
@@ -118,6 +180,9 @@ class HostBatches(ShardedOrder):
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
             drop_last=True,
+            # Its own generator: otherwise each new iterator (the first epoch of every process)
+            # draws the workers' base seed from torch's global one, and a resumed run diverges.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def __iter__(self):
@@ -138,8 +203,9 @@ def dataset_fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
 
 
 def make_batches(
-    images, labels, batch_size, device, seed, on_device, rank=0, world_size=1, workers=2
-) -> ShardedOrder:
+    images, labels, batch_size, device, seed, on_device, rank=0, world_size=1, workers=2,
+    order: EpochOrder | None = None,
+) -> ShardedOrder:  # fmt: skip
     if on_device:
-        return DeviceBatches(images, labels, batch_size, device, seed, rank, world_size)
-    return HostBatches(images, labels, batch_size, device, seed, rank, world_size, workers)
+        return DeviceBatches(images, labels, batch_size, device, seed, rank, world_size, order)
+    return HostBatches(images, labels, batch_size, device, seed, rank, world_size, workers, order)

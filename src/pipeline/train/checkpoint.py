@@ -34,6 +34,21 @@ LEGACY = re.compile(r"^epoch-\d{4,}\.pt$")  # before runs were tagged; never res
 
 
 @dataclass(frozen=True)
+class RunIdentity:
+    """What a checkpoint must match to be resumed (``fingerprint``: params, data, code and what
+    ``auto`` resolved to), and the same without the resolved choices (``base``), so that a
+    checkpoint of this run made under other choices is recognised and the log says why."""
+
+    fingerprint: str
+    base: str
+    resolved: dict[str, str]  # device kind, precision, CPU profile
+
+    def stamp(self) -> dict[str, Any]:
+        """What every checkpoint of this run carries besides its state."""
+        return {"fingerprint": self.fingerprint, "base": self.base, "resolved": self.resolved}
+
+
+@dataclass(frozen=True)
 class Resume:
     """What the train stage found: a checkpoint to resume from, or why it starts fresh."""
 
@@ -95,11 +110,15 @@ def save_checkpoint(
     folder: Path, epoch: int, state: dict[str, Any], fingerprint: str, batch: int = 0,
     keep: int = 2,
 ) -> Path:  # fmt: skip
-    """Write this run's checkpoint, then drop its own older ones beyond ``keep``."""
+    """Write this run's checkpoint, then drop its own older ones beyond ``keep``. A file of this
+    run numbered past the one written is older than it: one whose content was unreadable when
+    the run started (a readable one would have been resumed), never counted among the newest."""
     path = checkpoint_path(folder, epoch, fingerprint, batch)
     with atomic_open(path, "wb") as handle:
         torch.save({**state, "fingerprint": fingerprint}, handle)
-    for old in checkpoint_files(folder, fingerprint)[keep:]:
+    mine = checkpoint_files(folder, fingerprint)
+    place = mine.index(path)
+    for old in mine[:place] + mine[place + keep :]:
         old.unlink(missing_ok=True)
     return path
 
@@ -128,11 +147,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(state, None), or (None, why it cannot be resumed)."""
+    """(state, None), or (None, why it cannot be resumed). The file system refusing a read
+    (permission, I/O error) stops the run: starting over would throw its epochs away."""
     try:
         state = load_checkpoint(path)
     except PipelineError:
         raise
+    except FileNotFoundError:
+        return None, f"{path.name} gone"
+    except OSError as error:
+        raise PipelineError(
+            f"{path}: cannot read this run's checkpoint ({describe(error)[:160]}); fix the "
+            "file's access and re-run to resume, or delete it to train from scratch"
+        ) from None
     except Exception as error:  # truncated, corrupt or hostile: try the previous one
         return None, f"{path.name} unreadable ({describe(error)[:160]})"
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
@@ -140,9 +167,30 @@ def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str 
     return state, None
 
 
-def find_resume(folder: Path, fingerprint: str) -> Resume:
+def other_resolution(folder: Path, run: RunIdentity) -> str | None:
+    """Why the newest checkpoint of this run made under other resolved choices (another device
+    kind, precision or CPU profile) is not resumed; None when there is none. Reads only the
+    newest file of each other run, memory-mapped (its tensors are not read)."""
+    newest: dict[str, Path] = {}
+    for path in checkpoint_files(folder):
+        newest.setdefault(NAME.match(path.name).group(3), path)
+    newest.pop(run_tag(run.fingerprint), None)
+    for path in newest.values():
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable: nothing to explain from it  # noqa: S112
+            state = None
+        if isinstance(state, dict) and state.get("base") == run.base:
+            theirs = ", ".join(f"{k} {v}" for k, v in state.get("resolved", {}).items())
+            ours = ", ".join(f"{k} {v}" for k, v in run.resolved.items())
+            return f"{path.name} was trained under {theirs}; this process resolved {ours}"
+    return None
+
+
+def find_resume(folder: Path, fingerprint: str, run: RunIdentity | None = None) -> Resume:
     """The newest readable checkpoint of this run (same fingerprint), else a fresh start and why.
-    Other runs' checkpoints are looked past and left alone."""
+    Other runs' checkpoints are looked past and left alone; with ``run``, one of this run made
+    under other resolved choices is named as the reason."""
     check_folder(folder)
     notes = [f"removed {name} (a killed write)" for name in remove_temporary(folder)]
     others = len(checkpoint_files(folder)) - len(checkpoint_files(folder, fingerprint))
@@ -161,7 +209,9 @@ def find_resume(folder: Path, fingerprint: str) -> Resume:
         within = f" + {progress['batches']} batches" if progress else ""
         message = f"resuming from {path.name} (epoch {state['epoch']}{within})"
         return Resume(state, f"{message}; {note}" if note else message)
-    why = "; ".join(problems) or "no checkpoint of this run (params, data and code)"
+    why = "; ".join(problems) or "no checkpoint of this run (params, data, code, resolved choices)"
+    if run is not None and (elsewhere := other_resolution(folder, run)) is not None:
+        why = f"{why}; not resumed: {elsewhere}"
     return Resume(None, "; ".join([f"starting fresh: {why}", *notes]))
 
 

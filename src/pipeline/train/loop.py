@@ -18,16 +18,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.config import TrainParams
-from pipeline.data.shards import SplitShards
 from pipeline.errors import PipelineError
 from pipeline.hardware.precision import Precision
 from pipeline.inference import in_batches
 from pipeline.train.augment import Augment
-from pipeline.train.batches import make_batches
+from pipeline.train.batches import EpochOrder
+from pipeline.train.feeders import Feeder, InMemory, StepSetup, Validation
 from pipeline.train.finetune import param_groups, set_backbone_trainable, sync_batchnorm
 from pipeline.train.schedule import make_scheduler
 from pipeline.train.state import EpochProgress, EpochStats, ProcessWork, TrainState
-from pipeline.train.streaming import StreamBatches, streamed_val_chunks
 
 NONFINITE_CHECK_EVERY = 50  # steps between reads of the non-finite counter (each read syncs)
 
@@ -57,62 +56,32 @@ def make_scaler(device: torch.device, precision: Precision) -> torch.amp.GradSca
     return torch.amp.GradScaler(device.type, init_scale=1.0, growth_interval=2**30)
 
 
-def _identity(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
 class Trainer:
     """Owns model, optimiser, schedule, scaler, EMA and data order; checkpointable as a whole."""
 
     def __init__(
         self,
         model: nn.Module,
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor],
+        feeder: Feeder,
+        validation: Validation,
         params: TrainParams,
-        device: torch.device,
-        precision: Precision,
-        seed: int,
-        channels_last: bool = True,
-        data_on_device: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
-        head: set[str] | None = None,
+        step: StepSetup,
     ) -> None:
-        """``head``: the classifier head's parameter names in ``model`` (what stays trainable
-        while the backbone is frozen, and keeps train.lr under backbone_lr_factor)."""
-        self.params, self.device, self.precision = params, device, precision
-        self.channels_last, self.all_reduce = channels_last, all_reduce
-        self.rank, self.world_size, self.head = rank, world_size, head
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.params, self.step = params, step
+        self.device, self.precision = step.device, step.precision
+        self.channels_last, self.all_reduce = step.channels_last, step.all_reduce
+        self.rank, self.world_size, self.head = step.rank, step.world_size, step.head
+        layout = torch.channels_last if step.channels_last else torch.contiguous_format
         self.synced_batchnorm = sync_batchnorm(
-            model, params.distributed.sync_batchnorm, world_size, device
+            model, params.distributed.sync_batchnorm, step.world_size, step.device
         )
-        self.model = model.to(device, memory_format=layout)
-        if isinstance(train, SplitShards):  # the streaming path: shards read as training goes
-            self.batches = StreamBatches(
-                train, params.batch_size, device, seed, rank, world_size,
-                params.stream_window_shards, params.stream_prefetch_batches,
-            )  # fmt: skip
-        else:
-            self.batches = make_batches(
-                *train,
-                params.batch_size,
-                device,
-                seed,
-                data_on_device,
-                rank,
-                world_size,
-                params.num_workers,
-            )
-        self.val = val if isinstance(val, SplitShards) else self._val_shard(val, rank, world_size)
-        side = train.image_shape[-1] if isinstance(train, SplitShards) else train[0].shape[-1]
-        self.augment = Augment(params.augment, side, device, seed + 1)
+        self.model = model.to(step.device, memory_format=layout)
+        self.batches, self.validation = feeder, validation
+        self.augment = Augment(params.augment, feeder.image_side, step.device, step.seed + 1)
         self.steps_per_epoch = self._steps_per_epoch()
-        self.optimizer = make_optimizer(self.model, params, head)
+        self.optimizer = make_optimizer(self.model, params, step.head)
         self.scheduler = make_scheduler(self.optimizer, params, self.steps_per_epoch)
-        self.scaler = make_scaler(device, precision)
+        self.scaler = make_scaler(step.device, step.precision)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
         self.ema = (
             AveragedModel(
@@ -165,21 +134,6 @@ class Trainer:
         set_backbone_trainable(self.model, self.head, not frozen)
         self.frozen = frozen
         return True
-
-    def _val_shard(self, val, rank: int, world_size: int):
-        """Contiguous, disjoint slices: every validation image is counted exactly once."""
-        bounds = [len(val[0]) * r // world_size for r in range(world_size + 1)]
-        images, labels = (
-            val[0][bounds[rank] : bounds[rank + 1]],
-            val[1][bounds[rank] : bounds[rank + 1]],
-        )
-        return images.to(self.device), labels.to(self.device)
-
-    def _val_chunks(self):
-        """This rank's validation images: one in-memory chunk, or streamed shard by shard."""
-        if isinstance(self.val, SplitShards):
-            return streamed_val_chunks(self.val, self.rank, self.world_size, self.device)
-        return [self.val]
 
     def _reset_counters(self) -> None:
         zeros = {"device": self.device}
@@ -360,7 +314,7 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, target, reduction="sum")
             return loss, (logits.argmax(1) == target).sum()
 
-        for images, labels in self._val_chunks():  # one chunk in memory; a shard each streamed
+        for images, labels in self.validation.chunks():  # in memory: one; streamed: a shard each
             for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
                 sums[0] += loss
                 sums[1] += correct
@@ -376,7 +330,9 @@ class Trainer:
         state.history.append(stats.as_dict())
         state.images_seen += images
         state.train_seconds += self.epoch_seconds_before + seconds
-        self.work.add(here, seconds)
+        state.warmup.append(len(state.epoch_images) == len(self.work.earlier.epoch_images))
+        state.epoch_images.append(here)
+        state.epoch_seconds.append(seconds)
         target = self.params.target_accuracy
         if target is not None and state.target_epoch is None and stats.val_accuracy >= target:
             state.target_epoch, state.seconds_to_target = stats.epoch, state.train_seconds
@@ -483,4 +439,21 @@ class Trainer:
         progress = saved.get("progress")
         self.resume_at = EpochProgress(**progress) if progress is not None else None
         batches = self.resume_at.batches if self.resume_at is not None else None
-        self.work = ProcessWork(self.state.epoch, TrainState(**saved["state"]), batches)
+        earlier = TrainState(**copy.deepcopy(saved["state"]))  # not the lists self.state grows
+        self.work = ProcessWork(self.state.epoch, earlier, batches)
+
+
+def trainer_for_tensors(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    params: TrainParams,
+    device: torch.device,
+    precision: Precision,
+    seed: int,
+    **step: Any,
+) -> Trainer:
+    """A trainer over whole tensors (tests, benchmarks); ``step``: the rest of StepSetup."""
+    data = InMemory(train, val, EpochOrder.whole(len(train[0])))
+    setup = StepSetup(device, precision, seed, **step)
+    return Trainer(model, data.feeder(params, setup), data.validation(setup), params, setup)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import platform
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +14,31 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params, TrainParams
-from pipeline.data.storage import PreparedMeta, read_meta, split_shards
-from pipeline.energy import meter_from_params
+from pipeline.data.storage import split_shards
 from pipeline.errors import PipelineError
-from pipeline.hardware.memory import peak_memory, reset_peak_memory
+from pipeline.hardware.memory import peak_memory
 from pipeline.hardware.peak import flops_per_image
 from pipeline.io import sha256_json
 from pipeline.model_io import ModelCard, save_trained
-from pipeline.models import ModelSpec, build_model
+from pipeline.models import build_model
 from pipeline.models.parts import head_parameter_names
-from pipeline.models.pretrained import StartWeights, resolve_pretrained
+from pipeline.models.pretrained import StartWeights
 from pipeline.preprocess import WithPreprocessing
-from pipeline.train.accounting import (
-    RunAccount,
-    epochs_line,
-    group_energy,
-    process_figures,
-    whole_run,
+from pipeline.train.accounting import RunAccount, epochs_line
+from pipeline.train.checkpoint import (
+    RunIdentity,
+    find_resume,
+    remove_run,
+    report,
+    save_checkpoint,
 )
-from pipeline.train.checkpoint import find_resume, remove_run, report, save_checkpoint
 from pipeline.train.distributed import gather_rng_states, maybe_inject_fault
+from pipeline.train.feeders import StepSetup
 from pipeline.train.loop import Trainer
-from pipeline.train.policy import resolve_policy
+from pipeline.train.progress import log_live, progress_line, step_bar
 from pipeline.train.resources import compute_report
+from pipeline.train.setup import TrainSetup, build_setup
 from pipeline.train.state import EpochStats
-from pipeline.train.streaming import available_memory_bytes, choose_data_path
 from pipeline.versioning import code_version
 
 
@@ -55,24 +53,29 @@ def prepared_hashes(prepared: Path) -> dict[str, list[str]]:
     return {name: split_shards(prepared, name).verify() for name in ("train", "val")}
 
 
-def load_data(params: TrainParams, prepared: Path) -> tuple[dict, dict[str, str]]:
-    """The train and val splits: whole tensors (memory path) or their shards (stream path)."""
-    splits = {name: split_shards(prepared, name, verify=False) for name in ("train", "val")}
-    train = splits["train"]
-    path, why = choose_data_path(
-        params.data_path, train.count * train.image_bytes, available_memory_bytes()
-    )
-    if path == "memory":
-        splits = {name: split.load_tensors() for name, split in splits.items()}
-    return splits, {"data_path": path, "reason": why}
+def resolved_choices(device: torch.device, policy) -> dict[str, str]:
+    """What ``auto`` resolved to on this machine, which a resumed run must share: the device
+    kind, the precision (``tf32`` where fp32 runs on TF32 units) and the CPU profile."""
+    return {"device": device.type, "precision": policy.precision, "cpu": policy.cpu}
 
 
-def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_size: int = 1) -> str:
+def fingerprint(
+    params: Params,
+    batch_size: int,
+    data: dict[str, str],
+    world_size: int = 1,
+    resolved: dict[str, str] | None = None,
+) -> str:
     """What a checkpoint must match to be resumed: the math of the run, the data it saw
-    (``data``: :func:`prepared_hashes`) and the code that ran it (docs/architecture.md says
-    why the code is in)."""
+    (``data``: :func:`prepared_hashes`), the code that ran it (docs/architecture.md says
+    why the code is in) and what ``auto`` resolved to (``resolved``: the params' ``device``
+    and ``precision`` as written are left out, ``cuda:1`` and ``auto`` alike)."""
     train = params.train.model_dump(
         exclude={
+            "device",
+            "precision",
+            "data_path",  # memory and stream give the same batches
+            "data_on_device",
             "checkpoint_every",
             "num_workers",
             "auto_batch_size",
@@ -93,90 +96,35 @@ def fingerprint(params: Params, batch_size: int, data: dict[str, str], world_siz
         "data": data,
         "code": code_version(),
     }
+    if resolved is not None:
+        payload["resolved"] = resolved
     return sha256_json(payload)
 
 
-def progress_line(total_epochs: int, first_epoch: int):
-    started = time.perf_counter()
-
-    def line(stats: EpochStats) -> str:
-        elapsed = time.perf_counter() - started  # this process's epochs only, also when resumed
-        eta = elapsed / max(stats.epoch - first_epoch + 1, 1) * (total_epochs - stats.epoch)
-        return (
-            f"epoch {stats.epoch:>3}/{total_epochs}  loss {stats.train_loss:.4f}  "
-            f"acc {stats.train_accuracy:.4f}  val_loss {stats.val_loss:.4f}  "
-            f"val_acc {stats.val_accuracy:.4f}  {stats.images_per_s:,.0f} img/s  ETA {eta:.0f}s"
-        )
-
-    return line
+def run_identity(params: Params, batch_size: int, data: dict, world_size: int, resolved: dict):
+    return RunIdentity(
+        fingerprint(params, batch_size, data, world_size, resolved),
+        fingerprint(params, batch_size, data, world_size),
+        resolved,
+    )
 
 
-class StepBar:
-    """One progress display: a bar over each epoch's steps on a terminal, with each epoch's line
-    printed above it; plain lines only when stderr is not a terminal (DVC queue, CI logs)."""
-
-    def __init__(self, trainer: Trainer, enabled: bool) -> None:
-        self.trainer, self.bar, self.last = trainer, None, 2**62
-        if enabled:
-            from tqdm import tqdm
-
-            steps = len(trainer.batches)
-            self.bar = tqdm(total=steps, unit="step", leave=False, file=sys.stderr)
-        self.advance = self._advance if self.bar is not None else None
-
-    def _advance(self, index: int) -> None:
-        if index <= self.last:  # a new epoch (which a resume can start part-way through)
-            self.bar.reset(total=len(self.trainer.batches))
-            self.bar.update(index - 1)
-            epoch = self.trainer.state.epoch + 1
-            self.bar.set_description(f"epoch {epoch}/{self.trainer.params.epochs}")
-        self.last = index
-        self.bar.update(1)
-
-    def write(self, line: str) -> None:
-        if self.bar is None:
-            print(line, file=sys.stderr, flush=True)
-            return
-        self.bar.refresh()  # tqdm skips redraws closer than 0.1 s: show the finished epoch
-        self.bar.write(line, file=sys.stderr)  # clears the bar, prints the line, redraws
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-@contextlib.contextmanager
-def step_bar(trainer: Trainer, enabled: bool):
-    bar = StepBar(trainer, enabled)
-    try:
-        yield bar
-    finally:
-        bar.close()
-
-
-def log_live(live, stats: dict) -> None:
-    live.step = stats["epoch"]  # dvclive's step is the x axis of the curves: epochs count from 1
-    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
-        live.log_metric(name, stats[name])
-    live.next_step()
-
-
-def checkpointer(folder: Path, every: int, fingerprint_value: str, group, account: RunAccount):
+def checkpointer(folder: Path, every: int, run: RunIdentity, group, account: RunAccount):
     def save(trainer: Trainer) -> None:
         epoch = trainer.state.epoch
         if every and (epoch % every == 0 or epoch == trainer.params.epochs):
             account.stamp(trainer)  # whole-run totals so far (a collective)
             rng = gather_rng_states(group, trainer.rng_state())  # every rank's own (a collective)
             if group.is_writer:
-                state = {**trainer.state_dict(rng), "epoch": epoch}
-                save_checkpoint(folder, epoch, state, fingerprint_value)
+                state = {**trainer.state_dict(rng), "epoch": epoch, **run.stamp()}
+                save_checkpoint(folder, epoch, state, run.fingerprint)
             group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
         maybe_inject_fault(group, epoch)
 
     return save
 
 
-def batch_checkpointer(folder: Path, every: int, fingerprint_value: str, group, account):
+def batch_checkpointer(folder: Path, every: int, run: RunIdentity, group, account):
     """train.checkpoint_every_batches: a checkpoint inside the epoch, at the end of every
     ``every``-th micro-batch (the epoch's own checkpoint covers its last batch)."""
 
@@ -187,18 +135,12 @@ def batch_checkpointer(folder: Path, every: int, fingerprint_value: str, group, 
             rng = gather_rng_states(group, trainer.rng_state())
             if group.is_writer:
                 state = {**trainer.state_dict(rng, progress), "epoch": trainer.state.epoch}
-                save_checkpoint(folder, trainer.state.epoch, state, fingerprint_value, index)
+                state.update(run.stamp())
+                save_checkpoint(folder, trainer.state.epoch, state, run.fingerprint, index)
             group.barrier()
         maybe_inject_fault(group, trainer.state.epoch + 1, index)
 
     return save
-
-
-def rank_device(train: TrainParams, group) -> TrainParams:
-    """Several processes on GPUs: each uses the GPU of its local rank."""
-    if group.world_size > 1 and train.device in ("auto", "cuda") and torch.cuda.is_available():
-        return train.model_copy(update={"device": f"cuda:{group.local_rank}"})
-    return train
 
 
 def out_of_memory_message(batch_size: int) -> str:
@@ -208,61 +150,28 @@ def out_of_memory_message(batch_size: int) -> str:
     )
 
 
-def normalisation(meta: PreparedMeta, start: StartWeights | None) -> tuple[tuple, tuple]:
-    """torchvision weights bring their own mean/std; otherwise the train split's."""
-    if start is not None and start.info.mean is not None:
-        return tuple(start.info.mean), tuple(start.info.std)
-    return meta.mean, meta.std
-
-
-def build_trainer(
-    params: Params,
-    spec: ModelSpec,
-    meta: PreparedMeta,
-    data,
-    batch_size: int,
-    device,
-    precision,
-    policy,
-    group,
-    start: StartWeights | None = None,
-) -> Trainer:
-    seed_everything(params.seed)
+def build_trainer(setup: TrainSetup, batch_size: int) -> Trainer:
+    seed_everything(setup.params.seed)
+    spec, start, group = setup.spec, setup.start, setup.group
     network = build_model(spec)  # random init first: the head's is the same with or without start
     if start is not None:
         start.load_into(network)
-    model = WithPreprocessing(network, *normalisation(meta, start))
-    head = {f"model.{name}" for name in head_parameter_names(network, spec.num_classes)}
-    train_params = params.train.model_copy(update={"batch_size": batch_size})
-    return Trainer(
-        model,
-        data["train"],
-        data["val"],
-        train_params,
-        device,
-        precision,
-        params.seed,
-        channels_last=policy.channels_last,
-        data_on_device=policy.data_on_device,
-        rank=group.rank,
-        world_size=group.world_size,
-        all_reduce=group.all_reduce,
-        head=head,
-    )
+    model = WithPreprocessing(network, *setup.normalisation())
+    head = frozenset(f"model.{name}" for name in head_parameter_names(network, spec.num_classes))
+    train_params = setup.params.train.model_copy(update={"batch_size": batch_size})
+    policy = setup.policy
+    step = StepSetup(
+        setup.device, setup.precision, setup.params.seed, policy.channels_last,
+        policy.data_on_device, group.rank, group.world_size, group.all_reduce, head,
+    )  # fmt: skip
+    feeder, validation = setup.data.feeder(train_params, step), setup.data.validation(step)
+    return Trainer(model, feeder, validation, train_params, step)
 
 
-def train_once(
-    params: Params,
-    root: Path,
-    trainer: Trainer,
-    run_fingerprint: str,
-    live,
-    group,
-    account: RunAccount,
-) -> Trainer:
+def train_once(setup: TrainSetup, trainer: Trainer, run: RunIdentity, live) -> Trainer:
     """Resume if a matching checkpoint exists, then train to the end, checkpointing."""
-    folder = root / paths.CHECKPOINT_DIR
-    resume = find_resume(folder, run_fingerprint)
+    params, group, account, folder = setup.params, setup.group, setup.account, setup.checkpoints
+    resume = find_resume(folder, run.fingerprint, run)
     if group.is_writer:
         report(resume.message)
     resumed_epoch = resume.state["epoch"] if resume.state is not None else 0
@@ -275,7 +184,7 @@ def train_once(
     for past in trainer.state.history if group.is_writer else ():
         log_live(live, past)  # curves stay whole across a resume
     line = progress_line(params.train.epochs, trainer.state.epoch + 1)
-    save = checkpointer(folder, params.train.checkpoint_every, run_fingerprint, group, account)
+    save = checkpointer(folder, params.train.checkpoint_every, run, group, account)
     with step_bar(trainer, group.is_writer and sys.stderr.isatty()) as bar:
 
         def on_epoch(stats: EpochStats) -> None:
@@ -284,7 +193,7 @@ def train_once(
                 log_live(live, stats.as_dict())
 
         every = params.train.checkpoint_every_batches
-        save_batch = batch_checkpointer(folder, every, run_fingerprint, group, account)
+        save_batch = batch_checkpointer(folder, every, run, group, account)
 
         def on_batch(index: int) -> None:
             if bar.advance is not None:
@@ -295,8 +204,9 @@ def train_once(
     return trainer
 
 
-def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[str, Any]:
-    """Time and images: this process's (see pipeline.train.accounting); the rest: the run's."""
+def train_metrics(trainer: Trainer, policy, group, figures: dict[str, Any]) -> dict[str, Any]:
+    """Time, images and energy (``figures``): the whole run's, this process's under
+    ``process``; the rest describes the trained model and the setup."""
     state = trainer.state
     last = state.history[-1]
     return {
@@ -304,7 +214,7 @@ def train_metrics(trainer: Trainer, policy, group, wall_seconds: float) -> dict[
         "best_val_accuracy": state.best_val_accuracy,
         "epochs": state.epoch,
         "stopped_early": state.stopped_early,
-        **process_figures(trainer, wall_seconds),
+        **figures,
         "target_accuracy": trainer.params.target_accuracy,
         "target_epoch": state.target_epoch,
         "seconds_to_target": state.seconds_to_target,
@@ -336,24 +246,20 @@ def nondeterministic_op_message(error: RuntimeError) -> str | None:
     )
 
 
-def train_with_backoff(
-    params: Params, root: Path, spec, meta, data, device, precision, policy, group, account, start
-) -> tuple[Trainer, str]:
+def train_with_backoff(setup: TrainSetup) -> tuple[Trainer, str]:
     """Train to the end; on CUDA out-of-memory, halve the batch size if allowed and retry.
     Returns the trainer and the fingerprint of the run it finished."""
     from dvclive import Live  # heavy import; only the train stage needs it
 
+    params, group, root = setup.params, setup.group, setup.root
     data_hashes: dict = prepared_hashes(root / paths.PREPARED_DIR)
-    # auto resolves per machine: a resume must read the data the same way (same batches).
-    data_hashes["read_as"] = "memory" if isinstance(data["train"], tuple) else "stream"
-    if start is not None:  # the same path may later hold other weights: resume only on these
-        data_hashes["pretrained"] = start.info.sha256
+    if setup.start is not None:  # the same path may later hold other weights: resume on these
+        data_hashes["pretrained"] = setup.start.info.sha256
+    resolved = resolved_choices(setup.device, setup.policy)
     batch_size = params.train.batch_size
     while True:
-        run_fingerprint = fingerprint(params, batch_size, data_hashes, group.world_size)
-        trainer = build_trainer(
-            params, spec, meta, data, batch_size, device, precision, policy, group, start
-        )
+        run = run_identity(params, batch_size, data_hashes, group.world_size, resolved)
+        trainer = build_trainer(setup, batch_size)
         # Live clears its folder on start: one process owns it.
         live = (
             Live(str(root / paths.TRAIN_LIVE_DIR), dvcyaml=False, save_dvc_exp=False, resume=False)
@@ -362,11 +268,11 @@ def train_with_backoff(
         )
         try:
             with live as logger:
-                trained = train_once(params, root, trainer, run_fingerprint, logger, group, account)
-                return trained, run_fingerprint
+                trained = train_once(setup, trainer, run, logger)
+                return trained, run.fingerprint
         except torch.OutOfMemoryError:
             del trainer
-            if device.type == "cuda":
+            if setup.device.type == "cuda":
                 torch.cuda.empty_cache()
             # Several processes cannot retry alone: the others wait in a collective.
             if not params.train.auto_batch_size or batch_size == 1 or group.world_size > 1:
@@ -385,62 +291,34 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     from pipeline.train.distributed import SINGLE
 
     group = group or SINGLE
-    started = time.perf_counter()
-    prepared = root / paths.PREPARED_DIR
-    meta = read_meta(prepared)
-    data, data_path = load_data(params.train, prepared)
-    streamed = data_path["data_path"] == "stream"
-    device, precision, policy = resolve_policy(
-        rank_device(params.train, group), None if streamed else data["train"][0]
-    )
-    if streamed:  # the device-resident copy does not apply: batches come from the reader
-        policy = dataclasses.replace(policy, data_on_device=False)
-    channels, size, _ = meta.input_shape
-    spec = ModelSpec.from_params(
-        params.model, in_channels=channels, image_size=size, num_classes=meta.num_classes
-    )
-    forward_flops = flops_per_image(build_model(spec), torch.zeros(1, *meta.input_shape))
-    pretrained = params.model.pretrained
-    start = resolve_pretrained(spec, pretrained) if pretrained is not None else None
+    account = RunAccount(group)  # the run's one clock starts here
+    setup = build_setup(params, root, group, account)
+    trainer, run_fingerprint = train_with_backoff(setup)
+    metrics = train_metrics(trainer, setup.policy, group, account.close(trainer))
+    metrics["memory_peak"] = peak_memory(setup.device)
+    metrics["data_path"] = setup.data_path
+    metrics["compute"] = compute_figures(setup, metrics["process"])
+    metrics["fine_tuning"] = fine_tuning_record(params.train, trainer, setup.start)
     if group.is_writer:
-        print(
-            f"train: {spec.arch} on {policy.device_name}, {policy.precision}, "
-            f"world size {group.world_size}",
-            file=sys.stderr,
-        )
-    meter = meter_from_params(params.energy, str(device))
-    reset_peak_memory(device)
-    meter.start()
-    account = RunAccount(meter_from_params(params.energy, str(device)), group, device)
-    trainer, run_fingerprint = train_with_backoff(
-        params, root, spec, meta, data, device, precision, policy, group, account, start
-    )
-    account.close()
-    reading = meter.stop()
-    wall_seconds = time.perf_counter() - started
-    metrics = train_metrics(trainer, policy, group, wall_seconds)
-    metrics["memory_peak"] = peak_memory(device)
-    metrics["data_path"] = data_path
-    metrics["compute"] = compute_figures(forward_flops, metrics, group, device, precision)
-    metrics["energy"] = group_energy(reading, group, device, metrics["images"])
-    metrics["whole_run"] = whole_run(trainer, wall_seconds, metrics["energy"]["joules"])
-    metrics["fine_tuning"] = fine_tuning_record(params.train, trainer, start)
-    if group.is_writer:
-        save_model(root, params, spec, meta, trainer, start)
+        save_model(setup, trainer)
         report(epochs_line(trainer))
-        removed = remove_run(root / paths.CHECKPOINT_DIR, run_fingerprint)
+        removed = remove_run(setup.checkpoints, run_fingerprint)
         if removed:
             report(f"run finished: removed its {removed} checkpoint(s), it is never resumed")
     group.barrier()
     return metrics if group.is_writer else None
 
 
-def compute_figures(forward_flops: int, metrics: dict, group, device, precision) -> dict:
-    """Achieved FLOP/s from the steady-state rate (after the warm-up epoch) when there is one."""
-    rate = metrics["steady_state_images_per_s"] or metrics["images_per_s"]
+def compute_figures(setup: TrainSetup, process: dict) -> dict:
+    """Achieved FLOP/s from this process's steady-state rate (after its warm-up epoch) when
+    there is one: the device it ran on is this process's."""
+    rate = process["steady_state_images_per_s"] or process["images_per_s"]
     if rate is None:
         return {"achieved_gflops": None, "reason": "no epoch was trained in this process"}
-    return compute_report(forward_flops, rate / group.world_size, device, precision.autocast_dtype)
+    shape = setup.meta.input_shape
+    forward_flops = flops_per_image(build_model(setup.spec), torch.zeros(1, *shape))
+    per_rank = rate / setup.group.world_size
+    return compute_report(forward_flops, per_rank, setup.device, setup.precision.autocast_dtype)
 
 
 def fine_tuning_record(train: TrainParams, trainer: Trainer, start: StartWeights | None) -> dict:
@@ -454,16 +332,15 @@ def fine_tuning_record(train: TrainParams, trainer: Trainer, start: StartWeights
     }
 
 
-def save_model(
-    root: Path, params: Params, spec, meta: PreparedMeta, trainer: Trainer, start=None
-) -> None:
-    mean, std = normalisation(meta, start)
-    shipped = WithPreprocessing(build_model(spec), mean, std)
+def save_model(setup: TrainSetup, trainer: Trainer) -> None:
+    mean, std = setup.normalisation()
+    shipped = WithPreprocessing(build_model(setup.spec), mean, std)
     shipped.load_state_dict(trainer.shipped_weights())
+    start = setup.start
     card = ModelCard.for_training(
-        params.model,
-        meta,
+        setup.params.model,
+        setup.meta,
         normalisation=(mean, std),
         pretrained=start.info.record() if start is not None else None,
     )
-    save_trained(root / paths.MODELS_DIR, shipped.model, card)
+    save_trained(setup.root / paths.MODELS_DIR, shipped.model, card)

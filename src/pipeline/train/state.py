@@ -43,7 +43,13 @@ class TrainState:
     # (a killed process counts up to its last checkpoint: work lost after it is not in them).
     processes: int = 0
     wall_seconds: float = 0.0
-    joules: float | None = 0.0  # None once any process had no energy figure
+    joules: dict[str, float] = field(default_factory=dict)  # by energy method, never summed
+    energy_gaps: int = 0  # energy windows that had no figure (no meter, or a rank without one)
+    # Per epoch: the images (over the group) and optimiser-step seconds of the part the epoch's
+    # process trained, and whether that was the first epoch its process trained (the warm-up).
+    epoch_images: list[int] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    warmup: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -65,37 +71,36 @@ class EpochProgress:
 
 @dataclass
 class ProcessWork:
-    """What this process trained (not checkpointed): the figures metrics/train.json reports,
-    beside the whole-run totals when the run was resumed."""
+    """Where this process took the run up (not checkpointed): the whole-run totals of the
+    checkpoint it resumed, from which its own share of the state's lists and totals follows."""
 
     resumed_from_epoch: int | None = None
     earlier: TrainState = field(default_factory=TrainState)  # the whole-run totals it resumed
     resumed_from_batch: int | None = None  # a batch checkpoint: batches of the next epoch done
-    images: list[int] = field(default_factory=list)  # per epoch trained here, all ranks
-    seconds: list[float] = field(default_factory=list)  # optimiser steps only, per epoch
 
-    def add(self, images: int, seconds: float) -> None:
-        self.images.append(images)
-        self.seconds.append(seconds)
 
-    @property
-    def epochs(self) -> int:
-        return len(self.images)
+def rates(images: list[int], seconds: list[float], warmup: list[bool]) -> dict[str, Any]:
+    """images/s over the epochs given, and in steady state: without each process's warm-up
+    epoch (allocator, autotuning, compilation). None where there is no epoch to measure."""
+    total = sum(seconds)
+    steady = [(i, s) for i, s, w in zip(images, seconds, warmup, strict=True) if not w]
+    steady_seconds = sum(s for _, s in steady)
+    return {
+        "images_per_s": sum(images) / total if total > 0 else None,
+        "steady_state_images_per_s": (
+            sum(i for i, _ in steady) / steady_seconds if steady_seconds > 0 else None
+        ),
+        "steady_state_spread": spread([i / s for i, s in steady if s > 0]),
+        "seconds_per_epoch": total / len(images) if images else None,
+    }
 
-    def images_per_s(self, skip_first: bool = False) -> float | None:
-        """Over this process's epochs; ``skip_first``: steady state, without the warm-up epoch
-        (allocator, autotuning, compilation). None when there is no epoch to measure."""
-        start = 1 if skip_first else 0
-        seconds = sum(self.seconds[start:])
-        return sum(self.images[start:]) / seconds if seconds > 0 else None
 
-    def steady_spread(self) -> float | None:
-        """(max - min) / median of the per-epoch images/s after the first epoch: how far a busy
-        neighbour or throttling moved the rate. None with fewer than 2 such epochs."""
-        pairs = zip(self.images[1:], self.seconds[1:], strict=True)
-        rates = sorted(images / seconds for images, seconds in pairs if seconds > 0)
-        if len(rates) < 2:
-            return None
-        middle = len(rates) // 2
-        median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
-        return (rates[-1] - rates[0]) / median
+def spread(rates: list[float]) -> float | None:
+    """(max - min) / median of per-epoch images/s: how far a busy neighbour or throttling moved
+    the rate. None with fewer than 2 rates."""
+    if len(rates) < 2:
+        return None
+    rates = sorted(rates)
+    middle = len(rates) // 2
+    median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+    return (rates[-1] - rates[0]) / median

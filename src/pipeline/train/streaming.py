@@ -6,10 +6,11 @@ whatever the size of the split (README: memory budget).
 
 Order, per epoch: the main thread draws one epoch seed from the checkpointed generator (so a
 resumed run continues the same sequence); from it the reader draws the order of the shards,
-takes them ``window`` at a time, and shuffles the rows of each window. Along that epoch order,
-position p belongs to rank ``p % world_size`` (the tail that would give ranks unequal shares
-is dropped), so ranks see disjoint images, and every rank's batches are full. Same seed, same
-shards: same batches, on any machine.
+takes them ``window`` at a time, and shuffles the rows of each window
+(:class:`pipeline.train.batches.EpochOrder`, which the in-memory feeders follow too). Along that
+epoch order, position p belongs to rank ``p % world_size`` (the tail that would give ranks
+unequal shares is dropped), so ranks see disjoint images, and every rank's batches are full.
+Same seed, same shards: same batches, on any machine, streamed or in memory.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 
 from pipeline.data.shards import SplitShards
-from pipeline.train.batches import SkipOnce
+from pipeline.train.batches import EpochOrder, SkipOnce, draw_epoch_seed
 
-SEED_RANGE = 2**62
 _DONE = object()
 
 
@@ -48,11 +48,13 @@ class StreamBatches(SkipOnce):
         On the CPU the step already keeps every core busy and a reader thread would preempt
         its threads (measured: 0.8x of in-memory images/s), so batches are read in line."""
         self.split, self.device = split, device
+        self.image_side = split.image_shape[-1]
         self.rank, self.world_size = rank, world_size
         self.count = split.count
         self.shard_size = self.count // world_size
         self.batch_size = min(batch_size, self.shard_size)
         self.window_shards, self.prefetch_batches = window_shards, prefetch_batches
+        self.order = EpochOrder(tuple(shard.count for shard in split.shards), window_shards)
         self.generator = torch.Generator().manual_seed(seed)
         self.pinned = device.type == "cuda"
         self.background = device.type != "cpu" if background is None else background
@@ -61,19 +63,10 @@ class StreamBatches(SkipOnce):
         return self.shard_size // self.batch_size
 
     def next_epoch_seed(self) -> int:
-        return int(torch.randint(SEED_RANGE, (1,), generator=self.generator).item())
+        return draw_epoch_seed(self.generator)
 
     def window_orders(self, epoch_seed: int) -> Iterator[tuple[list[int], torch.Tensor, int]]:
-        """(shard numbers, row permutation of their concatenation, epoch position of its first
-        row) for each window of the epoch."""
-        generator = torch.Generator().manual_seed(epoch_seed)
-        order = torch.randperm(len(self.split.shards), generator=generator).tolist()
-        position = 0
-        for start in range(0, len(order), self.window_shards):
-            numbers = order[start : start + self.window_shards]
-            rows = sum(self.split.shards[n].count for n in numbers)
-            yield numbers, torch.randperm(rows, generator=generator), position
-            position += rows
+        return self.order.windows(epoch_seed)
 
     def rank_rows(self, permutation: torch.Tensor, position: int) -> torch.Tensor:
         """The window rows this rank takes: its epoch positions, in epoch order."""
