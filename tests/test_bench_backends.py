@@ -7,6 +7,7 @@ import torch
 from test_export_variants import tiny_trained_model
 
 from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
+from pipeline.bench.openvino import OpenVinoBackend
 from pipeline.bench.report import ROW_FIELDS, headline
 from pipeline.bench.run import Spec, backend_specs, benchmark_backend, run_benchmark
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
@@ -73,6 +74,8 @@ def test_every_backend_variant_provider_and_batch_size_has_a_row(matrix):
     expected = {("pytorch_eager", "fp32"), ("pytorch_engine", "fp32")} | {
         (f"onnxruntime_{p}", v) for p in ("cpu", "cuda", "tensorrt") for v in ("fp32", "int8")
     }
+    # benchmark.runtimes' default: OpenVINO rows for every variant, at each precision setting.
+    expected |= {(f"openvino_{s}", v) for s in OpenVinoBackend.settings() for v in ("fp32", "int8")}
     assert keys == {(b, v, size) for b, v in expected for size in (1, 8)}
     assert all(set(r) == set(ROW_FIELDS) for r in rows)
     timed = [r for r in rows if r["latency_ms_p50"] is not None]

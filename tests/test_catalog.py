@@ -14,6 +14,7 @@ from pipeline.catalog import (
     ARCH_FAMILIES,
     ARCHS,
     PROVIDERS,
+    RUNTIMES,
     SOURCES,
     VARIANTS,
     arch_names,
@@ -27,6 +28,7 @@ OWNED = [
     (list(ARCHS), "pipeline.models"),
     (ARCH_FAMILIES, "pipeline.models"),
     (list(VARIANTS), "pipeline.export"),
+    (list(RUNTIMES), "pipeline.bench"),
 ]
 TARGETS = [(entry, package) for entries, package in OWNED for entry in entries]
 
@@ -70,13 +72,17 @@ def test_providers_fall_back_only_to_registered_providers_ending_on_the_cpu():
 
 @pytest.mark.parametrize(
     ("section", "key", "registry"),
-    [("data", "source", SOURCES), ("benchmark", "providers", PROVIDERS)],
+    [
+        ("data", "source", SOURCES),
+        ("benchmark", "providers", PROVIDERS),
+        ("benchmark", "runtimes", RUNTIMES),
+    ],
 )
 def test_config_accepts_exactly_the_registered_names(section, key, registry):
     for name in registry.names():
-        value = [name] if key == "providers" else name
+        value = [name] if key in ("providers", "runtimes") else name
         assert getattr(getattr(parse_params({section: {key: value}}), section), key) == value
-    bad = ["nope"] if key == "providers" else "nope"
+    bad = ["nope"] if key in ("providers", "runtimes") else "nope"
     with pytest.raises(ParamsError, match=f"must be one of {', '.join(registry.names())}"):
         parse_params({section: {key: bad}})
 

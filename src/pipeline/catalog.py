@@ -3,8 +3,8 @@
 Pure data (no torch, no onnxruntime, no pydantic): config.py validates params against these
 lists, check_params and the README's params table read them, and the package that owns each
 choice imports its implementation from the entry's ``target`` ("pipeline.<package>.<module>:
-<attr>") through :func:`resolve`. Adding a model, a data source or an onnxruntime provider is
-one entry here (plus the module that implements it).
+<attr>") through :func:`resolve`. Adding a model, a data source, an onnxruntime provider or
+another runtime is one entry here (plus the module that implements it).
 """
 
 from __future__ import annotations
@@ -106,6 +106,17 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """A ``benchmark.runtimes`` entry: a framework other than onnxruntime that runs the exported
+    ONNX files; target is its backend class in pipeline.bench (bench/runtimes.py says what it
+    must have)."""
+
+    name: str
+    description: str
+    target: str
+
+
+@dataclass(frozen=True)
 class Variant:
     """An exported ONNX file; target is the function that writes it. fp32 is always exported,
     the ``derived`` ones are made from it when ``export.variants`` lists them."""
@@ -149,6 +160,11 @@ PROVIDERS: Registry[Provider] = Registry("benchmark.providers", [
              "ort_cuda", "cuda"),
     Provider("tensorrt", "TensorRT engines, one per batch size", "TensorrtExecutionProvider",
              ("cuda", "cpu"), True, "ort_cuda", "cuda"),
+])  # fmt: skip
+
+RUNTIMES: Registry[Runtime] = Registry("benchmark.runtimes", [
+    Runtime("openvino", "Intel OpenVINO on the CPU, at its default precision and at f32",
+            "pipeline.bench.openvino:OpenVinoBackend"),
 ])  # fmt: skip
 
 VARIANTS: Registry[Variant] = Registry("export.variants", [

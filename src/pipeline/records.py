@@ -85,6 +85,7 @@ _PARITY_FIGURES = ("size_bytes", "parity.top1_agreement", "parity.accuracy_delta
 _HEADLINE_FIGURES = (
     "best_backend",
     "best_variant",
+    "best_precision",
     "best_images_per_s",
     "speedup_vs_pytorch_eager",
     "best_joules_per_image",

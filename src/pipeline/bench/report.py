@@ -88,6 +88,7 @@ def headline(rows: list[dict], max_accuracy_drop: float) -> dict[str, Any]:
         entry = {
             "best_backend": best["backend"] if best else None,
             "best_variant": best["variant"] if best else None,
+            "best_precision": best["precision"] if best else None,
             "best_providers": best["providers_used"] if best else None,
             "best_images_per_s": best["images_per_s"] if best else None,
             # (max - min) / median of the best row's repeats: a re-run lands within about this.
@@ -165,6 +166,8 @@ def rows_to_markdown(
     lines += ["|" + "---|" * 6]
     for key, entry in top.items():
         best = f"{entry['best_backend']} {entry['best_variant']}" if entry["best_backend"] else "–"
+        if entry.get("best_precision") not in (None, entry["best_variant"]):
+            best += f" (computes in {entry['best_precision']})"
         lines.append(
             f"| {key.removeprefix('batch_')} | {best} | "
             f"{_cell('images_per_s', entry['best_images_per_s'])} | "

@@ -15,8 +15,11 @@ import torch
 
 from pipeline.bench.backends import Backend, OrtBackend, TorchBackend
 from pipeline.bench.memory import memory_probe
+from pipeline.bench.openvino import openvino_version
 from pipeline.bench.report import BASELINE, ROW_FIELDS, speedup_baseline
+from pipeline.bench.runtimes import runtime_plans
 from pipeline.bench.timing import spread, time_call
+from pipeline.catalog import RUNTIMES
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.errors import describe
 from pipeline.export.safety import UnsafeModelError
@@ -89,6 +92,9 @@ def backend_specs(params: BenchmarkParams, model, card, variants: dict[str, Path
                 )
 
             specs.append(Spec(*OrtBackend.planned(variant, provider), build))
+    for runtime in params.runtimes:
+        plans = runtime_plans(RUNTIMES[runtime], variants, threads, norm.mean, norm.std)
+        specs += [Spec(*planned, build) for planned, build in plans]
     return specs, device
 
 
@@ -335,6 +341,7 @@ def machine_context() -> dict[str, Any]:
         "cpu_isa": isa,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version(),
     }
     if torch.cuda.is_available():
         context["gpu"] = torch.cuda.get_device_name()
