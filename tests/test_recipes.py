@@ -92,7 +92,7 @@ def followed(tmp_path_factory):
 def test_the_readme_table_lists_the_new_choices(followed):
     root, _ = followed
     table = (root / "README.md").read_text()
-    assert "`tiny_mlp`" in table and "`npz`" in table and "`openvino`" in table
+    assert "`tiny_mlp`" in table and "`npz`" in table and "`dnnl`" in table
 
 
 def test_the_project_checks_pass_with_the_recipes_applied(followed):
@@ -116,7 +116,7 @@ def test_dvc_runs_the_new_model_source_and_provider(followed):
     command = [
         sys.executable, "-m", "dvc", "exp", "run",
         "-S", "model.arch=tiny_mlp", "-S", "data.source=npz",
-        "-S", "benchmark.providers=[cpu,openvino]",
+        "-S", "benchmark.providers=[cpu,dnnl]",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,7 +127,7 @@ def test_dvc_runs_the_new_model_source_and_provider(followed):
     assert card["arch"] == "tiny_mlp"
     assert train["val_accuracy"] > 0.5
     rows = list(csv.DictReader((root / "metrics/benchmark.csv").open()))
-    openvino = [row for row in rows if row["provider_requested"] == "openvino"]
-    assert openvino and all(row["status"] == "fallback" for row in openvino)
-    assert all(row["providers_used"] == "CPUExecutionProvider" for row in openvino)
+    dnnl = [row for row in rows if row["provider_requested"] == "dnnl"]
+    assert dnnl and all(row["status"] == "fallback" for row in dnnl)
+    assert all(row["providers_used"] == "CPUExecutionProvider" for row in dnnl)
     assert dvc(root, "status").stdout.strip().endswith("up to date.")
