@@ -67,7 +67,9 @@ class BenchSettings:
     min_seconds: float = 1.0
     threads: int = 0
     repeats: int = 3  # timing rounds over every backend, as benchmark.repeats
-    max_spread: float = 0.25  # rows whose rounds' p50s spread more are marked noisy
+    max_repeats: int = 12  # rounds per row at most, as benchmark.max_repeats
+    extra_seconds: float = 30.0  # budget of the rounds for noisy rows, as benchmark.extra_seconds
+    max_spread: float = 0.125  # rows whose rounds' p50s spread (IQR/median) more are noisy
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def inference(model, data, settings: BenchSettings, energy: EnergySettings, fold
     variants, why = export_variants(model, folder)
     images, labels = data[0].numpy(), data[1].numpy()
     rows, context = run_benchmark(settings, model, spec_card, variants, images, labels, energy)
-    return {"rows": rows, "context": context, "onnx_export": why or "ok"}
+    return {"rows": [row.as_dict() for row in rows], "context": context, "onnx_export": why or "ok"}
 
 
 def train_all(spec, data, args, device) -> list[dict]:
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = BenchSettings(
         str(device), providers, args.batch_sizes, 2 if dry else 10, 3 if dry else 50,
         0.0 if dry else args.min_seconds, repeats=2 if dry else 3,
+        extra_seconds=0.0 if dry else 30.0,
     )  # fmt: skip
     energy = EnergySettings(min_window_s=0.05 if dry else 1.0)
     spec = ModelSpec(

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.bench.run import derive, machine_context, run_benchmark
+from pipeline.bench.rows import BenchRow
+from pipeline.bench.run import machine_context, relate, run_benchmark, with_peak
 from pipeline.config import BenchmarkParams, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
@@ -104,24 +105,24 @@ def pipeline_model(model_dir: Path, prepared: Path):
     return model, card, (train.images, train.labels), (test.images, test.labels)
 
 
-def best_of_rounds(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
-    """Per row, the round with the most images/s; per peak, the best measurement."""
-    best: dict[tuple, dict] = {}
+def best_of_rounds(runs: list[tuple[list[BenchRow], dict]]) -> tuple[list[BenchRow], dict]:
+    """Per row, the round with the most images/s; per peak, the best measurement. Every row
+    here runs on the CPU, so each is held against the best CPU peak."""
+    best: dict[tuple, BenchRow] = {}
     for rows, _ in runs:
         for row in rows:
-            key = (row["backend"], row["variant"], row["batch_size"])
+            key = (row.backend, row.variant, row.batch_size)
             kept = best.get(key)
-            if kept is None or (row["images_per_s"] or 0) > (kept["images_per_s"] or 0):
+            if kept is None or (row.images_per_s or 0) > (kept.images_per_s or 0):
                 best[key] = row
     context = runs[0][1]
     for _, other in runs[1:]:
         for key, peak in other["peaks"].items():
             if peak["gflops"] > context["peaks"][key]["gflops"]:
                 context["peaks"][key] = peak
-    rows = list(best.values())
-    peaks = {key: Peak(**peak) for key, peak in context["peaks"].items()}
-    derive(rows, context["flops_per_image"], peaks)
-    return rows, context
+    cpu_peak = Peak(**context["peaks"]["cpu"])
+    rows = [with_peak(row, context["flops_per_image"], cpu_peak) for row in best.values()]
+    return relate(rows), context
 
 
 def measure(name: str, model, card, train, test, args) -> dict:
@@ -157,10 +158,10 @@ def measure(name: str, model, card, train, test, args) -> dict:
 
 def _find(rows, backend, variant, batch):
     wanted = (backend, variant, batch)
-    return next((r for r in rows if (r["backend"], r["variant"], r["batch_size"]) == wanted), None)
+    return next((r for r in rows if (r.backend, r.variant, r.batch_size) == wanted), None)
 
 
-def figures(rows: list[dict], context: dict) -> dict:
+def figures(rows: list[BenchRow], context: dict) -> dict:
     out = {
         "flops_per_image": context["flops_per_image"],
         "peak_gflops": context["peaks"]["cpu"]["gflops"],
@@ -171,26 +172,26 @@ def figures(rows: list[dict], context: dict) -> dict:
         deployable = [
             r
             for r in rows
-            if r["backend"].startswith("onnxruntime")
-            and r["batch_size"] == batch
-            and r["status"] == "ok"
-            and r["top1_delta_vs_pytorch"] is not None
-            and r["top1_delta_vs_pytorch"] >= -TARGET_DROP
+            if r.backend.startswith("onnxruntime")
+            and r.batch_size == batch
+            and r.status == "ok"
+            and r.top1_delta_vs_pytorch is not None
+            and r.top1_delta_vs_pytorch >= -TARGET_DROP
         ]
-        best = max(deployable, key=lambda r: r["images_per_s"])
+        best = max(deployable, key=lambda r: r.images_per_s)
         out[f"batch_{batch}"] = {
-            "eager_images_per_s": eager["images_per_s"],
-            "best": f"{best['backend']} {best['variant']}",
-            "best_images_per_s": best["images_per_s"],
-            "best_vs_eager": best["images_per_s"] / eager["images_per_s"],
+            "eager_images_per_s": eager.images_per_s,
+            "best": f"{best.backend} {best.variant}",
+            "best_images_per_s": best.images_per_s,
+            "best_vs_eager": best.images_per_s / eager.images_per_s,
         }
         fp32, int8 = (_find(rows, "onnxruntime_cpu", v, batch) for v in ("fp32", "int8"))
         out[f"batch_{batch}"].update(
-            fp32_gflops=fp32["gflops_per_s"],
-            fp32_share_of_peak=fp32["share_of_peak"],
-            int8_vs_fp32=int8["images_per_s"] / fp32["images_per_s"],
-            int8_top1_delta=int8["top1_delta_vs_pytorch"],
-            pytorch_top1=eager["top1_accuracy"],
+            fp32_gflops=fp32.gflops_per_s,
+            fp32_share_of_peak=fp32.share_of_peak,
+            int8_vs_fp32=int8.images_per_s / fp32.images_per_s,
+            int8_top1_delta=int8.top1_delta_vs_pytorch,
+            pytorch_top1=eager.top1_accuracy,
         )
     out["runtimes"] = runtime_table(rows)
     return out
@@ -205,7 +206,7 @@ RUNTIME_ROWS = [
 ]
 
 
-def runtime_table(rows: list[dict]) -> list[dict]:
+def runtime_table(rows: list[BenchRow]) -> list[dict]:
     """Per variant and runtime: precision, images/s at batch 1 and 64, and x onnxruntime."""
     table = []
     for variant in ("fp32", "int8"):
@@ -214,14 +215,15 @@ def runtime_table(rows: list[dict]) -> list[dict]:
             found = {b: _find(rows, backend, variant, b) for b in (1, 64)}
             if found[1] is None:
                 continue
-            entry = {"variant": variant, "runtime": label, "precision": found[1]["precision"]}
+            entry = {"variant": variant, "runtime": label, "precision": found[1].precision}
             if backend == "openvino_default" and _find(rows, "openvino_f32", variant, 1) is None:
                 entry["runtime"] += " (= f32 hint here)"
             for b, row in found.items():
-                speed, ref = row and row["images_per_s"], base[b] and base[b]["images_per_s"]
+                speed = row.images_per_s if row else None
+                ref = base[b].images_per_s if base[b] else None
                 entry[f"batch_{b}"] = speed
                 entry[f"batch_{b}_vs_ort"] = speed / ref if speed and ref else None
-                entry[f"batch_{b}_status"] = row["status"] if row else "missing"
+                entry[f"batch_{b}_status"] = row.status if row else "missing"
             table.append(entry)
     return table
 
@@ -251,18 +253,15 @@ def print_rows(result: dict) -> None:
         f"{'x eager':>9}{'GFLOP/s':>9}{'% peak':>8}{'top-1':>8}{'Δ pt':>7}"
     )
     for r in result["rows"]:
-        if r["images_per_s"] is None:
-            print(
-                f"{r['backend']:<22}{r['variant']:<8}{r['batch_size']:>6}  {r['status']}: "
-                f"{r['reason']}"
-            )
+        if r.images_per_s is None:
+            print(f"{r.backend:<22}{r.variant:<8}{r.batch_size:>6}  {r.status}: {r.reason}")
             continue
-        speedup = f"{r['speedup_vs_eager']:>8.2f}x" if r["speedup_vs_eager"] else f"{'–':>9}"
+        speedup = f"{r.speedup_vs_eager:>8.2f}x" if r.speedup_vs_eager else f"{'–':>9}"
         print(
-            f"{r['backend']:<22}{r['variant']:<8}{r['precision']:<6}{r['batch_size']:>6}"
-            f"{r['latency_ms_p50']:>10.3f}{r['images_per_s']:>12,.0f}{speedup}"
-            f"{r['gflops_per_s']:>9.1f}{100 * r['share_of_peak']:>7.0f}%{r['top1_accuracy']:>8.4f}"
-            f"{100 * r['top1_delta_vs_pytorch']:>+7.2f}"
+            f"{r.backend:<22}{r.variant:<8}{r.precision:<6}{r.batch_size:>6}"
+            f"{r.latency_ms_p50:>10.3f}{r.images_per_s:>12,.0f}{speedup}"
+            f"{r.gflops_per_s:>9.1f}{100 * r.share_of_peak:>7.0f}%{r.top1_accuracy:>8.4f}"
+            f"{100 * r.top1_delta_vs_pytorch:>+7.2f}"
         )
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from pipeline.bench.report import ROW_FIELDS, headline, rows_to_csv, rows_to_markdown
-from pipeline.bench.run import PEAK_KEY, batch_of, derive, is_noisy
+from pipeline.bench.backends import RunFacts
+from pipeline.bench.report import headline, rows_to_csv, rows_to_markdown
+from pipeline.bench.rounds import Measured, batch_of, is_noisy
+from pipeline.bench.rows import ROW_FIELDS, BenchRow
+from pipeline.bench.run import derive, relate
 from pipeline.bench.timing import Timing, spread, time_call
 from pipeline.hardware.peak import Peak
 
@@ -30,7 +34,7 @@ def test_time_call_keeps_going_until_min_seconds():
 
 def test_timing_summary_statistics():
     latencies = np.arange(1, 101, dtype=float)  # 1..100 ms
-    summary = Timing(2, 100, 9.0, latencies).summary(batch_size=10)
+    summary = Timing(2, 9.0, (latencies,)).summary(batch_size=10)
     assert summary["latency_ms_mean"] == pytest.approx(50.5)
     assert summary["latency_ms_p50"] == pytest.approx(50.5)
     assert summary["latency_ms_p90"] == pytest.approx(90.1)
@@ -44,35 +48,56 @@ def test_time_call_repeats_the_timing_loop_after_one_warm_up():
     calls = []
     timing = time_call(lambda: calls.append(1), lambda: None, 2, 5, 0.0, repeats=3)
     assert len(calls) == 1 + 2 + 3 * 5  # first call and warm-up once, then three loops
-    assert timing.iterations == 15 and len(timing.repeat_p50_ms) == 3
+    assert timing.iterations == 15 and len(timing.rounds) == 3
     assert timing.summary(1)["repeats"] == 3
 
 
 def test_summary_reports_the_median_of_repeats_and_their_spread():
     # One disturbed repeat (p50 30 ms) moves the spread, not the reported p50.
-    latencies = np.asarray([10.0, 10.0, 11.0, 11.0, 30.0, 30.0])
-    summary = Timing(0, 6, 1.0, latencies, np.asarray([10.0, 11.0, 30.0])).summary(2)
+    rounds = (np.asarray([10.0, 10.0]), np.asarray([11.0, 11.0]), np.asarray([30.0, 30.0]))
+    summary = Timing(0, 1.0, rounds).summary(2)
     assert summary["latency_ms_p50"] == 11.0
     assert summary["latency_ms_p50_min"] == 10.0 and summary["latency_ms_p50_max"] == 30.0
-    assert summary["latency_spread"] == pytest.approx(20.0 / 11.0)
+    assert summary["latency_spread"] == pytest.approx(10.0 / 11.0)  # IQR (20.5 - 10.5) / 11
     assert summary["images_per_s"] == pytest.approx(2000.0 / 11.0)
 
 
 def test_spread_is_unknown_from_one_repeat_and_noise_needs_a_known_spread():
     assert spread(np.asarray([5.0])) is None
-    assert spread(np.asarray([4.0, 5.0, 6.0])) == pytest.approx(0.4)
+    assert spread(np.asarray([4.0, 5.0, 6.0])) == pytest.approx(0.2)  # half the range for 3
     assert is_noisy(0.4, 0.25) and not is_noisy(0.2, 0.25) and not is_noisy(None, 0.25)
+
+
+def test_more_rounds_settle_the_spread_where_the_range_would_only_grow():
+    """Why IQR and not (max - min): a busy neighbour's worst and a lucky best round are left out,
+    so re-timing a noisy row can make it steady."""
+    few = np.asarray([10.0, 14.0, 10.5])
+    many = np.asarray([10.0, 14.0, 10.5, 10.2, 10.1, 10.4, 10.3, 16.0, 10.2, 10.3])
+    assert spread(few) > 0.125
+    assert spread(many) < 0.125
+    assert np.ptp(many) / np.median(many) > np.ptp(few) / np.median(few)
 
 
 def test_headline_never_crowns_a_noisy_row():
     rows = sample_rows()
-    rows[1]["noisy"] = True  # onnxruntime_cpu fp32 at batch 1, the fastest eligible row
-    rows[0]["latency_spread"] = 0.04
+    rows[1] = replace(rows[1], noisy=True)  # onnxruntime_cpu fp32 at batch 1, the fastest
+    rows[0] = replace(rows[0], latency_spread=0.04)
     top = headline(rows, max_accuracy_drop=0.005)["batch_1"]
-    assert top["best_backend"] == "pytorch_eager" and top["rows_noisy"] == 1
-    assert top["best_spread"] == 0.04  # the winner's own spread, reported beside it
+    figures = top.as_dict()
+    assert figures["best_backend"] == "pytorch_eager" and figures["rows_noisy"] == 1
+    assert figures["best_spread"] == 0.04  # the winner's own spread, reported beside it
     text = rows_to_markdown(rows, {"threads": 2}, {"batch_1": top})
     assert text.count("| noisy |") == 2  # the column's title and the marked row
+
+
+def test_a_row_with_one_good_round_has_no_spread_and_is_never_the_headline():
+    rows = sample_rows()
+    rows[1] = replace(rows[1], repeats=1, latency_spread=None)  # the fastest eligible at batch 1
+    figures = headline(rows, max_accuracy_drop=0.005)["batch_1"].as_dict()
+    assert figures["best_backend"] == "pytorch_eager" and figures["rows_not_eligible"] == 4
+    rows[0] = replace(rows[0], repeats=1, latency_spread=None)  # the baseline too
+    figures = headline(rows, max_accuracy_drop=0.005)["batch_1"].as_dict()
+    assert figures["best_backend"] is None
 
 
 def test_batch_of_repeats_a_small_split():
@@ -91,11 +116,10 @@ def row(
     status="ok",
     reason="",
     providers="CPUExecutionProvider",
-    peak="cpu",
+    **values,
 ):
-    values = dict.fromkeys(ROW_FIELDS)
-    values[PEAK_KEY] = peak  # what the backend says (Backend.peak_key)
-    values.update(
+    timed = {"repeats": 3, "latency_spread": 0.05, "noisy": False} if ips else {}
+    return BenchRow(
         backend=backend,
         variant=variant,
         batch_size=batch,
@@ -103,10 +127,19 @@ def row(
         top1_accuracy=acc,
         status=status,
         reason=reason,
-        note="",
         providers_used=providers,
+        **{**timed, **values},
     )
-    return values
+
+
+def measured(rows: list[BenchRow], peak_keys: dict[int, str] | None = None) -> list[Measured]:
+    """Rows as run_benchmark holds them before derive: the peak key beside each, not in it."""
+    items = []
+    for index, bench_row in enumerate(rows):
+        key = (peak_keys or {}).get(index, "cpu")
+        facts = RunFacts("ok", "", (), "fp32", key != "cpu", key)
+        items.append(Measured(plan=None, row=bench_row, facts=facts))
+    return items
 
 
 def sample_rows():
@@ -122,8 +155,13 @@ def sample_rows():
     ]
 
 
+def figures(rows, max_accuracy_drop):
+    """The headline as metrics/benchmark.json holds it."""
+    return {key: entry.as_dict() for key, entry in headline(rows, max_accuracy_drop).items()}
+
+
 def test_headline_never_crowns_a_fallback_a_failure_or_an_accuracy_loss():
-    top = headline(sample_rows(), max_accuracy_drop=0.005)
+    top = figures(sample_rows(), max_accuracy_drop=0.005)
     assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"
     assert top["batch_1"]["best_variant"] == "fp32"
     assert top["batch_1"]["speedup_vs_pytorch_eager"] == pytest.approx(5.0)
@@ -132,60 +170,70 @@ def test_headline_never_crowns_a_fallback_a_failure_or_an_accuracy_loss():
     assert top["batch_64"]["speedup_vs_pytorch_eager"] == pytest.approx(3.0)
     assert top["batch_64"]["accuracy_delta_vs_pytorch"] == pytest.approx(-0.002)
     # A looser accuracy budget lets int8 win at batch 1.
-    assert headline(sample_rows(), 0.1)["batch_1"]["best_variant"] == "int8"
+    assert figures(sample_rows(), 0.1)["batch_1"]["best_variant"] == "int8"
 
 
 def test_headline_without_an_eligible_row_says_so():
     rows = [row("onnxruntime_cuda", "fp32", 1, 9000.0, 0.95, "fallback", "no GPU")]
-    top = headline(rows, 0.005)["batch_1"]
+    top = figures(rows, 0.005)["batch_1"]
     assert top["best_backend"] is None and top["speedup_vs_pytorch_eager"] is None
+    assert top["best_precision"] is None and top["best_energy_scope"] is None
+
+
+def test_headline_names_the_precision_that_ran_and_the_energy_scope():
+    """metrics diff must not compare GPU-board with CPU-package J/image silently."""
+    rows = [
+        row("pytorch_eager", "fp32", 8, 100.0, 0.9, energy_method="rapl", joules_per_image=0.5),
+        row("onnxruntime_tensorrt", "fp32", 8, 900.0, 0.9, precision="tf32",
+            energy_method="nvml_energy_counter", joules_per_image=0.01),
+    ]  # fmt: skip
+    top = figures(rows, 0.005)["batch_8"]
+    assert (top["best_backend"], top["best_precision"]) == ("onnxruntime_tensorrt", "tf32")
+    assert top["best_energy_scope"] == "gpu_board"
+    assert top["baseline_energy_scope"] == "cpu_package"
+    from pipeline.records import benchmark_figures
+
+    picked = benchmark_figures({"headline": {"batch_8": top}})
+    assert {"headline.batch_8.best_precision", "headline.batch_8.best_energy_scope"} <= set(picked)
+    text = rows_to_markdown(rows, {}, headline(rows, 0.005))
+    assert "| 8 | onnxruntime_tensorrt fp32 | tf32 |" in text and "(gpu_board) |" in text
 
 
 def test_a_noisy_baseline_gives_no_speedup_and_says_why():
     rows = sample_rows()
-    rows[0]["noisy"] = True  # eager fp32 at batch 1: its repeats disagreed
-    derive(rows, flops=1000, peaks={})
-    top = headline(rows, max_accuracy_drop=0.005)
+    rows[0] = replace(rows[0], noisy=True)  # eager fp32 at batch 1: its repeats disagreed
+    rows = derive(measured(rows), flops=1000, peaks={})
+    top = figures(rows, max_accuracy_drop=0.005)
     assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"  # the best row still stands
     assert top["batch_1"]["speedup_vs_pytorch_eager"] is None
     assert "noisy" in top["batch_1"]["speedup_unavailable"]
-    assert all(r["speedup_vs_eager"] is None for r in rows if r["batch_size"] == 1)
+    assert all(r.speedup_vs_eager is None for r in rows if r.batch_size == 1)
     assert top["batch_64"]["speedup_vs_pytorch_eager"] == pytest.approx(3.0)
     assert top["batch_64"]["speedup_unavailable"] is None
-    text = rows_to_markdown(rows, {"threads": 2}, top)
+    text = rows_to_markdown(rows, {"threads": 2}, headline(rows, 0.005))
     assert "No speed-up at batch 1: the PyTorch eager fp32 row was noisy" in text
     assert "No speed-up at batch 64" not in text
 
 
 def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
     rows = sample_rows()
-    gpu = row(
-        "onnxruntime_cuda",
-        "fp16",
-        64,
-        1e6,
-        0.95,
-        providers="CUDAExecutionProvider",
-        peak="cuda_fp16",
-    )
-    rows.append(gpu)
+    rows.append(row("onnxruntime_cuda", "fp16", 64, 1e6, 0.95, providers="CUDAExecutionProvider"))
     peaks = {"cpu": Peak(100.0, "test", {}), "cuda_fp16": Peak(1000.0, "test", {})}
-    derive(rows, flops=2_000_000, peaks=peaks)
+    rows = derive(measured(rows, {len(rows) - 1: "cuda_fp16"}), flops=2_000_000, peaks=peaks)
     cpu_int8 = rows[6]
-    assert cpu_int8["gflops_per_s"] == pytest.approx(60.0)
-    assert cpu_int8["share_of_peak"] == pytest.approx(0.6)
-    assert cpu_int8["speedup_vs_eager"] == pytest.approx(3.0)
-    assert cpu_int8["top1_delta_vs_pytorch"] == pytest.approx(-0.002)
-    assert gpu["peak_gflops"] == 1000.0  # GPU rows are measured against the GPU's peak
-    assert rows[3]["peak_gflops"] == 100.0  # a fallback ran on the CPU: the CPU's peak
+    assert cpu_int8.gflops_per_s == pytest.approx(60.0)
+    assert cpu_int8.share_of_peak == pytest.approx(0.6)
+    assert cpu_int8.speedup_vs_eager == pytest.approx(3.0)
+    assert cpu_int8.top1_delta_vs_pytorch == pytest.approx(-0.002)
+    assert rows[-1].peak_gflops == 1000.0  # GPU rows are measured against the GPU's peak
+    assert rows[3].peak_gflops == 100.0  # a fallback ran on the CPU: the CPU's peak
     failed = rows[4]
-    assert failed["gflops_per_s"] is None and failed["flops_per_image"] == 2_000_000
-    assert all(set(r) == set(ROW_FIELDS) for r in rows)  # the peak key is no report column
+    assert failed.gflops_per_s is None and failed.flops_per_image == 2_000_000
+    assert relate(rows) == rows  # relating again changes nothing
 
 
 def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():
-    rows = sample_rows()
-    derive(rows, 1000, {"cpu": Peak(1.0, "test", {})})
+    rows = derive(measured(sample_rows()), 1000, {"cpu": Peak(1.0, "test", {})})
     parsed = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
     assert len(parsed) == len(rows) and list(parsed[0]) == ROW_FIELDS
     assert parsed[4]["status"] == "failed" and parsed[4]["images_per_s"] == ""
@@ -195,41 +243,12 @@ def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():
     assert "onnxruntime_cuda fp32 (fallback): CUDA unavailable" in text
 
 
-def test_rounds_go_over_every_backend_in_turn_and_merge_into_the_row():
-    from pipeline.bench.run import FIRST_ROUND, Spec, timed_rounds
-    from pipeline.config import BenchmarkParams
-
-    built = []
-
-    class Fake:
-        def __init__(self, name):
-            built.append(name)
-
-        def bind(self, batch):
-            return lambda: None
-
-        def sync(self):
-            pass
-
-    def broken():
-        built.append("b")
-        raise RuntimeError("no device")
-
-    specs = [
-        Spec("a", "fp32", "cpu", "host", lambda: Fake("a")),
-        Spec("b", "fp32", "cpu", "host", broken),
-    ]
-    params = BenchmarkParams(
-        batch_sizes=[1], warmup=0, min_iterations=3, min_seconds=0.0, repeats=3
-    )
-    rows = [row("a", "fp32", 1, 1000.0, 0.9), row("b", "fp32", 1, 1000.0, 0.9)]
-    for r in rows:  # round 1: far slower than the no-op rounds after it
-        r[FIRST_ROUND] = np.full(3, 1000.0)
-    timed_rounds(specs, params, rows, np.zeros((2, 1, 2, 2), np.uint8))
-    assert built == ["a", "b", "a", "b"]  # round 2 then round 3, every backend in each
-    first, second = rows
-    assert first["repeats"] == 3 and first["latency_ms_p50_max"] == 1000.0
-    assert first["iterations"] == 9 and FIRST_ROUND not in first
-    assert first["latency_spread"] > params.max_spread and first["noisy"] is True
-    assert second["repeats"] == 1 and second["latency_spread"] is None and not second["noisy"]
-    assert "2 timing round(s) failed: RuntimeError: no device" in second["note"]
+def test_the_csv_header_is_the_rows_fields_as_before():
+    """The typed row keeps the 36 columns of the dict it replaced, in the same order."""
+    assert ROW_FIELDS[:8] == [
+        "backend", "variant", "precision", "provider_requested", "providers_used", "status",
+        "reason", "note",
+    ]  # fmt: skip
+    assert len(ROW_FIELDS) == 36 and ROW_FIELDS[-3:] == [
+        "joules_per_image", "energy_method", "energy_reason"
+    ]  # fmt: skip

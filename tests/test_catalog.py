@@ -65,9 +65,14 @@ def test_providers_fall_back_only_to_registered_providers_ending_on_the_cpu():
         assert all(name in PROVIDERS for name in provider.fallback)
         last = PROVIDERS[(provider.fallback or (provider.name,))[-1]]
         assert not last.on_gpu
-        assert provider.memory_kind == ("ort_cuda" if provider.on_gpu else "host")
-        assert catalog.provider_running(provider.ort_name) is provider
-    assert catalog.provider_running("NoSuchExecutionProvider") is None
+        assert provider.memory_kind == (f"ort_{provider.device}" if provider.on_gpu else "host")
+        assert catalog.fallback_chain(provider.name)[0] is provider
+
+
+def test_provider_options_are_functions_inside_the_benchmark_package():
+    for provider in PROVIDERS:
+        if provider.options:
+            assert callable(catalog.resolve(provider.options, "pipeline.bench")), provider.name
 
 
 @pytest.mark.parametrize(

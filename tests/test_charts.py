@@ -2,6 +2,7 @@
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.bench.report import write_report
+from pipeline.bench.rows import BenchRow
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import write_chart
 from pipeline.errors import PipelineError
@@ -25,7 +27,7 @@ def points(svg: Path) -> list[str]:
     return [e.get("aria-label") for e in root.iter() if e.get("aria-roledescription") == "point"]
 
 
-def report(tmp_path: Path, rows: list[dict]) -> tuple[Path, str]:
+def report(tmp_path: Path, rows: list[BenchRow]) -> tuple[Path, str]:
     files = [tmp_path / f"metrics/{name}" for name in ("b.csv", "report.md", "b.svg")]
     write_report(rows, CONTEXT, 0.005, *files)
     return files[2], files[1].read_text()
@@ -43,8 +45,7 @@ def test_report_links_a_chart_with_one_point_per_row_that_ran(tmp_path):
 
 def test_energy_panel_only_with_measured_joules(tmp_path):
     rows = sample_rows()
-    for item in rows[:3]:
-        item.update(joules_per_image=0.01, energy_method="rapl")
+    rows[:3] = [replace(item, joules_per_image=0.01, energy_method="rapl") for item in rows[:3]]
     chart, _ = report(tmp_path, rows)
     drawn = points(chart)
     assert len(drawn) == 7 + 3

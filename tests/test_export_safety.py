@@ -153,17 +153,14 @@ def test_a_file_that_is_not_onnx_is_refused_like_a_failed_check(tmp_path, sessio
 
 def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
     """Not a `failed` row in a green stage: the same error as a model failing onnx.checker."""
-    from pipeline.bench.backends import OrtBackend
-    from pipeline.bench.run import Spec, benchmark_backend
+    from pipeline.bench.backends import OrtBackend, OrtSetup
+    from pipeline.bench.run import benchmark_backend
     from pipeline.config import BenchmarkParams
 
     params = BenchmarkParams(device="cpu", batch_sizes=[1], min_iterations=1, min_seconds=0.0)
     images = np.zeros((4, 1, 8, 8), np.uint8)
+    setup = OrtSetup(threads=1, mean=(0.5,), std=(0.25,), image_shape=(1, 8, 8), max_batch=4)
     for path in not_onnx_files(tmp_path):
-
-        def build(path=path):
-            return OrtBackend(path, "int8", "cpu", 1, [0.5], [0.25], [1, 8, 8], 4, 0)
-
-        spec = Spec("onnxruntime_cpu", "int8", "cpu", "host", build)
+        plan = OrtBackend.plan(path, "int8", "cpu", setup)
         with pytest.raises(UnsafeModelError, match="not an ONNX model"):
-            benchmark_backend(spec, params, "cpu", images, np.zeros(4, np.int64))
+            benchmark_backend(plan, params, "cpu", images, np.zeros(4, np.int64))

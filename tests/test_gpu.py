@@ -104,16 +104,16 @@ def test_cuda_provider_really_runs_on_the_gpu(tmp_path):
     rows, context = run_benchmark(
         bench, model, card, variants, test[0], test[1], EnergyParams(min_window_s=0.2)
     )
-    cuda_rows = [r for r in rows if r["backend"] == "onnxruntime_cuda"]
+    cuda_rows = [r for r in rows if r.backend == "onnxruntime_cuda"]
     # partial (some nodes on the CPU) is allowed, but must say how many: see the placement test.
-    assert cuda_rows and all(r["status"] in ("ok", "partial") for r in cuda_rows), cuda_rows
-    assert all(r["providers_used"].startswith("CUDAExecutionProvider") for r in cuda_rows)
-    assert all(r["status"] == "ok" or " nodes run on CPU" in r["reason"] for r in cuda_rows)
-    assert {r["precision"] for r in cuda_rows} == {"fp32", "fp16"}
-    eager = next(r for r in rows if r["backend"] == "pytorch_eager")
+    assert cuda_rows and all(r.status in ("ok", "partial") for r in cuda_rows), cuda_rows
+    assert all(r.providers_used.startswith("CUDAExecutionProvider") for r in cuda_rows)
+    assert all(r.status == "ok" or " nodes run on CPU" in r.reason for r in cuda_rows)
+    assert {r.precision for r in cuda_rows} == {"fp32", "fp16"}
+    eager = next(r for r in rows if r.backend == "pytorch_eager")
     # The baseline runs in IEEE fp32 (not cuDNN's default TF32) and is bounded by the fp32 peak.
-    assert eager["precision"] == "fp32"
-    assert eager["peak_gflops"] == context["peaks"]["cuda_fp32"]["gflops"]
+    assert eager.precision == "fp32"
+    assert eager.peak_gflops == context["peaks"]["cuda_fp32"]["gflops"]
 
 
 # --- what GPU rows say about what really ran (issue: CPU twins in tests/test_gpu_labels.py) ---
@@ -134,32 +134,30 @@ def _exported(tmp_path, variants=("fp16",)):
 
 
 def _tensorrt_or_skip(backend):
-    if backend.status == "fallback":
-        pytest.skip(f"TensorRT does not start here: {backend.reason}")
+    if backend.facts.status == "fallback":
+        pytest.skip(f"TensorRT does not start here: {backend.facts.reason}")
 
 
 def test_tensorrt_engines_are_keyed_by_file_and_fp16_only_for_fp16(tmp_path, monkeypatch):
     from pipeline import paths
-    from pipeline.bench.backends import OrtBackend
+    from pipeline.bench.backends import OrtBackend, OrtSetup
     from pipeline.io import sha256_file
 
     monkeypatch.chdir(tmp_path)
     _, card, files, (images, _) = _exported(tmp_path / "onnx")
-    norm, shape = card.normalisation, card.input_shape
+    norm, shape = card.normalisation, tuple(card.input_shape)
     capability = torch.cuda.get_device_capability()
+    setup = OrtSetup(1, tuple(norm.mean), tuple(norm.std), shape, 64, 0, capability)
     built = {
-        variant: OrtBackend(
-            path, variant, "tensorrt", 1, norm.mean, norm.std, shape, 64, 0, capability
-        )
-        for variant, path in files.items()
+        variant: OrtBackend(path, variant, "tensorrt", setup) for variant, path in files.items()
     }
     _tensorrt_or_skip(built["fp32"])
     logits = {variant: backend.logits(images[:64], 64) for variant, backend in built.items()}
     for variant, path in files.items():
         folder = paths.TENSORRT_CACHE / sha256_file(path)
         assert any(folder.rglob("*.engine")), f"no {variant} engine under {folder}"
-    assert built["fp32"].precision == ("tf32" if capability >= (8, 0) else "fp32")
-    assert built["fp16"].precision == "fp16"
+    assert built["fp32"].facts.precision == ("tf32" if capability >= (8, 0) else "fp32")
+    assert built["fp16"].facts.precision == "fp16"
     # An fp32 engine computes in fp32/TF32, not fp16: far closer to the fp32 CPU logits.
     from pipeline.export.session import make_session, session_logits
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,13 +20,10 @@ from test_energy import FakeGpu, FakeNvml
 
 from conftest import ROOT
 from pipeline import paths
-from pipeline.bench.backends import (
-    OrtBackend,
-    ort_precision,
-    placement_status,
-    tensorrt_options,
-)
+from pipeline.bench.backends import OrtBackend, OrtSetup, ort_precision, placement_status
 from pipeline.bench.memory import NvmlMemory, memory_probe
+from pipeline.bench.providers import ModelFile, SessionTarget, tensorrt_options
+from pipeline.catalog import PROVIDERS
 from pipeline.config import TrainParams
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import make_session, node_placement
@@ -50,13 +48,25 @@ def _restore_tf32():
 # --- 1, 2: TensorRT engine cache and precision ----------------------------------------------------
 
 
+class Hashed(ModelFile):
+    """A model file whose hash is given, so no file is needed to build options."""
+
+    def __init__(self, sha256: str) -> None:
+        super().__init__(Path(sha256))
+        self.__dict__["sha256"] = sha256
+
+
+def trt(sha256: str, variant: str, shape, profile, device_index: int = 0) -> dict:
+    return tensorrt_options(SessionTarget(Hashed(sha256), variant, device_index, shape, profile))
+
+
 def test_tensorrt_engines_are_cached_per_onnx_file_and_batch_inside_the_project(
     tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    fp32 = tensorrt_options("a" * 64, "fp32", (3, 32, 32), (8, 8, 8))
-    other_weights = tensorrt_options("b" * 64, "fp32", (3, 32, 32), (8, 8, 8))
-    batch_one = tensorrt_options("a" * 64, "fp32", (3, 32, 32), (1, 1, 1))
+    fp32 = trt("a" * 64, "fp32", (3, 32, 32), (8, 8, 8))
+    other_weights = trt("b" * 64, "fp32", (3, 32, 32), (8, 8, 8))
+    batch_one = trt("a" * 64, "fp32", (3, 32, 32), (1, 1, 1))
     cache = tmp_path / paths.TENSORRT_CACHE
     assert fp32["trt_engine_cache_path"] == str(cache / ("a" * 64) / "fp32-b8-8-8")
     folders = {o["trt_engine_cache_path"] for o in (fp32, other_weights, batch_one)}
@@ -77,53 +87,115 @@ def test_the_cache_folder_is_git_ignored():
 def test_only_the_fp16_variant_builds_fp16_engines(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     enabled = {
-        variant: tensorrt_options("c" * 64, variant, (1, 8, 8), (1, 4, 4))["trt_fp16_enable"]
+        variant: trt("c" * 64, variant, (1, 8, 8), (1, 4, 4))["trt_fp16_enable"]
         for variant in ("fp32", "fp16", "int8")
     }
     assert enabled == {"fp32": False, "fp16": True, "int8": False}
 
 
 def test_rows_name_the_precision_they_ran_and_their_peak():
-    assert ort_precision("fp32", TRT, (8, 0)) == "tf32"  # TensorRT's TF32 tactics, Ampere+
-    assert ort_precision("fp32", TRT, (7, 5)) == "fp32"
-    assert ort_precision("fp32", CUDA, (9, 0)) == "fp32"  # asked for with use_tf32=0
-    assert ort_precision("fp16", TRT, (9, 0)) == "fp16"
-    assert ort_precision("fp32", CPU, None) == "fp32"
+    tensorrt, cuda, cpu = PROVIDERS["tensorrt"], PROVIDERS["cuda"], PROVIDERS["cpu"]
+    assert ort_precision("fp32", tensorrt, (8, 0)) == "tf32"  # TensorRT's TF32 tactics, Ampere+
+    assert ort_precision("fp32", tensorrt, (7, 5)) == "fp32"
+    assert ort_precision("fp32", cuda, (9, 0)) == "fp32"  # asked for with use_tf32=0
+    assert ort_precision("fp16", tensorrt, (9, 0)) == "fp16"
+    assert ort_precision("fp32", cpu, None) == "fp32"
+
+
+class FakeOrt:
+    """onnxruntime's answers on a machine with a GPU: the providers a session reports, node
+    placement when ``placement`` is on; every session's requested chain is recorded."""
+
+    def __init__(self, runs_on: list[str], placement: bool = True):
+        self.runs_on, self.placement, self.chains, self.bound = runs_on, placement, [], []
+
+    def session(self, path, sess_options=None, providers=None):
+        self.chains.append(providers)
+        tensor = SimpleNamespace(name=INPUT_NAME, type="tensor(float)")
+        session = SimpleNamespace(
+            get_providers=lambda: list(self.runs_on),
+            get_inputs=lambda: [tensor],
+            get_outputs=lambda: [tensor],
+            io_binding=lambda: SimpleNamespace(
+                bind_ortvalue_input=lambda *a: None,
+                bind_output=lambda name, device, index: self.bound.append((device, index)),
+            ),
+        )
+        if self.placement:
+            nodes = [SimpleNamespace(op_type="Mul"), SimpleNamespace(op_type="Relu")]
+            subgraph = SimpleNamespace(ep_name=self.runs_on[0], get_nodes=lambda: nodes)
+            session.get_provider_graph_assignment_info = lambda: [subgraph]
+        return session
+
+    def install(self, monkeypatch):
+        import onnxruntime as ort
+
+        monkeypatch.setattr(ort, "InferenceSession", self.session)
+        monkeypatch.setattr(
+            ort.OrtValue, "ortvalue_from_numpy",
+            lambda array, device, index: self.bound.append((device, index)),
+        )  # fmt: skip
+        return self
 
 
 def test_a_backend_is_held_against_the_peak_of_what_really_runs(tmp_path, monkeypatch):
     """Faked: only the session's answer (TensorRT started, or nothing but the CPU did)."""
-    from pipeline.bench import backends
-
     monkeypatch.chdir(tmp_path)
     path = tiny_onnx(tmp_path / "m.onnx")
-    runs_on = [TRT, CUDA, CPU]
-    tensor = SimpleNamespace(name=INPUT_NAME, type="tensor(float)")
-    session = SimpleNamespace(
-        get_providers=lambda: list(runs_on),
-        get_inputs=lambda: [tensor],
-        get_outputs=lambda: [tensor],
-    )
-    monkeypatch.setattr(backends, "make_session", lambda *args, **kwargs: session)
+    fake = FakeOrt([TRT, CUDA, CPU]).install(monkeypatch)
+    setup = OrtSetup(1, (0.0,), (1.0,), (1, 2, 2), capability=(8, 0))
 
     def facts(variant, provider):
-        backend = OrtBackend(path, variant, provider, 1, [0.0], [1.0], (1, 2, 2), capability=(8, 0))
-        return backend.on_gpu, backend.precision, backend.peak_key, backend.memory_kind
+        backend = OrtBackend(path, variant, provider, setup)
+        return backend.facts.on_gpu, backend.facts.precision, backend.facts.peak_key
 
-    assert facts("fp32", "tensorrt") == (True, "tf32", "cuda_tf32", "ort_cuda")
-    assert facts("int8", "tensorrt") == (True, "int8", "cuda_fp16", "ort_cuda")  # no int8 peak
-    runs_on[:] = [CPU]  # the GPU provider did not start: a CPU row, though NVML still counts
-    assert facts("fp16", "cuda") == (False, "fp16", "cpu", "ort_cuda")
+    assert facts("fp32", "tensorrt") == (True, "tf32", "cuda_tf32")
+    assert facts("int8", "tensorrt") == (True, "int8", "cuda_fp16")  # no int8 peak
+    fake.runs_on[:] = [CPU]  # the GPU provider did not start: a CPU row
+    assert facts("fp16", "cuda") == (False, "fp16", "cpu")
+    assert PROVIDERS["cuda"].memory_kind == "ort_cuda"  # though NVML still counts its memory
+
+
+def test_options_reach_every_provider_of_the_chain_and_iobinding_uses_the_sessions_gpu(
+    tmp_path, monkeypatch
+):
+    """benchmark.device cuda:1, TensorRT asked for: its CUDA fallback runs on GPU 1 in IEEE fp32
+    too, and the batch is bound on GPU 1 (before, CUDA ran with defaults: TF32 on, GPU 0)."""
+    monkeypatch.chdir(tmp_path)
+    path = tiny_onnx(tmp_path / "m.onnx")
+    fake = FakeOrt([CUDA, CPU]).install(monkeypatch)  # TensorRT did not start; CUDA did
+    setup = OrtSetup(1, (0.0,), (1.0,), (1, 2, 2), device_index=1, capability=(9, 0))
+    backend = OrtBackend(path, "fp32", "tensorrt", setup)
+    (trt_entry, trt_options), (cuda_entry, cuda_options), cpu_entry = fake.chains[0]
+    assert (trt_entry, cuda_entry, cpu_entry) == (TRT, CUDA, CPU)
+    assert trt_options["device_id"] == 1
+    assert cuda_options == {"device_id": 1, "use_tf32": 0}
+    assert backend.facts.status == "fallback" and backend.facts.precision == "fp32"
+    backend.bind(np.zeros((4, 1, 2, 2), np.uint8))
+    assert fake.bound and set(fake.bound) == {("cuda", 1)}
+
+
+def test_a_session_whose_placement_is_unknown_says_so_and_is_not_ok(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tiny_onnx(tmp_path / "m.onnx")
+    FakeOrt([CUDA, CPU], placement=False).install(monkeypatch)
+    backend = OrtBackend(path, "fp32", "cuda", OrtSetup(1, (0.0,), (1.0,), (1, 2, 2)))
+    assert backend.facts.status == "unknown"
+    assert backend.facts.reason.startswith("placement unknown")
+    status, reason, _ = placement_status(CUDA, [CUDA, CPU], None, [])
+    assert status == "unknown" and CPU in reason
+    assert placement_status(CPU, [CPU], None, [])[0] == "ok"  # nothing else could run a node
 
 
 def test_a_backend_keys_its_engines_by_its_own_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths_ = [tiny_onnx(tmp_path / f"m{i}.onnx", scale=float(i + 1)) for i in range(2)]
-    backends = [OrtBackend(p, "fp32", "tensorrt", 1, [0.0], [1.0], (1, 2, 2)) for p in paths_]
-    folders = [b._options((4, 4, 4))["trt_engine_cache_path"] for b in backends]
+    fake = FakeOrt([TRT, CUDA, CPU]).install(monkeypatch)
+    setup = OrtSetup(1, (0.0,), (1.0,), (1, 2, 2))
+    for path in paths_:
+        OrtBackend(path, "fp32", "tensorrt", setup)
+    folders = [chain[0][1]["trt_engine_cache_path"] for chain in fake.chains]
     assert folders[0] != folders[1]  # same graph and node names, other weights
-    cuda = OrtBackend(paths_[0], "fp32", "cuda", 1, [0.0], [1.0])
-    assert cuda._options((1, 1, 1))["use_tf32"] == 0
 
 
 # --- 3: TF32 --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from conftest import FAST_PARAMS, ROOT, dvc, make_project_copy, run, tool_env
@@ -63,7 +64,8 @@ def with_copy_src(root: Path) -> dict[str, str]:
 def test_every_recipe_block_names_its_file():
     kinds = [(kind, registry) for kind, registry, _, _ in recipe_blocks()]
     assert kinds == [
-        ("new", None), ("add", "ARCHS"), ("new", None), ("add", "SOURCES"), ("add", "PROVIDERS")
+        ("new", None), ("add", "ARCHS"), ("new", None), ("add", "SOURCES"), ("add", "PROVIDERS"),
+        ("new", None), ("add", "PROVIDERS"),
     ]  # fmt: skip
 
 
@@ -93,6 +95,7 @@ def test_the_readme_table_lists_the_new_choices(followed):
     root, _ = followed
     table = (root / "README.md").read_text()
     assert "`tiny_mlp`" in table and "`npz`" in table and "`dnnl`" in table
+    assert "`cuda_tf32`" in table
 
 
 def test_the_project_checks_pass_with_the_recipes_applied(followed):
@@ -116,7 +119,7 @@ def test_dvc_runs_the_new_model_source_and_provider(followed):
     command = [
         sys.executable, "-m", "dvc", "exp", "run",
         "-S", "model.arch=tiny_mlp", "-S", "data.source=npz",
-        "-S", "benchmark.providers=[cpu,dnnl]",
+        "-S", "benchmark.providers=[cpu,dnnl,cuda_tf32]",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -130,4 +133,23 @@ def test_dvc_runs_the_new_model_source_and_provider(followed):
     dnnl = [row for row in rows if row["provider_requested"] == "dnnl"]
     assert dnnl and all(row["status"] == "fallback" for row in dnnl)
     assert all(row["providers_used"] == "CPUExecutionProvider" for row in dnnl)
+    tf32 = [row for row in rows if row["provider_requested"] == "cuda_tf32"]
+    assert tf32 and all(row["backend"] == "onnxruntime_cuda_tf32" for row in tf32)
+    if not torch.cuda.is_available():  # no GPU: a CPU fallback, never labelled tf32
+        assert all(row["status"] == "fallback" and row["precision"] == "fp32" for row in tf32)
     assert dvc(root, "status").stdout.strip().endswith("up to date.")
+
+
+def test_the_gpu_providers_options_reach_its_sessions(followed):
+    """The recipe's options, asked for itself and wherever it sits in a chain."""
+    root, env = followed
+    code = (
+        "from pathlib import Path\n"
+        "from pipeline.bench.providers import ModelFile, SessionTarget, chain_options\n"
+        "target = SessionTarget(ModelFile(Path('m.onnx')), 'fp32', 1, (1, 8, 8), (1, 1, 1))\n"
+        "print(chain_options('cuda_tf32', target))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "{'cuda_tf32': {'device_id': 1, 'use_tf32': 1}}"

@@ -85,24 +85,38 @@ class ArchFamily:
         return f"{self.prefix}<name>"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Provider:
-    """A ``benchmark.providers`` entry: an onnxruntime execution provider."""
+    """A ``benchmark.providers`` entry: an onnxruntime execution provider and the device its
+    nodes run on. The memory counter that sees it and the peak its rows are held against follow
+    from ``device``; ``options`` ("pipeline.bench.<module>:<function>") takes a
+    bench.providers.SessionTarget and returns its onnxruntime provider options, and is applied
+    wherever the provider sits in a chain (as another one's fallback too)."""
 
     name: str
     description: str
     ort_name: str  # what onnxruntime calls it
-    fallback: tuple[str, ...]  # registry names requested after it, in order
-    on_gpu: bool
-    memory_kind: str  # host | ort_cuda: the counter that sees its memory (bench/memory.py)
-    peak: str  # cpu | cuda: the measured peak family a row on it is compared with
+    device: str = "cpu"  # cpu, or the onnxruntime device type its nodes run on (cuda)
+    fallback: tuple[str, ...] = ()  # registry names requested after it, in order
+    options: str | None = None  # target of its provider options; None: onnxruntime's defaults
+    engine_per_batch: bool = False  # builds a fixed-shape engine per batch size (TensorRT)
+    fp32_as_tf32: bool = False  # computes fp32 layers in TF32 on Ampere+ with no switch to stop it
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device != "cpu"
+
+    @property
+    def memory_kind(self) -> str:
+        """host | ort_<device>: the counter that sees its memory (bench/memory.py)."""
+        return f"ort_{self.device}" if self.on_gpu else "host"
 
     def peak_key(self, precision: str) -> str:
         """The key of hardware/peak.py's peaks: 'cpu', or the GPU peak of the row's arithmetic.
         No int8 matmul peak is measured, so int8 rows are held against the fp16 one."""
         if not self.on_gpu:
-            return self.peak
-        return f"{self.peak}_{'fp16' if precision == 'int8' else precision}"
+            return "cpu"
+        return f"{self.device}_{'fp16' if precision == 'int8' else precision}"
 
 
 @dataclass(frozen=True)
@@ -154,12 +168,15 @@ ARCH_FAMILIES: list[ArchFamily] = [
 ]  # fmt: skip
 
 PROVIDERS: Registry[Provider] = Registry("benchmark.providers", [
-    Provider("cpu", "onnxruntime's CPU kernels", "CPUExecutionProvider", (), False, "host",
-             "cpu"),
-    Provider("cuda", "CUDA and cuDNN kernels", "CUDAExecutionProvider", ("cpu",), True,
-             "ort_cuda", "cuda"),
-    Provider("tensorrt", "TensorRT engines, one per batch size", "TensorrtExecutionProvider",
-             ("cuda", "cpu"), True, "ort_cuda", "cuda"),
+    Provider(name="cpu", description="onnxruntime's CPU kernels",
+             ort_name="CPUExecutionProvider"),
+    Provider(name="cuda", description="CUDA and cuDNN kernels, IEEE fp32 (no TF32)",
+             ort_name="CUDAExecutionProvider", device="cuda", fallback=("cpu",),
+             options="pipeline.bench.providers:cuda_options"),
+    Provider(name="tensorrt", description="TensorRT engines, one per batch size",
+             ort_name="TensorrtExecutionProvider", device="cuda", fallback=("cuda", "cpu"),
+             options="pipeline.bench.providers:tensorrt_options", engine_per_batch=True,
+             fp32_as_tf32=True),
 ])  # fmt: skip
 
 RUNTIMES: Registry[Runtime] = Registry("benchmark.runtimes", [
@@ -200,9 +217,10 @@ def is_known_arch(arch: str) -> bool:
     return arch in ARCHS or arch_family(arch) is not None
 
 
-def provider_running(ort_name: str) -> Provider | None:
-    """The registered provider onnxruntime calls ``ort_name``."""
-    return next((p for p in PROVIDERS if p.ort_name == ort_name), None)
+def fallback_chain(provider: str) -> list[Provider]:
+    """The providers one backend requests: the one asked for, then its fallbacks, in order."""
+    entry = PROVIDERS[provider]
+    return [entry, *(PROVIDERS[name] for name in entry.fallback)]
 
 
 def resolve(target: str, package: str) -> Any:

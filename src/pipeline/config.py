@@ -461,10 +461,21 @@ class BenchmarkParams(Section):
         description="Timing rounds, each over every backend in turn; a row reports the median "
         "of its rounds' p50s and their spread (at least 2, so a spread is always measured).",
     )
+    max_repeats: Annotated[int, Field(ge=2, le=1_000)] = Field(
+        12,
+        description="Rounds a row may get in all: rows still noisy after `repeats` rounds are "
+        "timed again (the PyTorch eager baseline first) up to this many, within extra_seconds.",
+    )
+    extra_seconds: Seconds = Field(
+        30.0,
+        description="Wall-clock budget (s) for the rounds beyond `repeats`; 0 = none. A quiet "
+        "machine needs none; a busy one spends up to this to settle its noisy rows.",
+    )
     max_spread: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
-        0.25,
-        description="A row whose repeats' p50 spread, (max - min) / median, exceeds this is "
-        "marked noisy and never chosen as the best.",
+        0.125,
+        description="A row whose rounds' p50s spread, interquartile range / median, exceeds "
+        "this is marked noisy and never chosen as the best (0.125: with 3 rounds, (max - min) "
+        "/ median above 0.25).",
     )
     threads: Workers = Field(
         0, description="Intra-op threads for both backends; 0 means physical cores."
@@ -475,6 +486,14 @@ class BenchmarkParams(Section):
     )
 
     _device = field_validator("device")(_check_device)
+
+    @field_validator("max_repeats")
+    @classmethod
+    def _at_least_repeats(cls, max_repeats: int, info: Any) -> int:
+        repeats = info.data.get("repeats", 2)
+        if max_repeats < repeats:
+            raise ValueError(f"must be at least benchmark.repeats ({repeats})")
+        return max_repeats
 
     @field_validator("runtimes")
     @classmethod

@@ -85,10 +85,12 @@ _PARITY_FIGURES = ("size_bytes", "parity.top1_agreement", "parity.accuracy_delta
 _HEADLINE_FIGURES = (
     "best_backend",
     "best_variant",
-    "best_precision",
+    "best_precision",  # what ran: fp32 on one GPU may be tf32 on another
     "best_images_per_s",
+    "best_spread",  # IQR / median of its rounds: a re-run lands within about this
     "speedup_vs_pytorch_eager",
     "best_joules_per_image",
+    "best_energy_scope",  # gpu_board, cpu_package or cpu_estimate: J/image of different things
 )
 
 

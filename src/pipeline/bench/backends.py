@@ -1,7 +1,8 @@
 """The things being timed: PyTorch (eager, and with the engine's settings) and onnxruntime.
 
-:class:`Backend` declares what a benchmark row needs of one; each backend states its own
-memory counter and peak, so bench/run.py never guesses them from a provider string.
+:class:`Backend` declares what a benchmark row needs of one and :class:`Plan` who it is; each
+backend reports what really ran (:class:`RunFacts`), so bench/run.py never guesses it from a
+provider string. onnxruntime providers are catalog entries: nothing here names one.
 """
 
 from __future__ import annotations
@@ -9,55 +10,50 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from pipeline import paths
-from pipeline.catalog import PROVIDERS, provider_running
-from pipeline.export.onnx_export import INPUT_NAME
-from pipeline.export.session import (
-    failure_reason,
-    make_session,
-    node_placement,
-    session_logits,
-)
+from pipeline.bench.providers import ModelFile, SessionTarget, chain_options
+from pipeline.catalog import PROVIDERS, Provider, fallback_chain
+from pipeline.export.session import failure_reason, make_session, node_placement, session_logits
 from pipeline.hardware.precision import choose_precision
 from pipeline.hardware.tf32 import TF32_CAPABILITY, fp32_math
 from pipeline.inference import in_batches, predict_logits
-from pipeline.io import sha256_file
 from pipeline.preprocess import Normalize
 
-GPU_PROVIDERS = {provider.ort_name for provider in PROVIDERS if provider.on_gpu}
 CPU_PROVIDER = PROVIDERS["cpu"].ort_name
 CPU_FP16_NOTE = "CPU provider runs fp16 nodes through casts to fp32"
 
 
-class Planned(NamedTuple):
-    """What a backend will be, known before it is built (its memory counter starts first)."""
+@dataclass(frozen=True)
+class RunFacts:
+    """What really ran a backend's calls, as its framework reports it."""
 
-    name: str
-    variant: str
-    provider: str
-    memory_kind: str
+    status: str  # ok | partial | fallback | unknown (node placement not reported)
+    reason: str  # why not ok
+    providers_used: tuple[str, ...]  # what runs nodes, as the framework names it
+    precision: str  # the arithmetic it really computes in (tf32 where TensorRT picks it)
+    on_gpu: bool  # where it really runs
+    peak_key: str  # the key of hardware/peak.py's peaks it is measured against
+    note: str = ""
+
+    def same_run(self, other: RunFacts) -> bool:
+        """Whether two sessions ran the same way: a round that did not is another row's."""
+        ran = (self.status, self.providers_used, self.precision)
+        return ran == (other.status, other.providers_used, other.precision)
+
+    def describe(self) -> str:
+        return f"{self.status} on {'+'.join(self.providers_used)} ({self.precision})"
 
 
 class Backend(Protocol):
-    """What one benchmark row needs of the thing it times."""
+    """What one benchmark row needs of the thing it times; who it is lives in its :class:`Plan`."""
 
-    name: str  # the row's backend column: pytorch_eager, onnxruntime_cuda, ...
-    variant: str  # the model file or settings timed: fp32, fp16, int8, bf16 (engine autocast)
-    provider: str  # what was asked for: a torch device type or a registered onnxruntime provider
-    precision: str  # the arithmetic it really computes in (tf32 where TensorRT picks it)
-    providers_used: list[str]  # what really runs, as the framework names it
-    status: str  # ok | partial | fallback
-    reason: str  # why not ok
-    note: str
-    on_gpu: bool  # where it really runs
-    memory_kind: str  # host | torch_cuda | ort_cuda: the counter that sees its memory
-    peak_key: str  # the key of hardware/peak.py's peaks it is measured against
+    facts: RunFacts  # what runs the calls of the latest bind (before any: the accuracy pass)
 
     def bind(self, images: np.ndarray) -> Callable[[], object]:
         """A call that runs one batch of ``images``; it may return before the work is done."""
@@ -72,6 +68,18 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A backend not built yet: one session alive at a time, so idle thread pools don't compete.
+    The row's identity is said here once; ``memory_kind`` lets its memory counter start first."""
+
+    name: str  # the row's backend column: pytorch_eager, onnxruntime_cuda, ...
+    variant: str  # the model file or settings timed: fp32, fp16, int8, bf16 (engine autocast)
+    provider: str  # what was asked for: a torch device type or a benchmark.providers name
+    memory_kind: str  # host | torch_cuda | ort_cuda: the counter that sees its memory
+    build: Callable[[], Backend]
+
+
 def engine_precision(device: torch.device):
     """The training engine's precision policy for inference: bf16/fp16 autocast on GPUs only."""
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
@@ -83,25 +91,31 @@ class TorchBackend:
     channels_last and the precision policy's autocast (bf16/fp16 on GPUs, none on CPUs)."""
 
     @staticmethod
-    def planned(device: torch.device, engine: bool = False) -> Planned:
-        variant = engine_precision(device).name if engine else "fp32"
-        memory = "torch_cuda" if device.type == "cuda" else "host"
-        name = "pytorch_engine" if engine else "pytorch_eager"
-        return Planned(name, variant, device.type, memory)
+    def plan(model: torch.nn.Module, device: torch.device, engine: bool = False) -> Plan:
+        return Plan(
+            name="pytorch_engine" if engine else "pytorch_eager",
+            variant=engine_precision(device).name if engine else "fp32",
+            provider=device.type,
+            memory_kind="torch_cuda" if device.type == "cuda" else "host",
+            build=lambda: TorchBackend(model, device, engine),
+        )
 
     def __init__(self, model: torch.nn.Module, device: torch.device, engine: bool = False) -> None:
-        self.name, _, self.provider, self.memory_kind = self.planned(device, engine)
         precision = engine_precision(device) if engine else None
         self.autocast_dtype = precision.autocast_dtype if precision else None
-        self.variant = precision.name if precision else "fp32"
-        self.precision = self.variant
+        name = precision.name if precision else "fp32"
         self.channels_last = engine
-        self.providers_used = [str(device)]
-        self.on_gpu = device.type == "cuda"
-        self.peak_key = f"cuda_{self.precision}" if self.on_gpu else "cpu"
-        self.status, self.reason = "ok", ""
-        autocast = f", autocast {self.variant}" if self.autocast_dtype else ""
-        self.note = f"channels_last{autocast}" if engine else ""
+        on_gpu = device.type == "cuda"
+        autocast = f", autocast {name}" if self.autocast_dtype else ""
+        self.facts = RunFacts(
+            status="ok",
+            reason="",
+            providers_used=(str(device),),
+            precision=name,
+            on_gpu=on_gpu,
+            peak_key=f"cuda_{name}" if on_gpu else "cpu",
+            note=f"channels_last{autocast}" if engine else "",
+        )
         memory_format = torch.channels_last if engine else torch.preserve_format
         self.model = copy.deepcopy(model).to(device, memory_format=memory_format).eval()
         self.device = device
@@ -143,50 +157,12 @@ class TorchBackend:
         return torch.cat(list(in_batches(forward, batch_size, images))).numpy()
 
 
-def tensorrt_cache_dir(model_sha256: str, precision: str, profile: tuple[int, int, int]) -> Path:
-    """Engines of one ONNX file (by content), precision and batch profile, inside the project.
-
-    onnxruntime names cached engines after the model path and node names, not the weights: a
-    shared folder would serve the first model's engine to every later model of the same graph.
-    """
-    folder = (
-        paths.TENSORRT_CACHE.resolve()
-        / model_sha256
-        / f"{precision}-b{'-'.join(map(str, profile))}"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def tensorrt_options(
-    model_sha256: str, variant: str, image_shape, profile: tuple[int, int, int]
-) -> dict[str, object]:
-    """fp16 kernels only for the fp16 variant; one (min, opt, max) batch profile per session."""
-    dims = "x".join(str(d) for d in image_shape)
-    low, opt, high = profile
-    precision = "fp16" if variant == "fp16" else variant
-    timing = paths.TENSORRT_CACHE.resolve()  # kernel timings: valid for any model on this GPU
-    timing.mkdir(parents=True, exist_ok=True)
-    return {
-        "trt_fp16_enable": variant == "fp16",
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(tensorrt_cache_dir(model_sha256, precision, profile)),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(timing),
-        "trt_profile_min_shapes": f"{INPUT_NAME}:{low}x{dims}",
-        "trt_profile_opt_shapes": f"{INPUT_NAME}:{opt}x{dims}",
-        "trt_profile_max_shapes": f"{INPUT_NAME}:{high}x{dims}",
-    }
-
-
-def ort_precision(variant: str, runs_on: str, capability: tuple[int, int] | None) -> str:
-    """The arithmetic a session computes in. TensorRT builds fp32 layers with TF32 tactics on
-    Ampere and newer (its default; onnxruntime has no switch for it); the CUDA provider is asked
-    for IEEE fp32 (use_tf32=0), and CPUs have no TF32."""
+def ort_precision(variant: str, runs: Provider, capability: tuple[int, int] | None) -> str:
+    """The arithmetic a session computes in: fp32 is TF32 where the provider that runs it
+    computes fp32 layers in TF32 on Ampere and newer with no switch (``fp32_as_tf32``); other
+    providers are asked for IEEE fp32 by their options, and CPUs have no TF32."""
     tf32_gpu = capability is not None and tuple(capability) >= TF32_CAPABILITY
-    if variant == "fp32" and runs_on == PROVIDERS["tensorrt"].ort_name and tf32_gpu:
-        return "tf32"
-    return variant
+    return "tf32" if variant == "fp32" and runs.fp32_as_tf32 and tf32_gpu else variant
 
 
 def placement_status(
@@ -195,14 +171,19 @@ def placement_status(
     """(status, reason, providers that run nodes) of a session asked to run on ``wanted``.
 
     ok: the provider started and no node runs on the CPU (unless the CPU was asked for);
-    partial: it started but the CPU runs some nodes; fallback: it did not start, or took no node.
+    partial: it started but the CPU runs some nodes; fallback: it did not start, or took no node;
+    unknown: it started beside others and this onnxruntime cannot say which nodes it runs.
     """
     used = list(placed) if placed else registered[:1]
     if wanted not in registered:
         why = failure_reason(log) or "onnxruntime logged no reason"
         return "fallback", f"{wanted} unavailable ({why}); session runs on {registered[0]}", used
     if placed is None:
-        return "ok", "", used
+        if registered == [wanted]:
+            return "ok", "", used  # nothing else registered: every node runs on it
+        others = ", ".join(name for name in registered if name != wanted)
+        reason = f"placement unknown: this onnxruntime does not report it ({others} may run nodes)"
+        return "unknown", reason, registered
     if wanted not in placed:
         return "fallback", f"{wanted} started but runs no node; session runs on {used[0]}", used
     on_cpu = placed.get(CPU_PROVIDER, []) if wanted != CPU_PROVIDER else []
@@ -214,72 +195,75 @@ def placement_status(
     return "ok", "", used
 
 
+@dataclass(frozen=True)
+class OrtSetup:
+    """What every onnxruntime backend of one run shares; built once."""
+
+    threads: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_shape: tuple[int, ...] | None = None
+    max_batch: int = 256  # the accuracy pass's batches: its session serves 1..max_batch
+    device_index: int = 0  # benchmark.device's GPU: the sessions' and IOBinding's
+    capability: tuple[int, int] | None = None
+
+
 class OrtBackend:
     """One onnxruntime session for one model variant and one requested provider.
 
-    TensorRT gets one engine per batch size (profile min = opt = max = that size), built when
-    that size is bound, besides the session for the accuracy pass (batches of 1..max_batch).
+    A provider that builds an engine per batch size (``engine_per_batch``) gets one session per
+    size bound (profile min = opt = max = that size) besides the accuracy pass's session.
     """
 
     @staticmethod
-    def planned(variant: str, provider: str) -> Planned:
-        memory = PROVIDERS[provider].memory_kind
-        return Planned(f"onnxruntime_{provider}", variant, provider, memory)
-
-    def __init__(
-        self,
-        path: Path,
-        variant: str,
-        provider: str,
-        threads: int,
-        mean,
-        std,
-        image_shape=None,
-        max_batch: int = 256,
-        device_index: int = 0,
-        capability: tuple[int, int] | None = None,
-    ) -> None:
-        self.name, self.variant, self.provider, self.memory_kind = self.planned(variant, provider)
-        self.path, self.threads = Path(path), threads
-        self.device_index, self.image_shape = device_index, image_shape
-        self._sha256 = sha256_file(path) if provider == "tensorrt" else ""
-        log: list[str] = []
-        self.session = self._session((1, max_batch, max_batch), log)
-        wanted = PROVIDERS[provider].ort_name
-        self.status, self.reason, self.providers_used = placement_status(
-            wanted, self.session.get_providers(), node_placement(self.session), log
+    def plan(path: Path, variant: str, provider: str, setup: OrtSetup) -> Plan:
+        return Plan(
+            name=f"onnxruntime_{provider}",
+            variant=variant,
+            provider=provider,
+            memory_kind=PROVIDERS[provider].memory_kind,
+            build=lambda: OrtBackend(path, variant, provider, setup),
         )
-        # What really runs decides where the row counts, never what was asked for.
-        running = provider_running(self.providers_used[0]) or PROVIDERS["cpu"]
-        self.on_gpu = running.on_gpu
-        self.precision = ort_precision(variant, self.providers_used[0], capability)
-        self.peak_key = running.peak_key(self.precision)
-        on_cpu_fp16 = variant == "fp16" and not self.on_gpu
-        self.note = CPU_FP16_NOTE if on_cpu_fp16 else ""
+
+    def __init__(self, path: Path, variant: str, provider: str, setup: OrtSetup) -> None:
+        self.model, self.variant, self.setup = ModelFile(Path(path)), variant, setup
+        self.chain = fallback_chain(provider)
+        self.session, self.facts = self._session((1, setup.max_batch, setup.max_batch))
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.takes_uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(setup.mean, setup.std)
         self._binding = None
 
-    def _options(self, profile: tuple[int, int, int]) -> dict[str, object] | None:
-        if self.provider == "cuda":
-            # IEEE fp32 like the PyTorch baseline; TF32 would make the "fp32" row a TF32 row.
-            return {"device_id": self.device_index, "use_tf32": 0}
-        if self.provider == "tensorrt":
-            options = tensorrt_options(self._sha256, self.variant, self.image_shape, profile)
-            return {**options, "device_id": self.device_index}
-        return None
-
-    def _session(self, profile: tuple[int, int, int], log: list[str] | None = None):
-        options = self._options(profile)
-        return make_session(self.path, self.provider, self.threads, options, log=log)
+    def _session(self, profile: tuple[int, int, int]):
+        """A session and what it really runs on: read from every session built, never assumed."""
+        target = SessionTarget(
+            self.model, self.variant, self.setup.device_index, self.setup.image_shape, profile
+        )
+        options = chain_options(self.chain[0].name, target)
+        log: list[str] = []
+        session = make_session(
+            self.model.path, self.chain[0].name, self.setup.threads, options, log
+        )
+        status, reason, used = placement_status(
+            self.chain[0].ort_name, session.get_providers(), node_placement(session), log
+        )
+        # What really runs decides where the row counts, never what was asked for.
+        runs = next((p for p in self.chain if p.ort_name == used[0]), PROVIDERS["cpu"])
+        precision = ort_precision(self.variant, runs, self.setup.capability)
+        on_cpu_fp16 = self.variant == "fp16" and not runs.on_gpu
+        facts = RunFacts(
+            status, reason, tuple(used), precision, runs.on_gpu, runs.peak_key(precision),
+            CPU_FP16_NOTE if on_cpu_fp16 else "",
+        )  # fmt: skip
+        return session, facts
 
     def _timed_session(self, batch_size: int):
-        """TensorRT: a session whose engine is built for exactly this batch size."""
-        if self.provider != "tensorrt" or not self.on_gpu:
-            return self.session
-        return self._session((batch_size, batch_size, batch_size), [])
+        """A session whose engine is built for exactly this batch size, where the provider
+        builds engines per size and runs here; otherwise the one session."""
+        if not (self.chain[0].engine_per_batch and self.facts.on_gpu):
+            return self.session, self.facts
+        return self._session((batch_size, batch_size, batch_size))
 
     def _feed(self, images: np.ndarray) -> np.ndarray:
         if self.takes_uint8:
@@ -288,18 +272,21 @@ class OrtBackend:
 
     def bind(self, images: np.ndarray):
         feed = self._feed(images)
-        session = self._timed_session(len(images))
-        if not self.on_gpu:
+        session, self.facts = self._timed_session(len(images))
+        self._binding = None
+        if not self.facts.on_gpu:
             inputs = {self.input_name: feed}
             return lambda: session.run(None, inputs)
         import onnxruntime as ort
 
-        # IOBinding: the batch is copied to the GPU once and the logits stay there, so the timed
-        # call is the model, not host<->device copies.
+        # IOBinding on the session's own GPU: the batch is copied there once and the logits stay
+        # there, so the timed call is the model, not host<->device copies.
+        device = next(p.device for p in self.chain if p.ort_name == self.facts.providers_used[0])
+        index = self.setup.device_index
         binding = session.io_binding()
-        self._input_value = ort.OrtValue.ortvalue_from_numpy(feed, "cuda", self.device_index)
+        self._input_value = ort.OrtValue.ortvalue_from_numpy(feed, device, index)
         binding.bind_ortvalue_input(self.input_name, self._input_value)
-        binding.bind_output(self.output_name, "cuda", self.device_index)
+        binding.bind_output(self.output_name, device, index)
         self._binding = binding
         return lambda: session.run_with_iobinding(binding)
 

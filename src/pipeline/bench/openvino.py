@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.bench.backends import Planned
+from pipeline.bench.backends import OrtSetup, Plan, RunFacts
 from pipeline.export.safety import check_onnx_file
 from pipeline.inference import in_batches
 from pipeline.preprocess import Normalize
@@ -109,16 +109,21 @@ class OpenVinoBackend:
         return [DEFAULT] if default in (None, F32) else [DEFAULT, F32]
 
     @staticmethod
-    def planned(variant: str, setting: str) -> Planned:
-        return Planned(f"openvino_{setting}", variant, "cpu", "host")  # an OpenVINO device
+    def plan(path: Path, variant: str, setting: str, setup: OrtSetup) -> Plan:
+        return Plan(
+            name=f"openvino_{setting}",
+            variant=variant,
+            provider="cpu",  # the OpenVINO device asked for, named like a torch device type
+            memory_kind="host",
+            build=lambda: OpenVinoBackend(path, variant, setting, setup),
+        )
 
-    def __init__(self, path: Path, variant: str, setting: str, threads: int, mean, std) -> None:
-        self.name, self.variant, self.provider, self.memory_kind = self.planned(variant, setting)
+    def __init__(self, path: Path, variant: str, setting: str, setup: OrtSetup) -> None:
         openvino = load_openvino()
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
-            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_NUM_THREADS": setup.threads,
         }
         if setting == F32:
             config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
@@ -129,19 +134,26 @@ class OpenVinoBackend:
             self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
         except RuntimeError as error:
             raise OpenVinoCompileError(compile_reason(path, error)) from None
-        self.precision, how = compiled_precision(self.compiled)
-        devices = self.compiled.get_property("EXECUTION_DEVICES")
-        self.providers_used = [f"openvino:{device}" for device in devices]
-        self.status, self.reason = "ok", ""
-        if "CPU" not in devices:
-            self.status, self.reason = "fallback", f"asked for CPU, runs on {devices}"
+        self.facts = self._facts(setting)
+        self.takes_uint8 = self.compiled.input(0).get_element_type() == openvino.Type.u8
+        self.normalize = Normalize(setup.mean, setup.std)
+        self.request = self.compiled.create_infer_request()
+
+    def _facts(self, setting: str) -> RunFacts:
+        """What the compiled model says it runs: its device and its precision."""
+        precision, how = compiled_precision(self.compiled)
+        devices = tuple(self.compiled.get_property("EXECUTION_DEVICES"))
         same = setting == DEFAULT and F32 not in self.settings()
         only = "; OpenVINO's CPU default is f32 here, so this is also the f32 row" if same else ""
-        self.note = f"{how}{only}"
-        self.on_gpu, self.peak_key = False, "cpu"
-        self.takes_uint8 = self.compiled.input(0).get_element_type() == openvino.Type.u8
-        self.normalize = Normalize(mean, std)
-        self.request = self.compiled.create_infer_request()
+        return RunFacts(
+            status="ok" if "CPU" in devices else "fallback",
+            reason="" if "CPU" in devices else f"asked for CPU, runs on {'+'.join(devices)}",
+            providers_used=tuple(f"openvino:{device}" for device in devices),
+            precision=precision,
+            on_gpu=False,
+            peak_key="cpu",
+            note=f"{how}{only}",
+        )
 
     def _feed(self, images: np.ndarray) -> np.ndarray:
         if self.takes_uint8:

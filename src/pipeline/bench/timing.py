@@ -1,11 +1,12 @@
 """Warm up, then time a call until both an iteration count and a duration are reached; repeat
-that timing loop so a figure comes with its spread (a busy neighbour moves one repeat, not all)."""
+that timing loop so a figure comes with its spread (a busy neighbour moves one repeat, not all).
+:func:`round_figures` turns the rounds' latencies into a row's figures."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -13,39 +14,59 @@ import numpy as np
 @dataclass(frozen=True)
 class Timing:
     warmup: int
-    iterations: int
     first_call_ms: float
-    latencies_ms: np.ndarray
-    # p50 of each repeat of the timing loop; empty means one loop over ``latencies_ms``.
-    repeat_p50_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
+    rounds: tuple[np.ndarray, ...]  # the latencies of each repeat of the timing loop
+
+    @property
+    def latencies_ms(self) -> np.ndarray:
+        return np.concatenate(self.rounds)
+
+    @property
+    def iterations(self) -> int:
+        return sum(len(latencies) for latencies in self.rounds)
 
     def summary(self, batch_size: int) -> dict[str, float | int | None]:
-        lat = self.latencies_ms
-        repeats = self.repeat_p50_ms if len(self.repeat_p50_ms) else np.percentile(lat, [50])
-        # The median of the repeats' p50s: one disturbed repeat does not move it.
-        p50 = float(np.median(repeats))
         return {
             "warmup": self.warmup,
-            "iterations": self.iterations,
-            "repeats": len(repeats),
             "first_call_ms": self.first_call_ms,
-            "latency_ms_mean": float(lat.mean()),
-            "latency_ms_p50": p50,
-            "latency_ms_p50_min": float(repeats.min()),
-            "latency_ms_p50_max": float(repeats.max()),
-            "latency_spread": spread(repeats),
-            "latency_ms_p90": float(np.percentile(lat, 90)),
-            "latency_ms_p99": float(np.percentile(lat, 99)),
-            "ms_per_image": p50 / batch_size,
-            "images_per_s": batch_size * 1000.0 / p50,
+            **round_figures(list(self.rounds), batch_size),
         }
 
 
+def round_figures(rounds: list[np.ndarray], batch_size: int) -> dict[str, float | int | None]:
+    """A row's figures from the latencies of its timing rounds: p50 is the median of the
+    rounds' p50s (a disturbed minority of rounds does not move it), spread their IQR / median;
+    mean and tails over every call."""
+    p50s = np.asarray([np.percentile(latencies, 50) for latencies in rounds])
+    calls = np.concatenate(rounds)
+    p50 = float(np.median(p50s))
+    return {
+        "repeats": len(p50s),
+        "iterations": len(calls),
+        "latency_ms_mean": float(calls.mean()),
+        "latency_ms_p50": p50,
+        "latency_ms_p50_min": float(p50s.min()),
+        "latency_ms_p50_max": float(p50s.max()),
+        "latency_spread": spread(p50s),
+        "latency_ms_p90": float(np.percentile(calls, 90)),
+        "latency_ms_p99": float(np.percentile(calls, 99)),
+        "ms_per_image": p50 / batch_size,
+        "images_per_s": batch_size * 1000.0 / p50,
+    }
+
+
 def spread(values: np.ndarray) -> float | None:
-    """(max - min) / median of the repeats; None from a single repeat (no spread is known)."""
+    """Interquartile range / median of the rounds' p50s; None from a single round.
+
+    Not (max - min): the range can only grow as rounds are added, so re-timing a noisy row
+    would make it look noisier; the IQR leaves out the quarter of rounds at each end (a busy
+    neighbour's worst and a lucky best) and settles as rounds accumulate. For 2 or 3 rounds
+    it is half the range.
+    """
     if len(values) < 2:
         return None
-    return float((values.max() - values.min()) / np.median(values))
+    low, high = np.percentile(values, [25, 75])
+    return float((high - low) / np.median(values))
 
 
 def time_call(
@@ -69,12 +90,10 @@ def time_call(
     for _ in range(warmup):
         call()
     sync()
-    loops = [
+    loops = tuple(
         _timed_loop(call, sync, min_iterations, min_seconds, max_iterations) for _ in range(repeats)
-    ]
-    latencies = np.concatenate(loops)
-    p50s = np.asarray([np.percentile(loop, 50) for loop in loops])
-    return Timing(warmup, len(latencies), first_call_ms, latencies, p50s)
+    )
+    return Timing(warmup, first_call_ms, loops)
 
 
 def _timed_loop(call, sync, min_iterations: int, min_seconds: float, max_iterations: int):

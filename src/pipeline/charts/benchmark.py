@@ -3,9 +3,12 @@ point per backend x variant x batch size, so speed is never shown without its ac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.charts.render import message_chart
+
+if TYPE_CHECKING:
+    from pipeline.bench.rows import BenchRow
 
 TITLE = "Top-1 accuracy against inference speed"
 ACCURACY_AXIS = {
@@ -17,24 +20,24 @@ ACCURACY_AXIS = {
 }
 
 
-def series(row: dict[str, Any]) -> str:
+def series(row: BenchRow) -> str:
     """Backend and variant, with fallbacks named as such (they never ran where asked)."""
-    label = f"{row['backend']} {row['variant']}"
-    return f"{label} (fallback)" if row["status"] == "fallback" else label
+    label = f"{row.backend} {row.variant}"
+    return f"{label} (fallback)" if row.status == "fallback" else label
 
 
-def plotted_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def plotted_points(rows: list[BenchRow]) -> list[dict[str, Any]]:
     """Rows that ran and have both a speed and an accuracy; a failed row has neither."""
     return [
         {
             "series": series(row),
-            "batch": row["batch_size"],
-            "images_per_s": row["images_per_s"],
-            "joules_per_image": row.get("joules_per_image"),
-            "top1_accuracy": row["top1_accuracy"],
+            "batch": row.batch_size,
+            "images_per_s": row.images_per_s,
+            "joules_per_image": row.joules_per_image,
+            "top1_accuracy": row.top1_accuracy,
         }
         for row in rows
-        if row["status"] != "failed" and row.get("images_per_s") and row.get("top1_accuracy")
+        if row.status != "failed" and row.images_per_s and row.top1_accuracy
     ]
 
 
@@ -58,13 +61,13 @@ def _panel(field: str, title: str) -> dict[str, Any]:
     }
 
 
-def benchmark_chart(rows: list[dict[str, Any]], subtitle: str) -> dict[str, Any]:
+def benchmark_chart(rows: list[BenchRow], subtitle: str) -> dict[str, Any]:
     """A Vega-Lite spec; the J/image panel only when some row has an energy figure."""
     points = plotted_points(rows)
     if not points:
         return message_chart(TITLE, "no row has both images/s and top-1 accuracy: nothing to plot")
     panels = [_panel("images_per_s", "images/s (p50 latency, log scale)")]
-    methods = sorted({r["energy_method"] for r in rows if r.get("joules_per_image") is not None})
+    methods = sorted({r.energy_method for r in rows if r.joules_per_image is not None})
     if methods:
         panels.append(_panel("joules_per_image", f"J/image ({', '.join(methods)}; log scale)"))
     return {

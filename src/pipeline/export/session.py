@@ -7,11 +7,11 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import PROVIDERS
+from pipeline.catalog import fallback_chain
 from pipeline.export.safety import check_onnx_file
 
 RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
@@ -25,10 +25,16 @@ _FAILURE_PATTERNS = [
 ]
 
 
-def provider_chain(provider: str) -> list[str]:
-    """The providers to request for one backend: the one asked for, then its fallbacks."""
-    entry = PROVIDERS[provider]
-    return [entry.ort_name, *(PROVIDERS[name].ort_name for name in entry.fallback)]
+def provider_chain(
+    provider: str, options: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Any]:
+    """The providers to request for one backend: the one asked for, then its fallbacks, each
+    with its options (by registry name) wherever it sits in the chain."""
+    options = options or {}
+    return [
+        (entry.ort_name, dict(options[entry.name])) if options.get(entry.name) else entry.ort_name
+        for entry in fallback_chain(provider)
+    ]
 
 
 @contextlib.contextmanager
@@ -71,10 +77,13 @@ def make_session(
     path: str | Path,
     provider: str = "cpu",
     threads: int = 0,
-    provider_options: dict[str, Any] | None = None,
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
     log: list[str] | None = None,
 ):
     """An InferenceSession for a model that passed :func:`check_onnx_file`.
+
+    ``provider_options`` maps registry names (``cuda``) to their onnxruntime options; each
+    provider of the chain gets its own, fallbacks included.
 
     ``session.get_providers()`` says what really runs; a GPU provider that could not start
     leaves only CPUExecutionProvider there. With ``log``, onnxruntime's own messages from
@@ -94,9 +103,7 @@ def make_session(
     options.add_session_config_entry(RECORD_PLACEMENT, "1")
     if threads:
         options.intra_op_num_threads = threads
-    chain: list[Any] = provider_chain(provider)
-    if provider_options:
-        chain[0] = (chain[0], provider_options)
+    chain = provider_chain(provider, provider_options)
     if log is None:
         return ort.InferenceSession(str(path), sess_options=options, providers=chain)
     captured: list[str] = []
