@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_export_variants import tiny_trained_model
 
 from pipeline.bench.backends import Backend, OrtBackend, OrtSetup, Plan, TorchBackend
 from pipeline.bench.openvino import OpenVinoBackend
@@ -12,8 +11,6 @@ from pipeline.bench.report import headline
 from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import backend_plans, benchmark_backend, run_benchmark
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
-from pipeline.export.run import export_all
-from pipeline.export.variants import variant_path
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, CUDA really runs")
 FAST = {
@@ -26,14 +23,8 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model, card, train, test = tiny_trained_model()
-    params = parse_params({"export": {"variants": ["int8"], "int8": {"calibration_images": 64}}})
-    folder = tmp_path_factory.mktemp("onnx")
-    test_tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
-    export_all(params, model, card, test_tensors, torch.from_numpy(train[0]), folder)
-    variants = {name: variant_path(folder, name) for name in ("fp32", "int8")}
-    return model, card, variants, test
+def exported(tiny_exported):
+    return tiny_exported  # conftest.py: trained and exported once per session
 
 
 @pytest.fixture(scope="module")

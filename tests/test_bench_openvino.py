@@ -12,7 +12,6 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from test_export_variants import tiny_trained_model
 
 from pipeline.bench import openvino as ov_backend
 from pipeline.bench.backends import Backend, OrtSetup, TorchBackend
@@ -21,9 +20,7 @@ from pipeline.bench.report import headline, rows_to_markdown
 from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import backend_plans, benchmark_backend
 from pipeline.config import BenchmarkParams, ParamsError, parse_params
-from pipeline.export.run import export_all
 from pipeline.export.session import make_session, session_logits
-from pipeline.export.variants import variant_path
 
 openvino = pytest.importorskip("openvino")
 FAST = {"batch_sizes": [1, 8], "warmup": 1, "min_iterations": 3, "min_seconds": 0.0}
@@ -31,14 +28,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model, card, train, test = tiny_trained_model()
-    params = parse_params({"export": {"variants": ["int8"], "int8": {"calibration_images": 64}}})
-    folder = tmp_path_factory.mktemp("onnx")
-    test_tensors = (torch.from_numpy(test[0]), torch.from_numpy(test[1]))
-    export_all(params, model, card, test_tensors, torch.from_numpy(train[0]), folder)
-    variants = {name: variant_path(folder, name) for name in ("fp32", "int8")}
-    return model, card, variants, test
+def exported(tiny_exported):
+    return tiny_exported  # conftest.py: trained and exported once per session
 
 
 def setup_of(card) -> OrtSetup:
