@@ -4,15 +4,19 @@
     python benchmarks/inference.py --model-dir models   # the pipeline's trained model instead
 
 For each model: export fp32/fp16/int8 ONNX (the export stage's code, parity gates included), then
-time PyTorch eager, PyTorch with the engine's settings and onnxruntime on the CPU for every
-variant, `--rounds` times; each row keeps its fastest round (other work on a shared machine only
-ever slows a round down) and the matmul peak keeps its best too. Prints every row, then the
-figures the issue asks for against their targets:
+time PyTorch eager, PyTorch with the engine's settings, onnxruntime and OpenVINO (at its default
+precision and at f32) on the CPU for every variant, `--rounds` times; each row keeps its
+fastest round (other work on a shared machine only ever slows a round down) and the matmul
+peak keeps its best too. Prints every row, then the figures the issue asks for against their
+targets:
 
 - best deployable variant (an onnxruntime row that ran as asked, top-1 within 0.5 points of
   PyTorch fp32) >= 2x PyTorch eager fp32 images/s, at batch 1 and at batch 64;
 - fp32 onnxruntime >= 90% of the measured fp32 matmul peak at batch 64;
 - int8 >= 1.5x fp32 onnxruntime, top-1 within 0.5 points of PyTorch fp32.
+
+Then the CPU runtimes table: onnxruntime fp32, OpenVINO f32 and OpenVINO's default (with the
+precision its compiled model reports) against onnxruntime fp32, for each model file.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.bench.rows import BenchRow
-from pipeline.bench.run import relate, run_benchmark, with_peak
+from pipeline.bench.run import machine_context, relate, run_benchmark, with_peak
 from pipeline.config import BenchmarkParams, parse_params
 from pipeline.data import digits
 from pipeline.data.stats import channel_stats
 from pipeline.data.types import LabelledImages
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
+from pipeline.hardware.cpu import detect as detect_cpu
 from pipeline.hardware.peak import Peak
 from pipeline.model_io import ModelCard, Normalisation, load_trained
 from pipeline.models import ModelSpec, available_archs, build_model
@@ -157,7 +162,7 @@ def _find(rows, backend, variant, batch):
     return next((r for r in rows if (r.backend, r.variant, r.batch_size) == wanted), None)
 
 
-def figures(rows: list[dict], context: dict) -> dict:
+def figures(rows: list[BenchRow], context: dict) -> dict:
     out = {
         "flops_per_image": context["flops_per_image"],
         "peak_gflops": context["peaks"]["cpu"]["gflops"],
@@ -189,23 +194,74 @@ def figures(rows: list[dict], context: dict) -> dict:
             int8_top1_delta=int8.top1_delta_vs_pytorch,
             pytorch_top1=eager.top1_accuracy,
         )
+    out["runtimes"] = runtime_table(rows)
     return out
+
+
+# (label, backend) of the CPU runtimes table; OpenVINO's default row names its precision.
+RUNTIME_ROWS = [
+    ("onnxruntime CPU", "onnxruntime_cpu"),
+    ("OpenVINO, f32 hint", "openvino_f32"),
+    ("OpenVINO, its default", "openvino_default"),
+    ("PyTorch eager", "pytorch_eager"),
+]
+
+
+def runtime_table(rows: list[BenchRow]) -> list[dict]:
+    """Per variant and runtime: precision, images/s at batch 1 and 64, and x onnxruntime."""
+    table = []
+    for variant in ("fp32", "int8"):
+        base = {b: _find(rows, "onnxruntime_cpu", variant, b) for b in (1, 64)}
+        for label, backend in RUNTIME_ROWS:
+            found = {b: _find(rows, backend, variant, b) for b in (1, 64)}
+            if found[1] is None:
+                continue
+            entry = {"variant": variant, "runtime": label, "precision": found[1].precision}
+            if backend == "openvino_default" and _find(rows, "openvino_f32", variant, 1) is None:
+                entry["runtime"] += " (= f32 hint here)"
+            for b, row in found.items():
+                speed = row.images_per_s if row else None
+                ref = base[b].images_per_s if base[b] else None
+                entry[f"batch_{b}"] = speed
+                entry[f"batch_{b}_vs_ort"] = speed / ref if speed and ref else None
+                entry[f"batch_{b}_status"] = row.status if row else "missing"
+            table.append(entry)
+    return table
+
+
+def print_runtimes(results: list[dict]) -> None:
+    print("\n## CPU runtimes: images/s (x onnxruntime CPU on the same file)\n")
+    print("| model | file | runtime | precision | batch 1 | batch 64 |")
+    print("|---|---|---|---|---|---|")
+    for result in results:
+        for entry in result["figures"]["runtimes"]:
+            cells = [
+                f"{entry[f'batch_{b}']:,.0f} ({entry[f'batch_{b}_vs_ort']:.2f}x)"
+                if entry[f"batch_{b}"] and entry[f"batch_{b}_vs_ort"]
+                else entry[f"batch_{b}_status"]
+                for b in (1, 64)
+            ]
+            print(
+                f"| {result['name']} | {entry['variant']} | {entry['runtime']} | "
+                f"{entry['precision']} | {cells[0]} | {cells[1]} |"
+            )
 
 
 def print_rows(result: dict) -> None:
     print(f"\n## {result['name']}  ({result['figures']['flops_per_image'] / 1e6:.1f} MFLOP/image)")
     print(
-        f"{'backend':<22}{'variant':<8}{'batch':>6}{'p50 ms':>10}{'images/s':>12}{'x eager':>9}"
-        f"{'GFLOP/s':>9}{'% peak':>8}{'top-1':>8}{'Δ pt':>7}"
+        f"{'backend':<22}{'variant':<8}{'prec':<6}{'batch':>6}{'p50 ms':>10}{'images/s':>12}"
+        f"{'x eager':>9}{'GFLOP/s':>9}{'% peak':>8}{'top-1':>8}{'Δ pt':>7}"
     )
     for r in result["rows"]:
         if r.images_per_s is None:
             print(f"{r.backend:<22}{r.variant:<8}{r.batch_size:>6}  {r.status}: {r.reason}")
             continue
+        speedup = f"{r.speedup_vs_eager:>8.2f}x" if r.speedup_vs_eager else f"{'–':>9}"
         print(
-            f"{r.backend:<22}{r.variant:<8}{r.batch_size:>6}{r.latency_ms_p50:>10.3f}"
-            f"{r.images_per_s:>12,.0f}{_x(r.speedup_vs_eager):>9}{r.gflops_per_s:>9.1f}"
-            f"{100 * r.share_of_peak:>7.0f}%{r.top1_accuracy:>8.4f}"
+            f"{r.backend:<22}{r.variant:<8}{r.precision:<6}{r.batch_size:>6}"
+            f"{r.latency_ms_p50:>10.3f}{r.images_per_s:>12,.0f}{speedup}"
+            f"{r.gflops_per_s:>9.1f}{100 * r.share_of_peak:>7.0f}%{r.top1_accuracy:>8.4f}"
             f"{100 * r.top1_delta_vs_pytorch:>+7.2f}"
         )
 
@@ -232,11 +288,11 @@ def print_side_by_side(results: list[dict]) -> None:
         ("int8 vs fp32 ORT, batch 64 (>= 1.5x)", lambda f: _ratio(f[b64]["int8_vs_fp32"], 1.5)),
         ("int8 top-1 delta (within 0.5 pt)", lambda f: _delta(f[b64]["int8_top1_delta"])),
     ]
-    names = [r.name for r in results]
+    names = [r["name"] for r in results]
     print("\n## Side by side (each row's fastest of the rounds)\n")
     print(f"{'':<40}" + "".join(f"{n:>34}" for n in names))
     for title, show in lines:
-        print(f"{title:<40}" + "".join(f"{show(r.figures):>34}" for r in results))
+        print(f"{title:<40}" + "".join(f"{show(r['figures']):>34}" for r in results))
 
 
 def _ratio(value: float, target: float) -> str:
@@ -250,6 +306,15 @@ def _share(entry: dict) -> str:
 
 def _delta(value: float) -> str:
     return f"{100 * value:+.2f} pt {_verdict(value >= -TARGET_DROP)}"
+
+
+def cpu_profile() -> str:
+    """The CPU, its tracked extensions and the runtimes' versions, for the tables' caption."""
+    context = machine_context()
+    return (
+        f"{context['cpu']} ({context['cpu_isa']}; {detect_cpu().profile}); "
+        f"onnxruntime {context['onnxruntime']}, OpenVINO {context['openvino']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,13 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     context = results[0]["context"]
     print(
         f"\n# Inference benchmark: {context['threads']} threads, {context['device']}; "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}; {cpu_profile()}"
     )
     for result in results:
         print_rows(result)
     print_side_by_side(results)
+    print_runtimes(results)
     if args.json:
-        figures_only = {r.name: r.figures | {"export_parity": r.export} for r in results}
+        figures_only = {r["name"]: r["figures"] | {"export_parity": r["export"]} for r in results}
         args.json.write_text(json.dumps(figures_only, indent=2, default=str) + "\n")
     return 0
 

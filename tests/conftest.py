@@ -102,3 +102,22 @@ def _restore_torch_determinism():
     before = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tmp_path_factory):
+    """(model, card, {fp32, int8: ONNX path}, test split) of the tiny trained small_cnn,
+    exported once per session for every benchmark test module."""
+    from test_export_variants import tiny_trained_model
+
+    from pipeline.config import parse_params
+    from pipeline.data.types import LabelledImages
+    from pipeline.export.run import export_all
+    from pipeline.export.variants import variant_path
+
+    model, card, train, test = tiny_trained_model()
+    params = parse_params({"export": {"variants": ["int8"], "int8": {"calibration_images": 64}}})
+    folder = tmp_path_factory.mktemp("onnx")
+    export_all(params, model, card, LabelledImages(*test), torch.from_numpy(train[0]), folder)
+    variants = {name: variant_path(folder, name) for name in ("fp32", "int8")}
+    return model, card, variants, test

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_export_variants import tiny_trained_model
 
 from pipeline.bench.backends import Backend, OrtBackend, OrtSetup, Plan, TorchBackend
+from pipeline.bench.openvino import OpenVinoBackend
 from pipeline.bench.report import headline
 from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import backend_plans, benchmark_backend, run_benchmark, split_accuracy
 from pipeline.config import BenchmarkParams, EnergyParams, parse_params
 from pipeline.data.types import LabelledImages
-from pipeline.export.run import export_all
-from pipeline.export.variants import variant_path
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, CUDA really runs")
 FAST = {
@@ -26,14 +24,8 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model, card, train, test = tiny_trained_model()
-    params = parse_params({"export": {"variants": ["int8"], "int8": {"calibration_images": 64}}})
-    folder = tmp_path_factory.mktemp("onnx")
-    test_tensors = LabelledImages(*test)
-    export_all(params, model, card, test_tensors, torch.from_numpy(train[0]), folder)
-    variants = {name: variant_path(folder, name) for name in ("fp32", "int8")}
-    return model, card, variants, test
+def exported(tiny_exported):
+    return tiny_exported  # conftest.py: trained and exported once per session
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +77,8 @@ def test_every_backend_variant_provider_and_batch_size_has_a_row(matrix):
     expected = {("pytorch_eager", "fp32"), ("pytorch_engine", "fp32")} | {
         (f"onnxruntime_{p}", v) for p in ("cpu", "cuda", "tensorrt") for v in ("fp32", "int8")
     }
+    # benchmark.runtimes' default: OpenVINO rows for every variant, at each precision setting.
+    expected |= {(f"openvino_{s}", v) for s in OpenVinoBackend.settings() for v in ("fp32", "int8")}
     assert keys == {(b, v, size) for b, v in expected for size in (1, 8)}
     assert all(isinstance(r, BenchRow) for r in rows)
     timed = [r for r in rows if r.latency_ms_p50 is not None]

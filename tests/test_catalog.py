@@ -15,6 +15,7 @@ from pipeline.catalog import (
     ARCH_FAMILIES,
     ARCHS,
     PROVIDERS,
+    RUNTIMES,
     SOURCES,
     VARIANTS,
     arch_names,
@@ -28,6 +29,7 @@ OWNED = [
     (list(ARCHS), "pipeline.models"),
     (ARCH_FAMILIES, "pipeline.models"),
     (list(VARIANTS), "pipeline.export"),
+    (list(RUNTIMES), "pipeline.bench"),
 ]
 TARGETS = [(entry, package) for entries, package in OWNED for entry in entries]
 
@@ -76,13 +78,17 @@ def test_provider_options_are_functions_inside_the_benchmark_package():
 
 @pytest.mark.parametrize(
     ("section", "key", "registry"),
-    [("data", "source", SOURCES), ("benchmark", "providers", PROVIDERS)],
+    [
+        ("data", "source", SOURCES),
+        ("benchmark", "providers", PROVIDERS),
+        ("benchmark", "runtimes", RUNTIMES),
+    ],
 )
 def test_config_accepts_exactly_the_registered_names(section, key, registry):
     for name in registry.names():
-        value = [name] if key == "providers" else name
+        value = [name] if key in ("providers", "runtimes") else name
         assert getattr(getattr(parse_params({section: {key: value}}), section), key) == value
-    bad = ["nope"] if key == "providers" else "nope"
+    bad = ["nope"] if key in ("providers", "runtimes") else "nope"
     with pytest.raises(ParamsError, match=f"must be one of {', '.join(registry.names())}"):
         parse_params({section: {key: bad}})
 

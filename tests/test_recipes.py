@@ -94,7 +94,7 @@ def followed(tmp_path_factory):
 def test_the_readme_table_lists_the_new_choices(followed):
     root, _ = followed
     table = (root / "README.md").read_text()
-    assert "`tiny_mlp`" in table and "`npz`" in table and "`openvino`" in table
+    assert "`tiny_mlp`" in table and "`npz`" in table and "`dnnl`" in table
     assert "`cuda_tf32`" in table
     assert "`int8_dynamic`" in table and "`export.gates.int8_dynamic.min_top1_agreement`" in table
 
@@ -120,7 +120,7 @@ def test_dvc_runs_the_new_model_source_provider_and_variant(followed):
     command = [
         sys.executable, "-m", "dvc", "exp", "run",
         "-S", "model.arch=tiny_mlp", "-S", "data.source=npz",
-        "-S", "benchmark.providers=[cpu,openvino,cuda_tf32]",
+        "-S", "benchmark.providers=[cpu,dnnl,cuda_tf32]",
         "-S", "export.variants=[fp16,int8,int8_dynamic]",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
@@ -132,9 +132,9 @@ def test_dvc_runs_the_new_model_source_provider_and_variant(followed):
     assert card["arch"] == "tiny_mlp"
     assert train["val_accuracy"] > 0.5
     rows = list(csv.DictReader((root / "metrics/benchmark.csv").open()))
-    openvino = [row for row in rows if row["provider_requested"] == "openvino"]
-    assert openvino and all(row["status"] == "fallback" for row in openvino)
-    assert all(row["providers_used"] == "CPUExecutionProvider" for row in openvino)
+    dnnl = [row for row in rows if row["provider_requested"] == "dnnl"]
+    assert dnnl and all(row["status"] == "fallback" for row in dnnl)
+    assert all(row["providers_used"] == "CPUExecutionProvider" for row in dnnl)
     tf32 = [row for row in rows if row["provider_requested"] == "cuda_tf32"]
     assert tf32 and all(row["backend"] == "onnxruntime_cuda_tf32" for row in tf32)
     if not torch.cuda.is_available():  # no GPU: a CPU fallback, never labelled tf32

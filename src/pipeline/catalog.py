@@ -3,8 +3,8 @@
 Pure data (no torch, no onnxruntime, no pydantic): config.py validates params against these
 lists, check_params and the README's params table read them, and the package that owns each
 choice imports its implementation from the entry's ``target`` ("pipeline.<package>.<module>:
-<attr>") through :func:`resolve`. Adding a model, a data source, an onnxruntime provider or an
-export variant is one entry here (plus the module that implements it).
+<attr>") through :func:`resolve`. Adding a model, a data source, an onnxruntime provider,
+an export variant or another runtime is one entry here (plus the module that implements it).
 """
 
 from __future__ import annotations
@@ -120,6 +120,17 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """A ``benchmark.runtimes`` entry: a framework other than onnxruntime that runs the exported
+    ONNX files; target is its backend class in pipeline.bench (bench/runtimes.py says what it
+    must have)."""
+
+    name: str
+    description: str
+    target: str
+
+
+@dataclass(frozen=True)
 class Gate:
     """A variant's default parity gate (``export.gates.<variant>`` overrides any threshold):
     what it must match of PyTorch fp32 over the whole test split."""
@@ -191,6 +202,11 @@ PROVIDERS: Registry[Provider] = Registry("benchmark.providers", [
              ort_name="TensorrtExecutionProvider", device="cuda", fallback=("cuda", "cpu"),
              options="pipeline.bench.providers:tensorrt_options", engine_per_batch=True,
              fp32_as_tf32=True),
+])  # fmt: skip
+
+RUNTIMES: Registry[Runtime] = Registry("benchmark.runtimes", [
+    Runtime("openvino", "Intel OpenVINO on the CPU, at its default precision and at f32",
+            "pipeline.bench.openvino:OpenVinoBackend"),
 ])  # fmt: skip
 
 VARIANTS: Registry[Variant] = Registry("export.variants", [

@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 
 from pipeline.catalog import (
     PROVIDERS,
+    RUNTIMES,
     SOURCES,
     VARIANTS,
     arch_names,
@@ -103,6 +104,7 @@ def _choices(names: list[str]) -> dict[str, Any]:
 
 SourceName = Annotated[str, _one_of(SOURCES.names)]
 ProviderName = Annotated[str, _one_of(PROVIDERS.names)]
+RuntimeName = Annotated[str, _one_of(RUNTIMES.names)]
 VariantName = Annotated[str, _one_of(derived_variants)]
 ArchName = Annotated[str, AfterValidator(_check_arch)]
 
@@ -456,7 +458,8 @@ class ExportParams(Section):
 
 
 class BenchmarkParams(Section):
-    """Inference timing of PyTorch against onnxruntime, for every exported variant."""
+    """Inference timing of PyTorch against onnxruntime (and other runtimes), for every exported
+    variant."""
 
     device: str = Field(
         "auto", description="Device of the PyTorch backends: auto | cpu | cuda[:N]."
@@ -466,6 +469,11 @@ class BenchmarkParams(Section):
         min_length=1,
         description="onnxruntime execution providers to try.",
         json_schema_extra=_choices(PROVIDERS.names()),
+    )
+    runtimes: list[RuntimeName] = Field(
+        ["openvino"],
+        description="Other runtimes that run every exported variant on the CPU; [] for none.",
+        json_schema_extra=_choices(RUNTIMES.names()),
     )
     batch_sizes: list[BatchSize] = Field(
         [1, 64], min_length=1, max_length=64, description="Batch sizes."
@@ -517,6 +525,13 @@ class BenchmarkParams(Section):
         if max_repeats < repeats:
             raise ValueError(f"must be at least benchmark.repeats ({repeats})")
         return max_repeats
+
+    @field_validator("runtimes")
+    @classmethod
+    def _no_duplicate_runtimes(cls, runtimes: list[str]) -> list[str]:
+        if len(set(runtimes)) != len(runtimes):
+            raise ValueError("lists a runtime twice")
+        return runtimes
 
 
 class EnergyParams(Section):

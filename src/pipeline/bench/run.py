@@ -13,9 +13,12 @@ import torch
 
 from pipeline.bench.backends import Backend, OrtBackend, OrtSetup, Plan, RunFacts, TorchBackend
 from pipeline.bench.memory import memory_probe
+from pipeline.bench.openvino import openvino_version
 from pipeline.bench.rounds import Measured, batch_of, finish, timed_rounds, why
 from pipeline.bench.rows import BenchRow, speedup_baseline
+from pipeline.bench.runtimes import runtime_plans
 from pipeline.bench.timing import time_call
+from pipeline.catalog import RUNTIMES
 from pipeline.data.types import LabelledChunks
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
@@ -53,6 +56,8 @@ def backend_plans(params: BenchmarkParams, model, card, variants: dict[str, Path
     plans = [TorchBackend.plan(model, device), TorchBackend.plan(model, device, engine=True)]
     for variant, path in variants.items():
         plans += [OrtBackend.plan(path, variant, name, setup) for name in params.providers]
+    for runtime in params.runtimes:
+        plans += runtime_plans(RUNTIMES[runtime], variants, setup)
     return plans, device
 
 
@@ -265,6 +270,7 @@ def machine_context() -> dict[str, Any]:
         "cpu_isa": isa,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version(),
     }
     if torch.cuda.is_available():
         context["gpu"] = torch.cuda.get_device_name()
