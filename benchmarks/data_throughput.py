@@ -31,8 +31,8 @@ CLASSES = 10
 
 def write_dataset(folder: Path, images: int, side: int, shard_images: int, seed: int) -> None:
     """A prepared folder like prepare's: train shards of random images, a small val split."""
-    from pipeline.data.storage import write_prepared
-    from pipeline.data.types import LabelledImages, SourceData
+    from pipeline.prepared.storage import write_prepared
+    from pipeline.prepared.types import LabelledImages, SourceData
 
     rng = np.random.default_rng(seed)
     parts = {}
@@ -47,10 +47,10 @@ def child(args: argparse.Namespace) -> None:
     """One measurement: print images/s as JSON (the parent reads the peak RSS)."""
     import torch
 
-    from pipeline.config import TrainParams
-    from pipeline.data.storage import split_shards
+    from pipeline.core.config import TrainParams
     from pipeline.models import ModelSpec, build_model
-    from pipeline.preprocess import WithPreprocessing
+    from pipeline.models.preprocess import WithPreprocessing
+    from pipeline.prepared.storage import split_shards
     from pipeline.train.feeders import StepSetup, read_splits
     from pipeline.train.loop import Trainer
     from pipeline.train.policy import resolve_policy

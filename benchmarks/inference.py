@@ -34,17 +34,17 @@ import torch.nn.functional as F
 
 from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import machine_context, relate, run_benchmark, with_peak
-from pipeline.config import BenchmarkParams, parse_params
-from pipeline.data import digits
-from pipeline.data.stats import channel_stats
-from pipeline.data.types import LabelledImages
+from pipeline.core.config import BenchmarkParams, parse_params
 from pipeline.export.run import export_all
 from pipeline.export.variants import variant_path
 from pipeline.hardware.cpu import detect as detect_cpu
 from pipeline.hardware.peak import Peak
-from pipeline.model_io import ModelCard, Normalisation, load_trained
 from pipeline.models import ModelSpec, available_archs, build_model
-from pipeline.preprocess import WithPreprocessing
+from pipeline.models.files import ModelCard, Normalisation, load_trained
+from pipeline.models.preprocess import WithPreprocessing
+from pipeline.prepared.stats import channel_stats
+from pipeline.prepared.types import LabelledImages
+from pipeline.sources import digits
 
 TARGET_SPEEDUP, TARGET_PEAK_SHARE, TARGET_INT8, TARGET_DROP = 2.0, 0.9, 1.5, 0.005
 
@@ -99,7 +99,7 @@ def quick_train(arch: str, width: int, train, epochs: int, lr: float = 3e-3):
 
 
 def pipeline_model(model_dir: Path, prepared: Path):
-    from pipeline.data.storage import read_split
+    from pipeline.prepared.storage import read_split
 
     model, card = load_trained(model_dir)
     train, test = read_split(prepared, "train"), read_split(prepared, "test")

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from pipeline.bench.timing import time_call
-from pipeline.config import Int8Params
+from pipeline.core.config import Int8Params
 from pipeline.export.int8 import to_int8
 from pipeline.export.onnx_export import export_onnx, metadata_props
 from pipeline.export.parity import compare
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import calibration_sample
 from pipeline.hardware.cpu import detect
-from pipeline.inference import predict_logits
+from pipeline.models.inference import predict_logits
 
 ACCURACY_BATCH = 256  # images per forward pass of the parity checks
 RECIPES = {

@@ -30,10 +30,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pipeline.data.storage import write_prepared  # noqa: E402
-from pipeline.data.types import LabelledImages, SourceData  # noqa: E402
-from pipeline.model_io import ModelCard, Normalisation, save_trained  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
+from pipeline.models.files import ModelCard, Normalisation, save_trained  # noqa: E402
+from pipeline.prepared.storage import write_prepared  # noqa: E402
+from pipeline.prepared.types import LabelledImages, SourceData  # noqa: E402
 
 SHAPE = (3, 32, 32)
 CLASSES = 10

@@ -27,9 +27,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pipeline.config import DataParams  # noqa: E402
-from pipeline.data.parallel import resolve_workers  # noqa: E402
-from pipeline.data.sources import load_source  # noqa: E402
+from pipeline.core.config import DataParams  # noqa: E402
+from pipeline.sources.load import load_source  # noqa: E402
+from pipeline.sources.parallel import resolve_workers  # noqa: E402
 
 
 def make_images(root: Path, n: int, classes: int = 10, side: int = 64) -> None:

@@ -39,9 +39,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from pipeline.config import load_params  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
 from pipeline.hardware.device import resolve_device  # noqa: E402
-from pipeline.prepare import prepare_data  # noqa: E402
+from pipeline.sources.prepare import prepare_data  # noqa: E402
 from pipeline.train.distributed import threads_per_process  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+ .*?([\d,]+) img/s", re.MULTILINE)

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import TrainParams
+from pipeline.core.config import TrainParams
 from pipeline.models import ModelSpec, build_model
-from pipeline.preprocess import Normalize, WithPreprocessing
+from pipeline.models.preprocess import Normalize, WithPreprocessing
 from pipeline.train.loop import trainer_for_tensors
 from pipeline.train.policy import resolve_policy
 

@@ -7,16 +7,16 @@ from pathlib import Path
 # This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pipeline import paths
 from pipeline.bench.report import write_report, write_report_chart
 from pipeline.bench.run import machine_context, run_benchmark
-from pipeline.catalog import exported_variants
-from pipeline.config import Params
-from pipeline.data.storage import split_shards
+from pipeline.core import paths
+from pipeline.core.catalog import exported_variants
+from pipeline.core.config import Params
+from pipeline.core.records import benchmark_figures, write_record
+from pipeline.core.stage import run_stage
 from pipeline.export.variants import variant_path
-from pipeline.model_io import load_trained
-from pipeline.records import benchmark_figures, write_record
-from pipeline.stage import run_stage
+from pipeline.models.files import load_trained
+from pipeline.prepared.storage import split_shards
 
 
 def benchmark(params: Params) -> None:

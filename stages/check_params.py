@@ -13,11 +13,11 @@ from pathlib import Path
 # This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pipeline import paths
-from pipeline.config import Params
-from pipeline.io import write_json
-from pipeline.params_check import check_params as check_beyond_schema
-from pipeline.stage import run_stage
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.io import write_json
+from pipeline.core.stage import run_stage
+from pipeline.tools.params_check import check_params as check_beyond_schema
 
 
 def check_params(params: Params) -> None:

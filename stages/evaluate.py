@@ -7,13 +7,13 @@ from pathlib import Path
 # This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pipeline import paths
-from pipeline.config import Params
-from pipeline.data.storage import read_meta
-from pipeline.evaluate import classification_metrics, predict_split, write_confusion_csv
-from pipeline.model_io import load_trained
-from pipeline.records import EVAL_FIGURES, write_record
-from pipeline.stage import run_stage
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.records import EVAL_FIGURES, write_record
+from pipeline.core.stage import run_stage
+from pipeline.evaluate.metrics import classification_metrics, predict_split, write_confusion_csv
+from pipeline.models.files import load_trained
+from pipeline.prepared.storage import read_meta
 
 
 def evaluate(params: Params) -> None:

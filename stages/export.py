@@ -8,14 +8,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
 
-from pipeline import paths
-from pipeline.config import Params
-from pipeline.data.storage import split_shards
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.records import export_figures, write_record
+from pipeline.core.stage import run_stage
 from pipeline.export.run import enforce_gates, export_all
 from pipeline.export.variants import calibration_rows
-from pipeline.model_io import load_trained
-from pipeline.records import export_figures, write_record
-from pipeline.stage import run_stage
+from pipeline.models.files import load_trained
+from pipeline.prepared.storage import split_shards
 
 
 def export(params: Params) -> None:

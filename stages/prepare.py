@@ -7,11 +7,11 @@ from pathlib import Path
 # This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pipeline import paths
-from pipeline.config import Params
-from pipeline.prepare import prepare_data
-from pipeline.records import DATA_FIGURES, write_record
-from pipeline.stage import run_stage
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.records import DATA_FIGURES, write_record
+from pipeline.core.stage import run_stage
+from pipeline.sources.prepare import prepare_data
 
 
 def prepare(params: Params) -> None:

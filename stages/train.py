@@ -9,10 +9,10 @@ from pathlib import Path
 # This checkout's src/ before any installed copy (docs/architecture.md, "Every stage runs ...").
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pipeline import paths
-from pipeline.config import Params
-from pipeline.records import TRAIN_FIGURES, write_record
-from pipeline.stage import run_stage
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.records import TRAIN_FIGURES, write_record
+from pipeline.core.stage import run_stage
 from pipeline.train.launch import train as train_model
 
 

@@ -111,10 +111,10 @@ def tiny_exported(tmp_path_factory):
     exported once per session for every benchmark test module."""
     from test_export_variants import tiny_trained_model
 
-    from pipeline.config import parse_params
-    from pipeline.data.types import LabelledImages
+    from pipeline.core.config import parse_params
     from pipeline.export.run import export_all
     from pipeline.export.variants import variant_path
+    from pipeline.prepared.types import LabelledImages
 
     model, card, train, test = tiny_trained_model()
     params = parse_params({"export": {"variants": ["int8"], "int8": {"calibration_images": 64}}})

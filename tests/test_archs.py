@@ -1,7 +1,7 @@
 """Every registered arch (and one member of each arch family) builds, runs forward, exports to ONNX
 and gives PyTorch's logits under onnxruntime, on tiny data: width 4, 16x16 RGB, 16 images.
 
-A new entry in pipeline.catalog.ARCHS is tested here with no edit to this file.
+A new entry in pipeline.core.catalog.ARCHS is tested here with no edit to this file.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.catalog import ARCH_FAMILIES, ARCHS
+from pipeline.core.catalog import ARCH_FAMILIES, ARCHS
 from pipeline.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from pipeline.export.parity import compare
 from pipeline.export.session import make_session, session_logits
 from pipeline.models import ModelSpec, build_model
-from pipeline.preprocess import WithPreprocessing
+from pipeline.models.preprocess import WithPreprocessing
 
 # One small, quick-to-export member per family (the family itself is only a name pattern).
 FAMILY_MEMBERS = {"torchvision:": "resnet18"}

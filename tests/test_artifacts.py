@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ModelParams
-from pipeline.data.storage import PreparedDataError, PreparedMeta
-from pipeline.io import write_json
-from pipeline.model_io import ModelCard, ModelFileError
+from pipeline.core.config import ModelParams
+from pipeline.core.io import write_json
 from pipeline.models import ModelSpec
-from pipeline.models.registry import START_WEIGHT_FIELDS
+from pipeline.models.build import START_WEIGHT_FIELDS
+from pipeline.models.files import ModelCard, ModelFileError
+from pipeline.prepared.storage import PreparedDataError, PreparedMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ from pipeline.bench.openvino import OpenVinoBackend
 from pipeline.bench.report import headline
 from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import backend_plans, benchmark_backend, run_benchmark, split_accuracy
-from pipeline.config import BenchmarkParams, EnergyParams, parse_params
-from pipeline.data.types import LabelledImages
+from pipeline.core.config import BenchmarkParams, EnergyParams, parse_params
+from pipeline.prepared.types import LabelledImages
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, CUDA really runs")
 FAST = {
@@ -211,7 +211,7 @@ def test_a_provider_added_to_the_catalog_alone_is_validated_requested_and_report
 ):
     """The 'add a backend' recipe: one Provider entry, no other edit. This onnxruntime build
     has no OpenVINO, so the row must say it fell back to the CPU, never claim OpenVINO."""
-    from pipeline import catalog
+    from pipeline.core import catalog
     from pipeline.export.session import provider_chain
 
     openvino = catalog.Provider(

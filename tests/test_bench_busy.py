@@ -16,9 +16,7 @@ SPIN = "while True: pass"  # one core kept busy for as long as it runs
 
 
 def test_a_busy_machine_still_gives_a_headline_for_every_batch_size(tmp_path):
-    root = make_project_copy(
-        tmp_path / "project", {**FAST_PARAMS, "benchmark.extra_seconds": 30.0}
-    )
+    root = make_project_copy(tmp_path / "project", {**FAST_PARAMS, "benchmark.extra_seconds": 30.0})
     dvc(root, "repro", "export")  # quiet up to the benchmark: the load is for its timing
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:

@@ -19,7 +19,7 @@ from pipeline.bench.openvino import MISSING, OpenVinoBackend, compiled_precision
 from pipeline.bench.report import headline, rows_to_markdown
 from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import backend_plans, benchmark_backend
-from pipeline.config import BenchmarkParams, ParamsError, parse_params
+from pipeline.core.config import BenchmarkParams, ParamsError, parse_params
 from pipeline.export.session import make_session, session_logits
 
 openvino = pytest.importorskip("openvino")

@@ -191,7 +191,7 @@ def test_headline_names_the_precision_that_ran_and_the_energy_scope():
     assert (top["best_backend"], top["best_precision"]) == ("onnxruntime_tensorrt", "tf32")
     assert top["best_energy_scope"] == "gpu_board"
     assert top["baseline_energy_scope"] == "cpu_package"
-    from pipeline.records import benchmark_figures
+    from pipeline.core.records import benchmark_figures
 
     picked = benchmark_figures({"headline": {"batch_8": top}})
     assert {"headline.batch_8.best_precision", "headline.batch_8.best_energy_scope"} <= set(picked)

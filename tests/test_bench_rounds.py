@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.bench.backends import Plan, RunFacts
 from pipeline.bench.rounds import Measured, finish, timed_rounds
 from pipeline.bench.rows import BenchRow
-from pipeline.config import BenchmarkParams
+from pipeline.core.config import BenchmarkParams
 
 GPU = RunFacts("ok", "", ("CUDAExecutionProvider",), "fp32", True, "cuda_fp32")
 CPU = RunFacts("fallback", "CUDA failed", ("CPUExecutionProvider",), "fp32", False, "cpu")
@@ -125,7 +125,7 @@ def test_extra_rounds_stop_at_the_time_budget():
 def test_max_repeats_must_cover_repeats():
     import pytest
 
-    from pipeline.config import ParamsError, parse_params
+    from pipeline.core.config import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match="'benchmark.max_repeats'.*at least benchmark.repeats"):
         parse_params({"benchmark": {"repeats": 5, "max_repeats": 3}})

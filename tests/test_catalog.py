@@ -10,8 +10,8 @@ from dataclasses import asdict
 
 import pytest
 
-from pipeline import catalog
-from pipeline.catalog import (
+from pipeline.core import catalog
+from pipeline.core.catalog import (
     ARCH_FAMILIES,
     ARCHS,
     PROVIDERS,
@@ -21,11 +21,12 @@ from pipeline.catalog import (
     arch_names,
     resolve,
 )
-from pipeline.config import ParamsError, params_table, parse_params
+from pipeline.core.config import ParamsError, parse_params
+from pipeline.tools.params_table import params_table
 
 # (registry entries, the package that resolves their targets)
 OWNED = [
-    (list(SOURCES), "pipeline.data"),
+    (list(SOURCES), "pipeline.sources"),
     (list(ARCHS), "pipeline.models"),
     (ARCH_FAMILIES, "pipeline.models"),
     (list(VARIANTS), "pipeline.export"),
@@ -43,10 +44,10 @@ def test_every_target_resolves_to_a_callable_inside_its_package(entry, package):
 
 
 def test_a_target_outside_its_package_is_refused():
-    with pytest.raises(ValueError, match="not a module:attr inside pipeline.data"):
-        resolve("pipeline.models.small_cnn:SmallCNN", "pipeline.data")
+    with pytest.raises(ValueError, match="not a module:attr inside pipeline.sources"):
+        resolve("pipeline.models.small_cnn:SmallCNN", "pipeline.sources")
     with pytest.raises(ValueError, match="not a module:attr"):
-        resolve("pipeline.data.digits", "pipeline.data")
+        resolve("pipeline.sources.digits", "pipeline.sources")
 
 
 def test_the_catalog_imports_no_framework():

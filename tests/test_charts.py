@@ -17,8 +17,8 @@ from pipeline.bench.report import write_report, write_report_chart
 from pipeline.bench.rows import BenchRow
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import write_chart
-from pipeline.errors import PipelineError
-from pipeline.sweep import main as pareto_main
+from pipeline.core.errors import PipelineError
+from pipeline.tools.pareto import main as pareto_main
 from test_bench_report import row, sample_rows
 
 CONTEXT = {"cpu": "Test CPU", "cpu_isa": "avx2", "torch": "2.x", "onnxruntime": "1.x"}
@@ -84,7 +84,7 @@ UNDER_LIMIT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from pipeline.bench.report import write_report, write_report_chart
-    from pipeline.sweep import main
+    from pipeline.tools.pareto import main
     from test_bench_report import sample_rows
     out = Path(sys.argv[1])
     files = [out / name for name in ("b.csv", "report.md", "b.svg")]

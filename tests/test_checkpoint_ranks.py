@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import run
-from pipeline.config import TrainParams
+from pipeline.core.config import TrainParams
 from pipeline.hardware.precision import PRECISIONS
 from pipeline.train import distributed
 from pipeline.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint

@@ -21,7 +21,7 @@ from pipeline.cluster.grid import Experiment, SweepError, expand
 from pipeline.cluster.preflight import check_outputs, clone_url, preflight
 from pipeline.cluster.report import progress_line, summary_table
 from pipeline.cluster.task import Result
-from pipeline.sweep import run_exp_show, runs_from_exp_show
+from pipeline.tools.pareto import run_exp_show, runs_from_exp_show
 from ray_cluster import Cluster, ray_env
 
 # --- the grid ----------------------------------------------------------------------------------

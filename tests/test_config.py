@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline.config import Params, ParamsError, load_params, params_table, parse_params
+from pipeline.core.config import Params, ParamsError, load_params, parse_params
+from pipeline.tools.params_table import params_table
 
 
 def default_raw() -> dict:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataParams, Params
-from pipeline.data import imagefolder
-from pipeline.data.parallel import ChunkRunner
-from pipeline.data.progress import Progress
-from pipeline.data.sources import DataSourceError, check_quarantine, load_source
-from pipeline.data.types import decode_rows
-from pipeline.prepare import prepare_data
+from pipeline.core.config import DataParams, Params
+from pipeline.core.progress import Progress
+from pipeline.prepared.types import decode_rows
+from pipeline.sources import imagefolder
+from pipeline.sources.load import DataSourceError, check_quarantine, load_source
+from pipeline.sources.parallel import ChunkRunner
+from pipeline.sources.prepare import prepare_data
 
 FORMATS = [("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("WEBP", "webp")]
 

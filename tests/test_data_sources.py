@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DataParams
-from pipeline.data import cifar, mnist
-from pipeline.data.sources import DataSourceError, check_quarantine, load_source
-from pipeline.data.types import LabelledImages, Quarantined, SourceData
+from pipeline.core.config import DataParams
+from pipeline.prepared.types import LabelledImages, Quarantined, SourceData
+from pipeline.sources import cifar, mnist
+from pipeline.sources.load import DataSourceError, check_quarantine, load_source
 
 # ---------------------------------------------------------------- writers of the real formats
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from conftest import make_project_copy, run, tool_env
-from pipeline import paths
-from pipeline.config import Params, ParamsError, TrainParams, parse_params
-from pipeline.data.storage import read_split_tensors
-from pipeline.errors import PipelineError
+from pipeline.core import paths
+from pipeline.core.config import Params, ParamsError, TrainParams, parse_params
+from pipeline.core.errors import PipelineError
 from pipeline.hardware.precision import PRECISIONS
-from pipeline.inference import predict_logits
-from pipeline.model_io import load_trained
+from pipeline.models.files import load_trained
+from pipeline.models.inference import predict_logits
+from pipeline.prepared.storage import read_split_tensors
 from pipeline.train import distributed, launch
 from pipeline.train.batches import DeviceBatches, EpochOrder, HostBatches, make_batches
 from pipeline.train.distributed import Group

@@ -1,4 +1,4 @@
-"""dvc.yaml must declare exactly the paths the code writes (src/pipeline/paths.py), the
+"""dvc.yaml must declare exactly the paths the code writes (src/pipeline/core/paths.py), the
 params sections each stage's code reads and the code each stage imports."""
 
 import ast
@@ -7,8 +7,9 @@ from pathlib import Path
 import yaml
 
 from conftest import ROOT
-from pipeline import paths, stage_deps
-from pipeline.config import Params
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.tools import stage_deps
 
 SECTIONS = set(Params.model_fields)  # seed, data, model, train, ...
 
@@ -38,19 +39,21 @@ def test_every_stage_depends_on_exactly_the_code_its_script_imports():
         for name, stage in stages().items()
     }
     derived = {name: stage_deps.derived_deps(ROOT, name) for name in stages()}
-    assert declared == derived, "run `python -m pipeline.stage_deps --write`"
+    assert declared == derived, "run `python -m pipeline.tools.stage_deps --write`"
 
 
 def test_the_derived_code_deps_follow_the_pipeline_order():
     # Guards the derivation itself: a stage needs its own code, never a later stage's.
     derived = {name: set(stage_deps.derived_deps(ROOT, name)) for name in stages()}
-    assert {"src/pipeline/prepare.py", "src/pipeline/data"} <= derived["prepare"]
-    assert "src/pipeline/params_check.py" in derived["check_params"]
+    assert {"src/pipeline/sources", "src/pipeline/prepared"} <= derived["prepare"]
+    assert "src/pipeline/tools" in derived["check_params"]
     assert {"src/pipeline/train", "src/pipeline/models"} <= derived["train"]
     assert "src/pipeline/bench" in derived["benchmark"]
     for name in ("check_params", "prepare", "evaluate", "export"):
         assert not {"src/pipeline/bench", "src/pipeline/train"} & derived[name], name
     assert "src/pipeline/bench" not in derived["train"]
+    # Prepare-only loaders apart from the prepared-data contract: a loader edit re-runs prepare.
+    assert [name for name in derived if "src/pipeline/sources" in derived[name]] == ["prepare"]
 
 
 def test_outputs_match_paths_module():

@@ -144,7 +144,7 @@ def test_bad_params_fail_in_one_line_and_keep_previous_outputs(project):
             ("train", "batch_sise", 32, "unknown key 'train.batch_sise'"),
             ("train", "batch_size", -1, "bad value for 'train.batch_size': -1"),
             ("train", "epochs", True, "bad value for 'train.epochs': True"),
-            # A name no registry holds (pipeline.catalog): refused before DVC deletes the model.
+            # A name no registry holds (core/catalog.py): refused before DVC deletes the model.
             (
                 "model",
                 "arch",

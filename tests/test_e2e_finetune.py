@@ -116,7 +116,7 @@ def test_fine_tuning_from_the_pipelines_own_weights_beats_random_init(runs):
 
 
 def test_the_start_weights_are_recorded_in_card_and_details(runs):
-    from pipeline.io import sha256_file
+    from pipeline.core.io import sha256_file
 
     digest = sha256_file(runs["root"] / "pretrained/digits.safetensors")
     pretrained = runs["finetuned"]["card"]["pretrained"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import EnergyParams
+from pipeline.core.config import EnergyParams
 from pipeline.energy import (
     CpuTimeEstimate,
     EnergyWindow,

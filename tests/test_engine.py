@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from pipeline.config import TrainParams
+from pipeline.core.config import TrainParams
 from pipeline.hardware.cpu import OVERRIDE_ENV
 from pipeline.hardware.precision import choose_precision
 from pipeline.models import ModelSpec, build_model
-from pipeline.preprocess import WithPreprocessing
+from pipeline.models.preprocess import WithPreprocessing
 from pipeline.train.augment import Augment, random_crop
 from pipeline.train.batches import DeviceBatches, HostBatches, epoch_shard
 from pipeline.train.loop import trainer_for_tensors

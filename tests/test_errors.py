@@ -1,4 +1,4 @@
-"""The one first-line-of-an-error helper (pipeline.errors.first_line / describe)."""
+"""The one first-line-of-an-error helper (pipeline.core.errors.first_line / describe)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import describe, first_line
+from pipeline.core.errors import describe, first_line
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pipeline"
 

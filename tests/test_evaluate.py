@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.evaluate import classification_metrics, write_confusion_csv
+from pipeline.evaluate.metrics import classification_metrics, write_confusion_csv
 
 
 def test_metrics_on_known_predictions(tmp_path):

@@ -155,8 +155,8 @@ def test_the_benchmark_fails_on_a_file_that_is_not_onnx(tmp_path):
     """Not a `failed` row in a green stage: the same error as a model failing onnx.checker."""
     from pipeline.bench.backends import OrtBackend, OrtSetup
     from pipeline.bench.run import benchmark_backend
-    from pipeline.config import BenchmarkParams
-    from pipeline.data.types import LabelledImages
+    from pipeline.core.config import BenchmarkParams
+    from pipeline.prepared.types import LabelledImages
 
     params = BenchmarkParams(device="cpu", batch_sizes=[1], min_iterations=1, min_seconds=0.0)
     images = np.zeros((4, 1, 8, 8), np.uint8)

@@ -16,11 +16,9 @@ import torch
 from onnx import numpy_helper
 
 import pipeline
-from pipeline.catalog import CPU_FP16_NOTE, VARIANTS
-from pipeline.config import Params, ParamsError, ParityGate, parse_params
-from pipeline.data import digits
-from pipeline.data.stats import channel_stats
-from pipeline.data.types import LabelledImages
+from pipeline.core.catalog import CPU_FP16_NOTE, VARIANTS
+from pipeline.core.config import Params, ParamsError, ParityGate, parse_params
+from pipeline.core.io import sha256_file
 from pipeline.export.int8 import convert as convert_int8
 from pipeline.export.int8 import to_int8
 from pipeline.export.parity import Parity, ParityError, ParityTally, compare, enforce, problems
@@ -28,10 +26,12 @@ from pipeline.export.run import enforce_gates, export_all, parity_of
 from pipeline.export.session import make_session, session_logits
 from pipeline.export.variants import ConvertContext, calibration_sample, variant_path
 from pipeline.hardware.cpu import CpuFeatures, detect
-from pipeline.io import sha256_file
-from pipeline.model_io import ModelCard, Normalisation
 from pipeline.models import ModelSpec, build_model
-from pipeline.preprocess import WithPreprocessing
+from pipeline.models.files import ModelCard, Normalisation
+from pipeline.models.preprocess import WithPreprocessing
+from pipeline.prepared.stats import channel_stats
+from pipeline.prepared.types import LabelledImages
+from pipeline.sources import digits
 
 PARAMS = {"export": {"int8": {"calibration_images": 128}}}
 

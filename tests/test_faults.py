@@ -14,13 +14,13 @@ import torch
 import yaml
 
 from conftest import ROOT, dvc, make_project_copy, run, tool_env
-from pipeline import paths
-from pipeline.config import Params, TrainParams, load_params
-from pipeline.errors import PipelineError
-from pipeline.prepare import prepare_data
-from pipeline.records import TRAIN_FIGURES, write_record
-from pipeline.sweep import _run as sweep_entry
-from pipeline.sweep import pareto_front
+from pipeline.core import paths
+from pipeline.core.config import Params, TrainParams, load_params
+from pipeline.core.errors import PipelineError
+from pipeline.core.records import TRAIN_FIGURES, write_record
+from pipeline.sources.prepare import prepare_data
+from pipeline.tools.pareto import _run as sweep_entry
+from pipeline.tools.pareto import pareto_front
 from pipeline.train import checkpoint as checkpoint_module
 from pipeline.train import loop
 from pipeline.train.checkpoint import (

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import TrainParams
-from pipeline.errors import PipelineError
+from pipeline.core.config import TrainParams
+from pipeline.core.errors import PipelineError
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.parts import head_parameter_names
-from pipeline.preprocess import WithPreprocessing
+from pipeline.models.preprocess import WithPreprocessing
 from pipeline.train.finetune import sync_batchnorm
 from pipeline.train.loop import trainer_for_tensors
 from pipeline.train.policy import choose_precision

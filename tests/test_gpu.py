@@ -4,10 +4,10 @@ import pytest
 import torch
 from test_engine import rgb_data
 
-from pipeline.config import BenchmarkParams, EnergyParams, TrainParams, parse_params
-from pipeline.data.types import LabelledImages
+from pipeline.core.config import BenchmarkParams, EnergyParams, TrainParams, parse_params
 from pipeline.energy import meter_from_params
 from pipeline.hardware.memory import peak_memory
+from pipeline.prepared.types import LabelledImages
 from pipeline.train.policy import resolve_policy
 from pipeline.train.resources import compute_report
 from test_train import make_trainer
@@ -140,9 +140,9 @@ def _tensorrt_or_skip(backend):
 
 
 def test_tensorrt_engines_are_keyed_by_file_and_fp16_only_for_fp16(tmp_path, monkeypatch):
-    from pipeline import paths
     from pipeline.bench.backends import OrtBackend, OrtSetup
-    from pipeline.io import sha256_file
+    from pipeline.core import paths
+    from pipeline.core.io import sha256_file
 
     monkeypatch.chdir(tmp_path)
     _, card, files, (images, _) = _exported(tmp_path / "onnx")

@@ -19,12 +19,12 @@ import torch
 from test_energy import FakeGpu, FakeNvml
 
 from conftest import ROOT
-from pipeline import paths
 from pipeline.bench.backends import OrtBackend, OrtSetup, ort_precision, placement_status
 from pipeline.bench.memory import NvmlMemory, memory_probe
 from pipeline.bench.providers import ModelFile, SessionTarget, tensorrt_options
-from pipeline.catalog import PROVIDERS
-from pipeline.config import TrainParams
+from pipeline.core import paths
+from pipeline.core.catalog import PROVIDERS
+from pipeline.core.config import TrainParams
 from pipeline.export.onnx_export import INPUT_NAME
 from pipeline.export.session import make_session, node_placement
 from pipeline.hardware.memory import HostMemory

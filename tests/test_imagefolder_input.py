@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataParams, Params
-from pipeline.data.sources import DataSourceError, load_source
-from pipeline.data.split import split
-from pipeline.data.types import decode_rows
-from pipeline.prepare import prepare_data
-from pipeline.records import DATA_FIGURES, pick
+from pipeline.core.config import DataParams, Params
+from pipeline.core.records import DATA_FIGURES, pick
+from pipeline.prepared.types import decode_rows
+from pipeline.sources.load import DataSourceError, load_source
+from pipeline.sources.prepare import prepare_data
+from pipeline.sources.split import split
 
 
 def pixels(images) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The one batched-forward loop (pipeline.inference.in_batches) and the four passes built on it:
-predict_logits, Trainer.validate, TorchBackend.logits and session_logits."""
+"""The one batched-forward loop (pipeline.models.inference.in_batches) and the four passes built
+on it: predict_logits, Trainer.validate, TorchBackend.logits and session_logits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from pipeline.bench.backends import TorchBackend
 from pipeline.export.session import session_logits
-from pipeline.inference import in_batches, predict_logits
+from pipeline.models.inference import in_batches, predict_logits
 from test_train import make_trainer
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.io import atomic_open, load_arrays, read_json, save_arrays, write_json
+from pipeline.core.io import atomic_open, load_arrays, read_json, save_arrays, write_json
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -72,7 +72,7 @@ def test_a_killed_runs_staging_folders_go_at_the_next_run_and_git_ignores_them(t
     import subprocess
     import sys
 
-    from pipeline.io import staged_folder
+    from pipeline.core.io import staged_folder
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip

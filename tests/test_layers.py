@@ -17,17 +17,16 @@ PACKAGE_ROOT = ROOT / "src" / "pipeline"
 
 # The one table: each top-level module or package of src/pipeline -> its rank.
 RANKS = {
-    "errors": 0, "io": 0, "paths": 0, "safetensors_header": 0,
+    "core": 0,  # typed params, catalog, errors, atomic io, paths, records, stage runner, headers
     "hardware": 1,  # cpu flags, device + precision, tf32, FLOP counting, peaks, peak memory
-    "catalog": 2,  # the registries: pure data
-    "config": 3,
-    "energy": 4, "records": 4, "preprocess": 4, "charts": 4, "versioning": 4,
-    "data": 5, "models": 5,
-    "prepare": 6, "model_io": 6, "inference": 6,
-    "train": 7,
-    "evaluate": 8, "export": 8,
-    "bench": 9,
-    "params_check": 10, "stage": 10, "sweep": 10, "cluster": 10, "stage_deps": 10,
+    "energy": 2, "charts": 2,
+    "prepared": 3,  # the prepared-data contract every stage after prepare reads
+    "models": 4,  # constructors, pretrained, weights + card, preprocessing, batched inference
+    "sources": 5,  # data sources and the prepare recipe: prepare only
+    "train": 5,
+    "evaluate": 6, "export": 6,
+    "bench": 7,
+    "tools": 8, "cluster": 8,
 }  # fmt: skip
 
 
@@ -171,7 +170,7 @@ def test_checker_catches_a_planted_upward_import(tmp_path):
             "bench/other.py": "",
         },
     )
-    assert violations(root) == ["pipeline.hardware.peak imports pipeline.bench.peak (rank 9 > 1)"]
+    assert violations(root) == ["pipeline.hardware.peak imports pipeline.bench.peak (rank 7 > 1)"]
 
 
 def test_checker_catches_same_rank_packages_and_relative_imports(tmp_path):
@@ -179,15 +178,17 @@ def test_checker_catches_same_rank_packages_and_relative_imports(tmp_path):
         tmp_path,
         {
             "charts/__init__.py": "",
-            "charts/pareto.py": "from ..records import dotted_get\n",
-            "records.py": "from .sweep import Run\n",
-            "sweep.py": "",
+            "charts/pareto.py": "from ..energy import base\n",
+            "energy/__init__.py": "",
+            "energy/base.py": "from ..tools.pareto import Run\n",
+            "tools/__init__.py": "",
+            "tools/pareto.py": "",
         },
     )
     assert violations(root) == [
-        "pipeline.charts.pareto imports pipeline.records "
-        "(rank 4 = 4, another package of the same rank)",
-        "pipeline.records imports pipeline.sweep (rank 10 > 4)",
+        "pipeline.charts.pareto imports pipeline.energy.base "
+        "(rank 2 = 2, another package of the same rank)",
+        "pipeline.energy.base imports pipeline.tools.pareto (rank 8 > 2)",
     ]
 
 
@@ -195,18 +196,21 @@ def test_checker_skips_type_checking_imports_but_not_their_else(tmp_path):
     root = _plant(
         tmp_path,
         {
-            "io.py": (
+            "core/__init__.py": "",
+            "core/io.py": (
                 "from typing import TYPE_CHECKING\n"
-                "if TYPE_CHECKING:\n    from pipeline.config import TrainParams\n"
-                "else:\n    import pipeline.config\n"
+                "if TYPE_CHECKING:\n    from pipeline.tools.params_check import Check\n"
+                "else:\n    import pipeline.tools.params_check\n"
             ),
-            "config.py": "",
+            "tools/__init__.py": "",
+            "tools/params_check.py": "",
         },
     )
-    assert violations(root) == ["pipeline.io imports pipeline.config (rank 3 > 0)"]
+    assert violations(root) == ["pipeline.core.io imports pipeline.tools.params_check (rank 8 > 0)"]
 
 
 def test_checker_catches_a_cycle_between_same_rank_modules(tmp_path):
+    """Top-level modules of one rank may use each other, but never in a circle."""
     root = _plant(
         tmp_path,
         {
@@ -214,7 +218,7 @@ def test_checker_catches_a_cycle_between_same_rank_modules(tmp_path):
             "preprocess.py": "import pipeline.records\n",
         },
     )
-    assert violations(root) == [
+    assert violations(root, {"records": 4, "preprocess": 4}) == [
         "pipeline.preprocess imports itself through a cycle of same-rank modules",
         "pipeline.records imports itself through a cycle of same-rank modules",
     ]
@@ -222,9 +226,14 @@ def test_checker_catches_a_cycle_between_same_rank_modules(tmp_path):
 
 def test_checker_refuses_an_unranked_module(tmp_path):
     root = _plant(
-        tmp_path, {"newthing.py": "import os\n", "io.py": "from pipeline import newthing\n"}
+        tmp_path,
+        {
+            "newthing.py": "import os\n",
+            "core/__init__.py": "",
+            "core/io.py": "from pipeline import newthing\n",
+        },
     )
     assert violations(root) == [
         "pipeline.newthing has no rank in the layer table",
-        "pipeline.io imports pipeline.newthing, which has no rank in the table",
+        "pipeline.core.io imports pipeline.newthing, which has no rank in the table",
     ]

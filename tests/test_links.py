@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import shards
-from pipeline.data.links import cache_dir, dvc_caches
-from pipeline.data.shards import ShardError, open_split, write_split
+from pipeline.prepared import shards
+from pipeline.prepared.links import cache_dir, dvc_caches
+from pipeline.prepared.shards import ShardError, open_split, write_split
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ def test_shards_linked_into_a_cache_outside_the_project_are_read_others_refused_
 
 
 def test_a_dvc_added_image_folder_linked_into_a_cache_outside_the_project_is_scanned(project):
-    from pipeline.data.errors import DataSourceError
-    from pipeline.data.imagefolder import scan
+    from pipeline.sources.errors import DataSourceError
+    from pipeline.sources.imagefolder import scan
 
     root, cache = project / "data" / "raw", project.parent / "big" / "cache"
     (project / ".dvc" / "config").write_text(f"[cache]\n    dir = {cache}\n")  # absolute

@@ -7,10 +7,16 @@ import struct
 import pytest
 import torch
 
-from pipeline import model_io
-from pipeline.io import save_tensors
-from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_trained, save_trained
+from pipeline.core.io import save_tensors
 from pipeline.models import ModelSpec, build_model
+from pipeline.models import files as model_io
+from pipeline.models.files import (
+    ModelCard,
+    ModelFileError,
+    Normalisation,
+    load_trained,
+    save_trained,
+)
 
 CARD = ModelCard(
     arch="small_cnn",

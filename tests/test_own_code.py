@@ -21,7 +21,7 @@ def test_a_queued_experiment_runs_its_own_code_not_the_workspace(tmp_path):
     # As after `pip install -e .` in this clone: its workspace src/ is importable everywhere.
     os.environ["PYTHONPATH"] = str(root / "src")
     try:
-        evaluate = root / "src/pipeline/evaluate.py"
+        evaluate = root / "src/pipeline/evaluate/metrics.py"
         original = evaluate.read_text()
         evaluate.write_text(original + f"\nprint({MARKER!r}, flush=True)\n")
         queue = ["exp", "run", "--queue", "evaluate", "-n", "edited"]
@@ -36,7 +36,7 @@ def test_a_queued_experiment_runs_its_own_code_not_the_workspace(tmp_path):
         # experiment here must not run it.
         other = tmp_path / "other" / "src"
         shutil.copytree(root / "src", other)
-        (other / "pipeline/evaluate.py").write_text(original + f"\nprint({MARKER!r})\n")
+        (other / "pipeline/evaluate/metrics.py").write_text(original + f"\nprint({MARKER!r})\n")
         os.environ["PYTHONPATH"] = str(other)
         temp = ["exp", "run", "--temp", "evaluate", "-n", "temp"]
         result = dvc(root, *temp, "-S", "evaluate.batch_size=128")

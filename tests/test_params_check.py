@@ -4,9 +4,9 @@ implementation knows, e.g. whether torchvision has a model)."""
 
 import pytest
 
-from pipeline.config import ParamsError, parse_params
+from pipeline.core.config import ParamsError, parse_params
 from pipeline.models import MAX_PARAMETERS
-from pipeline.params_check import check_params
+from pipeline.tools.params_check import check_params
 
 
 def params_with(**sections):
@@ -51,7 +51,7 @@ def test_a_model_too_large_to_allocate_fails_before_allocating():
 def test_a_registered_name_whose_implementation_is_gone_fails(monkeypatch, registry, name, section):
     from dataclasses import replace
 
-    from pipeline import catalog
+    from pipeline.core import catalog
 
     entries = getattr(catalog, registry)._entries
     broken = replace(entries[name], target=entries[name].target.replace(":", "_gone:"))
@@ -101,8 +101,8 @@ def test_a_small_imagefolder_size_is_named():
 
 
 def test_source_shapes_match_the_loaded_digits():
-    from pipeline.catalog import SOURCES
-    from pipeline.data import digits
+    from pipeline.core.catalog import SOURCES
+    from pipeline.sources import digits
 
     channels, side = SOURCES["digits"].shape
     assert digits.load().pools["all"].images.shape[1:] == (channels, side, side)

@@ -8,12 +8,12 @@ import urllib.error
 import pytest
 import torch
 
-from pipeline.config import ParamsError, parse_params
-from pipeline.errors import PipelineError
-from pipeline.io import save_tensors, sha256_file
+from pipeline.core.config import ParamsError, parse_params
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import save_tensors, sha256_file
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.pretrained import resolve_pretrained, torchvision_cache_file
-from pipeline.params_check import check_pretrained
+from pipeline.tools.params_check import check_pretrained
 
 GREY = ModelSpec("small_cnn", 1, 8, 10, width=8)
 RGB5 = ModelSpec("small_cnn", 3, 8, 5, width=8)

@@ -72,7 +72,7 @@ def test_every_recipe_block_names_its_file():
 @pytest.fixture(scope="module")
 def followed(tmp_path_factory):
     root = make_project_copy(tmp_path_factory.mktemp("recipes") / "project", FAST_PARAMS)
-    for name in ("README.md", "tests"):
+    for name in ("docs", "tests"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -81,7 +81,7 @@ def followed(tmp_path_factory):
     for block in recipe_blocks():
         apply(root, *block)
     env = with_copy_src(root)
-    refresh = [sys.executable, "-m", "pipeline.config", "--readme", "README.md"]
+    refresh = [sys.executable, "-m", "pipeline.tools.params_table", "docs/params.md"]
     subprocess.run(refresh, cwd=root, env=env, check=True)
     digits = load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
@@ -91,9 +91,9 @@ def followed(tmp_path_factory):
     return root, env
 
 
-def test_the_readme_table_lists_the_new_choices(followed):
+def test_the_params_reference_lists_the_new_choices(followed):
     root, _ = followed
-    table = (root / "README.md").read_text()
+    table = (root / "docs/params.md").read_text()
     assert "`tiny_mlp`" in table and "`npz`" in table and "`dnnl`" in table
     assert "`cuda_tf32`" in table
     assert "`int8_dynamic`" in table and "`export.gates.int8_dynamic.min_top1_agreement`" in table

@@ -1,7 +1,13 @@
 """Metrics files hold the figures; the details file beside each holds the whole record."""
 
-from pipeline.io import read_json
-from pipeline.records import benchmark_figures, details_path, export_figures, pick, write_record
+from pipeline.core.io import read_json
+from pipeline.core.records import (
+    benchmark_figures,
+    details_path,
+    export_figures,
+    pick,
+    write_record,
+)
 
 
 def test_pick_keeps_the_nesting_and_skips_absent_keys():

@@ -5,9 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.data.shards import ShardError, ShardWriter, open_split, write_split
-from pipeline.data.stats import channel_stats
-from pipeline.safetensors_header import read_header
+from pipeline.core.headers import read_header
+from pipeline.prepared.shards import ShardError, ShardWriter, open_split, write_split
+from pipeline.prepared.stats import channel_stats
 
 SHAPE = (1, 4, 4)
 
@@ -132,11 +132,11 @@ def test_missing_index_and_missing_file_are_one_line_errors(prepared):
 
 
 def counting_hashes(monkeypatch, delay=0.0):
-    """Count the shards hashed (pipeline.data.shards.sha256_file), each taking ``delay`` s."""
+    """Count the shards hashed (pipeline.prepared.shards.sha256_file), each taking ``delay`` s."""
     import time
 
-    from pipeline.data import shards
-    from pipeline.io import sha256_file
+    from pipeline.core.io import sha256_file
+    from pipeline.prepared import shards
 
     hashed = []
 

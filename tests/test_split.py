@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from pipeline.config import DataParams
-from pipeline.data import digits
-from pipeline.data.split import SplitError, split
-from pipeline.data.stats import channel_stats
-from pipeline.data.storage import read_split, write_prepared
-from pipeline.data.types import LabelledImages, SourceData
-from pipeline.prepare import prepare_data
+from pipeline.core.config import DataParams
+from pipeline.prepared.stats import channel_stats
+from pipeline.prepared.storage import read_split, write_prepared
+from pipeline.prepared.types import LabelledImages, SourceData
+from pipeline.sources import digits
+from pipeline.sources.prepare import prepare_data
+from pipeline.sources.split import SplitError, split
 
 
 def test_digits_is_uint8_nchw_with_ten_classes():
@@ -74,7 +74,7 @@ def test_channel_stats_match_numpy():
 
 
 def test_prepare_writes_the_contract(tmp_path):
-    from pipeline.config import Params
+    from pipeline.core.config import Params
 
     report = prepare_data(Params(data=DataParams()), root=tmp_path)
     prepared = tmp_path / "data/prepared"
@@ -93,8 +93,8 @@ def test_prepare_writes_the_contract(tmp_path):
 def test_prepare_fails_above_the_quarantine_threshold_and_writes_nothing(tmp_path):
     from PIL import Image
 
-    from pipeline.config import Params
-    from pipeline.data.sources import DataSourceError
+    from pipeline.core.config import Params
+    from pipeline.sources.load import DataSourceError
 
     root = tmp_path / "images"
     for label in ("cat", "dog"):

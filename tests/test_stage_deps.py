@@ -1,11 +1,11 @@
-"""pipeline.stage_deps: each stage's code deps derived from its imports, and dvc.yaml edited as
-text (only the src/pipeline lines of each stage's deps), on a tiny made-up project."""
+"""pipeline.tools.stage_deps: each stage's code deps derived from its imports, and dvc.yaml edited
+as text (only the src/pipeline lines of each stage's deps), on a tiny made-up project."""
 
 from pathlib import Path
 
 import pytest
 
-from pipeline import stage_deps
+from pipeline.tools import stage_deps
 
 SOURCES = {
     "src/pipeline/__init__.py": "",
@@ -130,7 +130,7 @@ def test_check_names_the_stage_and_each_missing_or_extra_dep(project, capsys):
     assert any("'prepare' lists code it does not import: ['src/pipeline']" in line for line in out)
     missing = [line for line in out if "'benchmark' imports code dvc.yaml does not list" in line]
     assert len(missing) == 1 and "'src/pipeline/bench'" in missing[0]
-    assert all(line.endswith("run `python -m pipeline.stage_deps --write`") for line in out)
+    assert all(line.endswith("run `python -m pipeline.tools.stage_deps --write`") for line in out)
 
 
 def test_print_lists_each_stage_and_its_deps(project, capsys):

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from conftest import ROOT, tool_env
-from pipeline import paths
-from pipeline.config import DataParams, Params, TrainParams, load_params
-from pipeline.data.shards import open_split, write_split
-from pipeline.prepare import prepare_data
+from pipeline.core import paths
+from pipeline.core.config import DataParams, Params, TrainParams, load_params
+from pipeline.prepared.shards import open_split, write_split
+from pipeline.sources.prepare import prepare_data
 from pipeline.train.batches import DeviceBatches, HostBatches
 from pipeline.train.distributed import FAULT_ENV
 from pipeline.train.run import run_training

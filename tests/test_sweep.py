@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import dvc, run
-from pipeline.sweep import (
+from pipeline.tools.pareto import (
     least_energy_meeting_target,
     main,
     pareto_front,

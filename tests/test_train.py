@@ -1,16 +1,22 @@
 import pytest
 import torch
 
-from pipeline.config import Params, TrainParams
-from pipeline.data import digits
-from pipeline.data.split import split
-from pipeline.data.stats import channel_stats
+from pipeline.core.config import Params, TrainParams
 from pipeline.hardware.device import DeviceError, resolve_device
 from pipeline.hardware.precision import choose_precision
-from pipeline.model_io import ModelCard, ModelFileError, Normalisation, load_trained, save_trained
 from pipeline.models import ModelSpec, build_model
-from pipeline.models.registry import UnknownModelError
-from pipeline.preprocess import WithPreprocessing
+from pipeline.models.build import UnknownModelError
+from pipeline.models.files import (
+    ModelCard,
+    ModelFileError,
+    Normalisation,
+    load_trained,
+    save_trained,
+)
+from pipeline.models.preprocess import WithPreprocessing
+from pipeline.prepared.stats import channel_stats
+from pipeline.sources import digits
+from pipeline.sources.split import split
 from pipeline.train.loop import trainer_for_tensors
 
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from pipeline.bench.providers import ModelFile, SessionTarget, chain_options
-from pipeline.catalog import PROVIDERS, VARIANTS, Provider, fallback_chain
+from pipeline.core.catalog import PROVIDERS, VARIANTS, Provider, fallback_chain
 from pipeline.export.session import failure_reason, make_session, node_placement, session_logits
 from pipeline.hardware.precision import choose_precision
 from pipeline.hardware.tf32 import TF32_CAPABILITY, fp32_math
-from pipeline.inference import in_batches, predict_logits
-from pipeline.preprocess import Normalize
+from pipeline.models.inference import in_batches, predict_logits
+from pipeline.models.preprocess import Normalize
 
 CPU_PROVIDER = PROVIDERS["cpu"].ort_name
 

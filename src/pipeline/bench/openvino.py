@@ -18,8 +18,8 @@ import torch
 
 from pipeline.bench.backends import OrtSetup, Plan, RunFacts
 from pipeline.export.safety import check_onnx_file
-from pipeline.inference import in_batches
-from pipeline.preprocess import Normalize
+from pipeline.models.inference import in_batches
+from pipeline.models.preprocess import Normalize
 
 DEFAULT = "default"  # OpenVINO's own precision for the CPU: bf16 with bf16 units, else f32
 F32 = "f32"

@@ -13,10 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import paths
-from pipeline.catalog import VARIANTS, Provider, fallback_chain, resolve
+from pipeline.core import paths
+from pipeline.core.catalog import VARIANTS, Provider, fallback_chain, resolve
+from pipeline.core.io import sha256_file
 from pipeline.export.onnx_export import INPUT_NAME
-from pipeline.io import sha256_file
 
 Options = dict[str, Any]
 

@@ -19,7 +19,7 @@ from pipeline.bench.rows import (
 )
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import check_chart_path, draw_chart
-from pipeline.io import write_text
+from pipeline.core.io import write_text
 
 TABLE_COLUMNS = [
     ("backend", "backend"),

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.bench.backends import Plan, RunFacts
 from pipeline.bench.rows import MIN_ROUNDS, BenchRow
 from pipeline.bench.timing import round_figures, spread, time_call
-from pipeline.errors import describe
+from pipeline.core.errors import describe
 from pipeline.export.safety import UnsafeModelError
 
 

@@ -18,17 +18,17 @@ from pipeline.bench.rounds import Measured, batch_of, finish, timed_rounds, why
 from pipeline.bench.rows import BenchRow, speedup_baseline
 from pipeline.bench.runtimes import runtime_plans
 from pipeline.bench.timing import time_call
-from pipeline.catalog import RUNTIMES
-from pipeline.data.types import LabelledChunks
+from pipeline.core.catalog import RUNTIMES
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
 from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
 from pipeline.hardware.cpu import detect as detect_cpu
 from pipeline.hardware.device import resolve_device
 from pipeline.hardware.peak import Peak, flops_per_image, peaks_for
+from pipeline.prepared.types import LabelledChunks
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
-    from pipeline.config import BenchmarkParams, EnergyParams
+    from pipeline.core.config import BenchmarkParams, EnergyParams
 
 ACCURACY_BATCH = 256  # batch of the accuracy pass; also the top of an engine's batch profile
 
@@ -79,7 +79,7 @@ def row_energy(call, backend: Backend, batch_size: int, energy_params, device) -
     """Joules per image over a window of at least energy.min_window_s of back-to-back calls."""
     where = f"cuda:{device.index or 0}" if backend.facts.on_gpu else "cpu"
     if energy_params is None:
-        from pipeline.config import EnergyParams
+        from pipeline.core.config import EnergyParams
 
         energy_params = EnergyParams()
     window = meter_from_params(energy_params, where)

@@ -1,6 +1,6 @@
 """Runtimes other than onnxruntime that run the exported ONNX files (``benchmark.runtimes``).
 
-A runtime is one catalog entry (pipeline.catalog.RUNTIMES) and one backend class in this
+A runtime is one catalog entry (pipeline.core.catalog.RUNTIMES) and one backend class in this
 package: instances have every member of bench/backends.py's ``Backend`` protocol, and the class
 the two below; the matrix, timing rounds, memory, energy and report take it from there.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.bench.backends import OrtSetup, Plan
-from pipeline.catalog import Runtime, resolve
+from pipeline.core.catalog import Runtime, resolve
 
 
 class RuntimeBackend(Protocol):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.charts.render import VEGA_LITE_VERSION
-from pipeline.io import write_text
+from pipeline.core.io import write_text
 
 PAGE = Path(".dvc/plots/offline.html")
 # DVC fills {plot_divs} and {refresh_tag}; {scripts} is left out on purpose: it would add DVC's

@@ -1,7 +1,7 @@
 """pipeline-pareto's chart: accuracy against J/image and against wall seconds, every run a grey
 point, the Pareto front joined and named. Runs without a figure are left off that panel (and
 counted in its subtitle), never drawn at zero. It draws what pipeline-pareto hands it: which run
-is on a front is decided there (pipeline.sweep), not here."""
+is on a front is decided there (pipeline.tools.pareto), not here."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError, first_line
-from pipeline.io import write_bytes
+from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.io import write_bytes
 
 # DVC's plot templates are Vega-Lite v5 specs; this is the newest v5 that vl-convert ships, used
 # for the static charts and for the scripts inlined into the offline plots page alike.

@@ -14,7 +14,7 @@ from pipeline.cluster.preflight import Baseline
 from pipeline.cluster.report import progress_line
 from pipeline.cluster.task import Board, Result, TaskSpec, run_experiment
 from pipeline.cluster.tools import Runner, checked, dvc_args, run_command
-from pipeline.errors import first_line
+from pipeline.core.errors import first_line
 
 CANCEL_WAIT_S = 30.0  # how long cancelled tasks get to stop their stages and answer
 

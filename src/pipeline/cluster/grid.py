@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import PipelineError, first_line
+from pipeline.core.errors import PipelineError, first_line
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 # What git accepts in one ref component, kept simple: no slashes, spaces or '..'.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.cluster.grid import SweepError
 from pipeline.cluster.task import error_line
-from pipeline.errors import first_line
+from pipeline.core.errors import first_line
 
 Runner = Callable[[Sequence[str], Path], subprocess.CompletedProcess]
 

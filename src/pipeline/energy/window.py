@@ -13,7 +13,7 @@ from pipeline.energy.cpu import POWERCAP_ROOT, CpuTimeEstimate, RaplMeter, read_
 from pipeline.energy.nvml import NvmlCounterMeter, NvmlGpus, NvmlPowerMeter
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
-    from pipeline.config import EnergyParams
+    from pipeline.core.config import EnergyParams
 
 
 class EnergyWindow:

@@ -18,7 +18,7 @@ from pipeline.hardware.cpu import CpuFeatures
 from pipeline.hardware.cpu import detect as detect_cpu
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users
-    from pipeline.config import Int8Params
+    from pipeline.core.config import Int8Params
 
 
 def _calibration_reader(input_name: str, images: np.ndarray, batch_size: int = 64):

@@ -12,10 +12,10 @@ import onnx
 import torch
 from torch import nn
 
+from pipeline.core.io import atomic_open
 from pipeline.export.graphs import walk_nodes
 from pipeline.export.safety import check_onnx_file
-from pipeline.io import atomic_open
-from pipeline.model_io import ModelCard
+from pipeline.models.files import ModelCard
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.config import ParityGate
-from pipeline.errors import PipelineError
+from pipeline.core.config import ParityGate
+from pipeline.core.errors import PipelineError
 
 
 class ParityError(PipelineError):

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.catalog import PROVIDERS, VARIANTS, base_variant, exported_variants, resolve
-from pipeline.config import Params
-from pipeline.data.types import LabelledChunks
+from pipeline.core.catalog import PROVIDERS, VARIANTS, base_variant, exported_variants, resolve
+from pipeline.core.config import Params
+from pipeline.core.io import sha256_file
+from pipeline.core.versioning import params_hash
 from pipeline.export.onnx_export import export_onnx, metadata_props
 from pipeline.export.parity import Parity, ParityError, ParityTally, problems
 from pipeline.export.session import make_session, session_logits
@@ -23,11 +24,10 @@ from pipeline.export.variants import (
     VariantInfo,
     variant_path,
 )
-from pipeline.inference import predict_logits
-from pipeline.io import sha256_file
-from pipeline.model_io import ModelCard
-from pipeline.preprocess import WithPreprocessing
-from pipeline.versioning import params_hash
+from pipeline.models.files import ModelCard
+from pipeline.models.inference import predict_logits
+from pipeline.models.preprocess import WithPreprocessing
+from pipeline.prepared.types import LabelledChunks
 
 
 def _parity_provider(variant: str) -> str:

@@ -8,9 +8,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
-from pipeline.data.links import links_into_dvc_cache
-from pipeline.errors import PipelineError, first_line
+from pipeline.core.errors import PipelineError, first_line
 from pipeline.export.graphs import subgraphs
+from pipeline.prepared.links import links_into_dvc_cache
 
 
 class UnsafeModelError(PipelineError):

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import fallback_chain
+from pipeline.core.catalog import fallback_chain
 from pipeline.export.safety import check_onnx_file
 
 RECORD_PLACEMENT = "session.record_ep_graph_assignment_info"
@@ -134,7 +134,9 @@ def session_logits(session, inputs, batch_size: int):
     """Logits of an onnxruntime session over ``inputs`` (numpy, NCHW), batch by batch."""
     import numpy as np
 
-    from pipeline.inference import in_batches  # here: it loads torch, which sessions don't need
+    from pipeline.models.inference import (
+        in_batches,  # here: it loads torch, which sessions don't need
+    )
 
     input_name = session.get_inputs()[0].name
 

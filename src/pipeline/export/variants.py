@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline.catalog import VARIANTS
+from pipeline.core.catalog import VARIANTS
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
-    from pipeline.config import Params
+    from pipeline.core.config import Params
 
 VARIANT_FILES = {variant.name: variant.file for variant in VARIANTS}
 

@@ -12,7 +12,7 @@ import platform
 from dataclasses import dataclass
 from functools import cache
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 OVERRIDE_ENV = "PIPELINE_CPU_FLAGS"
 # The flags that change a choice or explain a figure, in /proc/cpuinfo's spelling.

@@ -1,6 +1,6 @@
 """Model registry: ``model.arch`` -> a constructor taking the input shape and class count."""
 
-from pipeline.models.registry import (
+from pipeline.models.build import (
     MAX_PARAMETERS,
     ModelSpec,
     UnknownModelError,

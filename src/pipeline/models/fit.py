@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.errors import first_line
-from pipeline.models.registry import ModelSpec, build_model
+from pipeline.core.errors import first_line
+from pipeline.models.build import ModelSpec, build_model
 
 DOWNSAMPLING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def head_name(model: nn.Module, num_classes: int) -> str:

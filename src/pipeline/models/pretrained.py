@@ -22,11 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.io import sha256_bytes
+from pipeline.core.errors import PipelineError
+from pipeline.core.headers import TensorFileError, read_header
+from pipeline.core.io import sha256_bytes
+from pipeline.models.build import ModelSpec, build_model
 from pipeline.models.parts import first_conv_weight, head_parameter_names
-from pipeline.models.registry import ModelSpec, build_model
-from pipeline.safetensors_header import TensorFileError, read_header
 
 TORCHVISION = "torchvision"
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import PipelineError, describe
-from pipeline.io import atomic_open
+from pipeline.core.errors import PipelineError, describe
+from pipeline.core.io import atomic_open
 
 NAME = re.compile(r"^epoch-(\d{4,})(?:\+(\d{6,}))?-([0-9a-f]{12})\.pt$")
-# What pipeline.io.atomic_open leaves behind when killed mid-write: ".<name>.<random>.tmp".
+# What pipeline.core.io.atomic_open leaves behind when killed mid-write: ".<name>.<random>.tmp".
 TEMPORARY = re.compile(r"^\.epoch-\d{4,}(?:\+\d{6,})?-[0-9a-f]{12}\.pt\.[^/]*\.tmp$")
 LEGACY = re.compile(r"^epoch-\d{4,}\.pt$")  # before runs were tagged; never resumed
 

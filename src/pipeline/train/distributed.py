@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 # Testing hook, not a feature: PIPELINE_FAULT_INJECT="rank=1,epoch=2" makes rank 1 die with
 # os._exit(1) right after epoch 2's checkpoint is on disk ("rank=1,epoch=2,batch=5": after

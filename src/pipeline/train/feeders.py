@@ -11,9 +11,9 @@ from typing import Protocol
 
 import torch
 
-from pipeline.config import TrainParams
-from pipeline.data.shards import SplitShards
+from pipeline.core.config import TrainParams
 from pipeline.hardware.precision import Precision
+from pipeline.prepared.shards import SplitShards
 from pipeline.train.batches import EpochOrder, make_batches
 from pipeline.train.streaming import StreamBatches, streamed_val_chunks
 

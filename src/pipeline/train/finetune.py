@@ -12,8 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from pipeline.config import TrainParams
-from pipeline.errors import PipelineError
+from pipeline.core.config import TrainParams
+from pipeline.core.errors import PipelineError
 
 
 def param_groups(

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from pipeline.config import DistributedParams, Params
-from pipeline.errors import PipelineError, describe, first_line
+from pipeline.core.config import DistributedParams, Params
+from pipeline.core.errors import PipelineError, describe, first_line
 from pipeline.hardware.device import resolve_device
 from pipeline.train.distributed import is_worker, join_group, leave_group
 from pipeline.train.run import run_training

@@ -17,10 +17,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pipeline.config import TrainParams
-from pipeline.errors import PipelineError
+from pipeline.core.config import TrainParams
+from pipeline.core.errors import PipelineError
 from pipeline.hardware.precision import Precision
-from pipeline.inference import in_batches
+from pipeline.models.inference import in_batches
 from pipeline.train.augment import Augment
 from pipeline.train.batches import EpochOrder
 from pipeline.train.feeders import Feeder, InMemory, StepSetup, Validation

@@ -16,7 +16,7 @@ from pipeline.hardware.tf32 import set_tf32, tf32_ops
 from pipeline.train.batches import dataset_fits_on_device
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
-    from pipeline.config import TrainParams
+    from pipeline.core.config import TrainParams
 
 
 @dataclass(frozen=True)

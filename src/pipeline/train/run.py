@@ -12,18 +12,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import paths
-from pipeline.config import Params, TrainParams
-from pipeline.data.storage import split_shards
-from pipeline.errors import PipelineError
+from pipeline.core import paths
+from pipeline.core.config import Params, TrainParams
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import sha256_json
+from pipeline.core.versioning import code_version
 from pipeline.hardware.memory import peak_memory
 from pipeline.hardware.peak import flops_per_image
-from pipeline.io import sha256_json
-from pipeline.model_io import ModelCard, save_trained
 from pipeline.models import build_model
+from pipeline.models.files import ModelCard, save_trained
 from pipeline.models.parts import head_parameter_names
+from pipeline.models.preprocess import WithPreprocessing
 from pipeline.models.pretrained import StartWeights
-from pipeline.preprocess import WithPreprocessing
+from pipeline.prepared.storage import split_shards
 from pipeline.train.accounting import RunAccount, epochs_line
 from pipeline.train.checkpoint import (
     RunIdentity,
@@ -39,7 +40,6 @@ from pipeline.train.progress import log_live, progress_line, step_bar
 from pipeline.train.resources import compute_report
 from pipeline.train.setup import TrainSetup, build_setup
 from pipeline.train.state import EpochStats
-from pipeline.versioning import code_version
 
 
 def seed_everything(seed: int) -> None:

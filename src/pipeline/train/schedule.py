@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pipeline.config import TrainParams
+from pipeline.core.config import TrainParams
 
 MIN_ONECYCLE_STEPS = 8
 

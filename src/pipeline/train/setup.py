@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline import paths
-from pipeline.config import Params, TrainParams
-from pipeline.data.storage import PreparedMeta, read_meta, split_shards
+from pipeline.core import paths
+from pipeline.core.config import Params, TrainParams
 from pipeline.energy import meter_from_params
 from pipeline.hardware.memory import reset_peak_memory
 from pipeline.hardware.precision import Precision
 from pipeline.models import ModelSpec
 from pipeline.models.pretrained import StartWeights, resolve_pretrained
+from pipeline.prepared.storage import PreparedMeta, read_meta, split_shards
 from pipeline.train.accounting import RunAccount
 from pipeline.train.feeders import InMemory, Streamed, read_splits
 from pipeline.train.policy import Policy, resolve_policy

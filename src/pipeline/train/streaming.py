@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pipeline.data.shards import SplitShards
+from pipeline.prepared.shards import SplitShards
 from pipeline.train.batches import EpochOrder, SkipOnce, draw_epoch_seed
 
 _DONE = object()

@@ -1,1 +1,0 @@
-"""Image sources, the train/val/test split and the prepared-data format."""

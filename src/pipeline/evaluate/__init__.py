@@ -1,0 +1,1 @@
+"""The evaluate stage's figures: accuracy, loss, per-class table, confusion matrix."""

@@ -1,0 +1,1 @@
+"""The prepared-data contract every stage after prepare reads: meta, shards, links."""

@@ -1,0 +1,1 @@
+"""Data sources and the prepare recipe: code that only the prepare stage runs."""

@@ -1,0 +1,68 @@
+"""What the torchvision-format sources share: locating their files, hashing, downloading.
+
+Files are read from ``data.root`` in torchvision's own layout, so a folder torchvision filled
+(or one a user copied) works offline. Only a missing file with ``data.download: true`` ever
+touches the network, and then through torchvision's own download code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.core.errors import first_line
+from pipeline.core.io import sha256_file
+from pipeline.sources.errors import DataSourceError
+
+
+def find(root: Path, relative: str, compressed_ok: bool) -> Path | None:
+    """The file at ``root/relative`` (or its ``.gz`` twin when allowed), else None."""
+    plain = root / relative
+    if plain.is_file():
+        return plain
+    gz = root / f"{relative}.gz"
+    if compressed_ok and gz.is_file():
+        return gz
+    return None
+
+
+def missing_error(
+    source: str, root: Path, missing: list[str], compressed_ok: bool
+) -> DataSourceError:
+    suffix = "[.gz]" if compressed_ok else ""
+    expected = ", ".join(f"{(root / name).as_posix()}{suffix}" for name in missing)
+    return DataSourceError(
+        f"data.source {source}: missing {expected}; set data.download: true or put the files there"
+    )
+
+
+def locate(
+    source: str,
+    root: Path,
+    names: list[str],
+    *,
+    compressed_ok: bool,
+    download: bool,
+    downloader: Callable[[Path], None],
+) -> dict[str, Path]:
+    """Map each expected relative name to its file, downloading once if allowed and needed."""
+    found = {name: find(root, name, compressed_ok) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing and download:
+        try:
+            downloader(root)
+        except Exception as error:  # network, mirror and checksum failures all end here
+            raise DataSourceError(
+                f"data.source {source}: download into {root.as_posix()} failed "
+                f"({first_line(error)}); put the files there by hand or check the network"
+            ) from None
+        found = {name: find(root, name, compressed_ok) for name in names}
+        missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise missing_error(source, root, missing, compressed_ok)
+    return {name: path for name, path in found.items() if path is not None}
+
+
+def file_hashes(root: Path, files: dict[str, Path]) -> dict[str, str]:
+    """Per-file sha256, keyed by the path relative to data.root (portable across machines)."""
+    return {path.relative_to(root).as_posix(): sha256_file(path) for path in files.values()}
