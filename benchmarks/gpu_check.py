@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,6 +71,8 @@ class BenchSettings:
     max_repeats: int = 12  # rounds per row at most, as benchmark.max_repeats
     extra_seconds: float = 30.0  # budget of the rounds for noisy rows, as benchmark.extra_seconds
     max_spread: float = 0.125  # rows whose rounds' p50s spread (IQR/median) more are noisy
+    # OpenVINO on the host CPU beside onnxruntime; rows say so where it is not installed.
+    runtimes: list[str] = field(default_factory=lambda: ["openvino"])
 
 
 @dataclass(frozen=True)
