@@ -17,9 +17,12 @@ GPU_MATMUL_SIZE = 8192
 
 
 def flops_per_image(model: torch.nn.Module, example: torch.Tensor) -> int:
-    """Forward FLOPs of ``model`` for one image as PyTorch counts them (a multiply-add is 2)."""
+    """Forward FLOPs of ``model`` for one image as PyTorch counts them (a multiply-add is 2),
+    counted on the device the model's weights are on (a trained model may be on a GPU)."""
+    weights = next(iter(model.parameters()), None)
+    device = weights.device if weights is not None else torch.device("cpu")
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.eval()(example[:1].to("cpu"))
+        model.eval()(example[:1].to(device))
     return int(counter.get_total_flops())
 
 
