@@ -37,7 +37,7 @@ def test_engine_trains_on_the_gpu_with_data_resident(precision):
     gpu = trainer_for_tensors(
         model,
         (trainer.batches.images.cpu(), trainer.batches.labels.cpu()),
-        (trainer.val[0].cpu(), trainer.val[1].cpu()),
+        (trainer.validation.images.cpu(), trainer.validation.labels.cpu()),
         params,
         device,
         chosen,
