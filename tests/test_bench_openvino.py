@@ -21,6 +21,7 @@ from pipeline.bench.rows import BenchRow
 from pipeline.bench.run import backend_plans, benchmark_backend
 from pipeline.core.config import BenchmarkParams, ParamsError, parse_params
 from pipeline.export.session import make_session, session_logits
+from pipeline.prepared.types import LabelledImages
 
 openvino = pytest.importorskip("openvino")
 FAST = {"batch_sizes": [1, 8], "warmup": 1, "min_iterations": 3, "min_seconds": 0.0}
@@ -43,7 +44,10 @@ def build(path, variant: str, setting: str, card) -> OpenVinoBackend:
 def rows_of(path, variant: str, setting: str, card, images, labels) -> list[BenchRow]:
     plan = OpenVinoBackend.plan(path, variant, setting, setup_of(card))
     params = BenchmarkParams(device="cpu", **FAST)
-    return [item.row for item in benchmark_backend(plan, params, CPU, images, labels)]
+    return [
+        item.row
+        for item in benchmark_backend(plan, params, CPU, images, LabelledImages(images, labels))
+    ]
 
 
 def hint_of(backend: OpenVinoBackend) -> str:
@@ -119,7 +123,10 @@ def test_on_a_bf16_cpu_the_default_row_is_bf16_beside_an_f32_row(exported, monke
     assert [(p.name, p.variant, p.provider, p.memory_kind) for p in plans] == [
         ("openvino_default", "fp32", "cpu", "host"), ("openvino_f32", "fp32", "cpu", "host")
     ]  # fmt: skip
-    rows = {p.name: benchmark_backend(p, params, CPU, images, labels)[0].row for p in plans}
+    rows = {
+        p.name: benchmark_backend(p, params, CPU, images, LabelledImages(images, labels))[0].row
+        for p in plans
+    }
     assert rows["openvino_default"].precision == "bf16"
     assert rows["openvino_f32"].precision == "fp32"
     assert all(row.status == "ok" for row in rows.values())
@@ -184,7 +191,10 @@ def test_without_openvino_the_rows_say_so(exported, monkeypatch):
     assert [(p.name, p.variant) for p in plans] == [
         ("openvino_default", "fp32"), ("openvino_default", "int8")
     ]  # fmt: skip
-    rows = [item.row for item in benchmark_backend(plans[0], params, CPU, images, labels)]
+    rows = [
+        item.row
+        for item in benchmark_backend(plans[0], params, CPU, images, LabelledImages(images, labels))
+    ]
     assert [(r.status, r.reason) for r in rows] == [("failed", f"ImportError: {MISSING}")] * 2
 
 

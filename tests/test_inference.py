@@ -98,7 +98,7 @@ def test_session_logits_batch_by_batch_in_order_as_float32():
 
 def test_validate_does_not_depend_on_the_batch_size():
     trainer = make_trainer(epochs=1)
-    images, labels = trainer.val
+    images, labels = trainer.validation.images, trainer.validation.labels
     with torch.no_grad():
         logits = trainer.eval_model.eval()(images).float()
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()

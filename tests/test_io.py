@@ -41,7 +41,7 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
 
 
 def test_staged_folder_replaces_whole_or_leaves_the_old_one(tmp_path, monkeypatch):
-    from pipeline import io as pipeline_io
+    from pipeline.core import io as pipeline_io
 
     target = tmp_path / "out"
     target.mkdir()

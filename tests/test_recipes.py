@@ -138,7 +138,8 @@ def test_dvc_runs_the_new_model_source_provider_and_variant(followed):
     tf32 = [row for row in rows if row["provider_requested"] == "cuda_tf32"]
     assert tf32 and all(row["backend"] == "onnxruntime_cuda_tf32" for row in tf32)
     if not torch.cuda.is_available():  # no GPU: a CPU fallback, never labelled tf32
-        assert all(row["status"] == "fallback" and row["precision"] == "fp32" for row in tf32)
+        assert all(row["status"] == "fallback" and row["precision"] != "tf32" for row in tf32)
+        assert {row["precision"] for row in tf32 if row["variant"] == "fp32"} == {"fp32"}
     export = json.loads((root / "metrics/details/export.json").read_text())
     dynamic = export["variants"]["int8_dynamic"]
     assert dynamic["passed"] and dynamic["gate"]["min_top1_agreement"] == 0.97
@@ -146,7 +147,8 @@ def test_dvc_runs_the_new_model_source_provider_and_variant(followed):
         dynamic["file"].endswith("model.int8_dynamic.onnx") and (root / dynamic["file"]).is_file()
     )
     assert dynamic["quantization"]["format"] == "dynamic"
-    timed = [row for row in rows if row["variant"] == "int8_dynamic"]
+    # onnxruntime runs its int8 kernels; OpenVINO says what its compiled layers run in.
+    timed = [r for r in rows if r["variant"] == "int8_dynamic" and r["backend"].startswith("onnx")]
     assert timed and {row["precision"] for row in timed} == {"int8"}
     assert dvc(root, "status").stdout.strip().endswith("up to date.")
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.bench.backends import OrtSetup, Plan, RunFacts
+from pipeline.core.errors import message_lines
 from pipeline.export.safety import check_onnx_file
 from pipeline.models.inference import in_batches
 from pipeline.models.preprocess import Normalize
@@ -39,7 +40,7 @@ class OpenVinoCompileError(RuntimeError):
 
 def compile_reason(path: Path, error: Exception) -> str:
     """OpenVINO's error without the source locations it starts with, on one line."""
-    lines = [line.strip(" -") for line in str(error).splitlines()]
+    lines = [line.strip(" -") for line in message_lines(error)]
     said = [line.rstrip(".") for line in lines if line and not line.startswith(WHERE_RAISED)]
     return f"OpenVINO cannot compile {Path(path).name}: {'; '.join(said) or type(error).__name__}"
 

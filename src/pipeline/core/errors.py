@@ -17,6 +17,12 @@ def first_line(error: BaseException | str) -> str:
     return "" if isinstance(error, str) else type(error).__name__
 
 
+def message_lines(error: BaseException) -> list[str]:
+    """Every non-blank line of an error's message, stripped; its type name when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines or [type(error).__name__]
+
+
 def describe(error: BaseException) -> str:
     """``"TypeName: first line"``, or just the type name when the message is blank."""
     name = type(error).__name__
