@@ -92,7 +92,7 @@ FAST_PARAMS = {
     "benchmark.min_seconds": 0.0,
     "benchmark.warmup": 2,
     "benchmark.repeats": 2,
-    "benchmark.extra_seconds": 0.0,  # no extra rounds for noisy rows: the busy-machine e2e test has them
+    "benchmark.extra_seconds": 0.0,  # no extra rounds for noisy rows (the busy-machine test has)
     "energy.min_window_s": 0.1,
 }
 
