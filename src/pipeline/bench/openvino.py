@@ -125,6 +125,9 @@ class OpenVinoBackend:
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
             "INFERENCE_NUM_THREADS": setup.threads,
+            # Pinned workers hold their cores between calls: the other backends timed beside
+            # them in the same rounds went noisy (onnxruntime batch 1 spread 38% against 11%).
+            "ENABLE_CPU_PINNING": False,
         }
         if setting == F32:
             config["INFERENCE_PRECISION_HINT"] = openvino.Type.f32
