@@ -93,6 +93,7 @@ FAST_PARAMS = {
     "benchmark.warmup": 2,
     "benchmark.repeats": 2,
     "benchmark.extra_seconds": 0.0,  # no extra rounds for noisy rows (the busy-machine test has)
+    "benchmark.runtimes": [],  # OpenVINO rows: test_bench_openvino, and test_e2e_dvc's project
     "energy.min_window_s": 0.1,
 }
 

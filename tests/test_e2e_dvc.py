@@ -49,7 +49,9 @@ def leaves(node, prefix=""):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = make_project_copy(tmp_path_factory.mktemp("e2e") / "project", FAST_PARAMS)
+    # The default's runtimes: OpenVINO rows beside onnxruntime's, through real DVC.
+    params = {**FAST_PARAMS, "benchmark.runtimes": ["openvino"]}
+    root = make_project_copy(tmp_path_factory.mktemp("e2e") / "project", params)
     result = dvc(root, "repro")
     assert "Running stage 'benchmark'" in result.stdout
     run(root, "git", "add", "-A")
@@ -90,6 +92,10 @@ def test_repro_writes_every_output_with_sane_values(project):
     timed = [r for r in csv.DictReader(open(project / "metrics/benchmark.csv")) if r["iterations"]]
     assert timed and all(r["repeats"] == str(FAST_PARAMS["benchmark.repeats"]) for r in timed)
     assert all(float(r["latency_spread"]) >= 0 and r["noisy"] in ("True", "False") for r in timed)
+    # OpenVINO beside onnxruntime, each row with the precision its compiled model reports.
+    openvino = [r for r in timed if r["backend"].startswith("openvino")]
+    assert {r["variant"] for r in openvino} == {"fp32", "fp16", "int8"}
+    assert all(r["precision"] in ("fp32", "bf16", "int8") and r["top1_accuracy"] for r in openvino)
     status = dvc(project, "status", "--json")
     assert json.loads(status.stdout) == {}
 
@@ -338,7 +344,7 @@ SPIN = "while True: pass"  # one core kept busy for as long as it runs
 def test_a_busy_machine_still_gives_a_headline_for_every_batch_size(project):
     """The benchmark stage with a CPU-bound process beside it still reports a headline, with its
     spread, for every batch size (noisy rows get extra rounds within benchmark.extra_seconds)."""
-    set_param(project, "benchmark", "extra_seconds", 30.0)
+    set_param(project, "benchmark", "extra_seconds", 10.0)
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         done = dvc(project, "repro", check=False)  # the benchmark stage, beside the spinner
