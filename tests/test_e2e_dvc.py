@@ -95,7 +95,8 @@ def test_repro_writes_every_output_with_sane_values(project):
     # OpenVINO beside onnxruntime, each row with the precision its compiled model reports.
     openvino = [r for r in timed if r["backend"].startswith("openvino")]
     assert {r["variant"] for r in openvino} == {"fp32", "fp16", "int8"}
-    assert all(r["precision"] in ("fp32", "bf16", "int8") and r["top1_accuracy"] for r in openvino)
+    ran = ("fp32", "bf16", "fp16", "int8")
+    assert all(r["precision"] in ran and r["top1_accuracy"] for r in openvino)
     status = dvc(project, "status", "--json")
     assert json.loads(status.stdout) == {}
 
