@@ -14,7 +14,7 @@ from pipeline.bench.report import headline, rows_to_csv, rows_to_markdown
 from pipeline.bench.rounds import Measured, batch_of, is_noisy
 from pipeline.bench.rows import ROW_FIELDS, BenchRow
 from pipeline.bench.run import derive, relate
-from pipeline.bench.timing import Timing, spread, time_call
+from pipeline.bench.timing import Timing, paired_ratios, spread, time_call
 from pipeline.hardware.peak import Peak
 
 
@@ -132,14 +132,32 @@ def row(
     )
 
 
+LOAD = (1.0, 1.6, 1.1)  # a neighbour's load in rounds 1..3: every row of a round slowed alike
+
+
 def measured(rows: list[BenchRow], peak_keys: dict[int, str] | None = None) -> list[Measured]:
-    """Rows as run_benchmark holds them before derive: the peak key beside each, not in it."""
+    """Rows as run_benchmark holds them before derive: the peak key and the rounds beside each,
+    not in it. A timed row's rounds are its p50 under LOAD, so its figure is its own p50."""
     items = []
     for index, bench_row in enumerate(rows):
         key = (peak_keys or {}).get(index, "cpu")
         facts = RunFacts("ok", "", (), "fp32", key != "cpu", key)
-        items.append(Measured(plan=None, row=bench_row, facts=facts))
+        p50s = []
+        if bench_row.images_per_s:
+            p50s = [f * bench_row.batch_size * 1000.0 / bench_row.images_per_s for f in LOAD]
+        items.append(timed(bench_row, p50s, facts=facts))
     return items
+
+
+def timed(bench_row: BenchRow, p50s: list[float], numbers=None, facts=None) -> Measured:
+    """``bench_row`` with one round per p50 (rounds 1, 2, ... unless ``numbers`` says)."""
+    rounds = [np.full(3, p50) for p50 in p50s]
+    numbers = list(numbers or range(1, len(p50s) + 1))
+    return Measured(plan=None, row=bench_row, facts=facts, rounds=rounds, round_numbers=numbers)
+
+
+def derived(rows: list[BenchRow], max_spread: float = 0.125) -> list[BenchRow]:
+    return derive(measured(rows), flops=1000, peaks={}, max_spread=max_spread)
 
 
 def sample_rows():
@@ -161,16 +179,17 @@ def figures(rows, max_accuracy_drop):
 
 
 def test_headline_never_crowns_a_fallback_a_failure_or_an_accuracy_loss():
-    top = figures(sample_rows(), max_accuracy_drop=0.005)
+    top = figures(derived(sample_rows()), max_accuracy_drop=0.005)
     assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"
     assert top["batch_1"]["best_variant"] == "fp32"
     assert top["batch_1"]["speedup_vs_pytorch_eager"] == pytest.approx(5.0)
+    assert top["batch_1"]["speedup_spread"] == pytest.approx(0.0, abs=1e-9)
     assert top["batch_1"]["rows_not_eligible"] == 3
     assert top["batch_64"]["best_variant"] == "int8"
     assert top["batch_64"]["speedup_vs_pytorch_eager"] == pytest.approx(3.0)
     assert top["batch_64"]["accuracy_delta_vs_pytorch"] == pytest.approx(-0.002)
     # A looser accuracy budget lets int8 win at batch 1.
-    assert figures(sample_rows(), 0.1)["batch_1"]["best_variant"] == "int8"
+    assert figures(derived(sample_rows()), 0.1)["batch_1"]["best_variant"] == "int8"
 
 
 def test_headline_without_an_eligible_row_says_so():
@@ -199,27 +218,88 @@ def test_headline_names_the_precision_that_ran_and_the_energy_scope():
     assert "| 8 | onnxruntime_tensorrt fp32 | tf32 |" in text and "(gpu_board) |" in text
 
 
-def test_a_noisy_baseline_gives_no_speedup_and_says_why():
+def test_a_noisy_baseline_still_gives_speedups_paired_round_by_round():
+    """The baseline's rounds disagree (noisy), but each round slowed every row alike (LOAD): the
+    per-round ratios agree, so the speed-ups stand (they used to be withheld)."""
     rows = sample_rows()
-    rows[0] = replace(rows[0], noisy=True)  # eager fp32 at batch 1: its repeats disagreed
-    rows = derive(measured(rows), flops=1000, peaks={})
+    rows[0] = replace(rows[0], noisy=True, latency_spread=0.3)  # eager fp32 at batch 1
+    rows = derived(rows)
     top = figures(rows, max_accuracy_drop=0.005)
-    assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"  # the best row still stands
-    assert top["batch_1"]["speedup_vs_pytorch_eager"] is None
-    assert "noisy" in top["batch_1"]["speedup_unavailable"]
-    assert all(r.speedup_vs_eager is None for r in rows if r.batch_size == 1)
-    assert top["batch_64"]["speedup_vs_pytorch_eager"] == pytest.approx(3.0)
-    assert top["batch_64"]["speedup_unavailable"] is None
+    assert top["batch_1"]["best_backend"] == "onnxruntime_cpu"
+    assert top["batch_1"]["speedup_vs_pytorch_eager"] == pytest.approx(5.0)
+    assert top["batch_1"]["speedup_unavailable"] is None
+    assert rows[3].speedup_vs_eager == pytest.approx(9.0)  # a fallback row is related too
+    assert rows[4].speedup_vs_eager is None and rows[4].speedup_unavailable is None  # failed
     text = rows_to_markdown(rows, {"threads": 2}, headline(rows, 0.005))
-    assert "No speed-up at batch 1: the PyTorch eager fp32 row was noisy" in text
-    assert "No speed-up at batch 64" not in text
+    assert "| 5.00x ±0% |" in text and "No speed-up" not in text
+
+
+def pair(base_p50s, row_p50s, base_numbers=None, row_numbers=None, base=None):
+    """Eager fp32 and an ONNX row at batch 1, with these rounds, derived (max_spread 0.125)."""
+    base = base or row("pytorch_eager", "fp32", 1, 1000.0, 0.95, providers="cpu")
+    onnx = row("onnxruntime_cpu", "fp32", 1, 4000.0, 0.95)
+    items = [timed(base, base_p50s, base_numbers), timed(onnx, row_p50s, row_numbers)]
+    return derive(items, flops=1000, peaks={}, max_spread=0.125)
+
+
+def test_steady_rows_whose_ratios_disagree_give_no_speedup_and_say_why():
+    """Each row alone is steady (IQR / median 0.095), but the load hit eager in rounds 2 and 4
+    and the ONNX row in rounds 1 and 3: the ratios spread 19%, so no speed-up is claimed."""
+    rows = pair([4.0, 4.4, 4.0, 4.4], [1.1, 1.0, 1.1, 1.0])
+    top = headline(rows, 0.005)["batch_1"]
+    assert top.best.backend == "onnxruntime_cpu" and top.speedup is None
+    assert top.speedup_spread == pytest.approx(0.19, abs=0.005)
+    why = "speed-up over PyTorch eager fp32 varied by 19% across 4 paired rounds"
+    assert top.speedup_unavailable == f"{why} (benchmark.max_spread 0.125)"
+    assert top.as_dict()["speedup_unavailable"] == top.speedup_unavailable
+    text = rows_to_markdown(rows, {"threads": 2}, {"batch_1": top})
+    assert f"No speed-up at batch 1: {why}" in text
+    assert rows[1].speedup_unavailable == top.speedup_unavailable  # the CSV says it too
+
+
+def test_a_baseline_with_one_good_round_gives_no_speedup():
+    one = row("pytorch_eager", "fp32", 1, 1000.0, 0.95, providers="cpu", repeats=1)
+    rows = pair([4.0], [1.0, 1.0, 1.0], base=one)
+    assert rows[1].speedup_vs_eager is None
+    assert rows[1].speedup_unavailable == (
+        "the PyTorch eager fp32 row has fewer than 2 good timing rounds"
+    )
+    failed = row("pytorch_eager", "fp32", 1, None, None, "failed", "RuntimeError: no memory")
+    rows = pair([], [1.0, 1.0], base=failed)
+    assert rows[1].speedup_unavailable == "no PyTorch eager fp32 row that ran"
+
+
+def test_a_row_with_no_round_in_common_with_the_baseline_gives_no_speedup():
+    """Rounds 1-3 of eager, rounds 4-6 of the row (its first rounds failed): nothing to pair,
+    however steady both are."""
+    rows = pair([4.0, 4.0, 4.0], [1.0, 1.0, 1.0], row_numbers=[4, 5, 6])
+    assert rows[1].speedup_vs_eager is None and rows[1].speedup_spread is None
+    assert rows[1].speedup_unavailable == (
+        "0 round(s) paired with the PyTorch eager fp32 row (2 needed)"
+    )
+    rows = pair([4.0, 4.0, 4.0], [1.0, 1.0, 1.0], row_numbers=[3, 4, 5])  # one round shared
+    assert rows[1].speedup_vs_eager is None and "1 round(s) paired" in rows[1].speedup_unavailable
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy: p50 of inf - inf
+@pytest.mark.parametrize("broken", [0.0, float("inf"), float("nan")])
+def test_zero_or_infinite_latencies_never_give_an_infinite_or_nan_speedup(broken):
+    """A round whose p50 is 0, inf or NaN says nothing about speed: it is left out of the pairs."""
+    rows = pair([4.0, 4.0, 4.0, broken], [1.0, broken, 1.0, 1.0])
+    assert rows[1].speedup_vs_eager == pytest.approx(4.0)  # from rounds 1 and 3
+    assert rows[1].speedup_spread == 0.0
+    rows = pair([broken, broken, 4.0], [1.0, 1.0, broken])
+    assert rows[1].speedup_vs_eager is None and rows[1].speedup_spread is None
+    assert "0 round(s) paired" in rows[1].speedup_unavailable
+    assert paired_ratios({1: 1e300, 2: 4.0}, {1: 1e-300, 2: 1.0}).tolist() == [4.0]  # overflow
 
 
 def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
     rows = sample_rows()
     rows.append(row("onnxruntime_cuda", "fp16", 64, 1e6, 0.95, providers="CUDAExecutionProvider"))
     peaks = {"cpu": Peak(100.0, "test", {}), "cuda_fp16": Peak(1000.0, "test", {})}
-    rows = derive(measured(rows, {len(rows) - 1: "cuda_fp16"}), flops=2_000_000, peaks=peaks)
+    items = measured(rows, {len(rows) - 1: "cuda_fp16"})
+    rows = derive(items, flops=2_000_000, peaks=peaks, max_spread=0.125)
     cpu_int8 = rows[6]
     assert cpu_int8.gflops_per_s == pytest.approx(60.0)
     assert cpu_int8.share_of_peak == pytest.approx(0.6)
@@ -233,7 +313,7 @@ def test_derive_relates_rows_to_eager_and_to_the_measured_peak():
 
 
 def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():
-    rows = derive(measured(sample_rows()), 1000, {"cpu": Peak(1.0, "test", {})})
+    rows = derive(measured(sample_rows()), 1000, {"cpu": Peak(1.0, "test", {})}, 0.125)
     parsed = list(csv.DictReader(io.StringIO(rows_to_csv(rows))))
     assert len(parsed) == len(rows) and list(parsed[0]) == ROW_FIELDS
     assert parsed[4]["status"] == "failed" and parsed[4]["images_per_s"] == ""
@@ -244,11 +324,16 @@ def test_csv_has_every_row_and_column_and_markdown_explains_odd_rows():
 
 
 def test_the_csv_header_is_the_rows_fields_as_before():
-    """The typed row keeps the 36 columns of the dict it replaced, in the same order."""
+    """The typed row keeps the 36 columns of the dict it replaced, in the same order, with the
+    speed-up's spread and why it is missing after the speed-up."""
     assert ROW_FIELDS[:8] == [
         "backend", "variant", "precision", "provider_requested", "providers_used", "status",
         "reason", "note",
     ]  # fmt: skip
-    assert len(ROW_FIELDS) == 36 and ROW_FIELDS[-3:] == [
+    at = ROW_FIELDS.index("speedup_vs_eager")
+    assert ROW_FIELDS[at : at + 4] == [
+        "speedup_vs_eager", "speedup_spread", "speedup_unavailable", "session_create_ms"
+    ]  # fmt: skip
+    assert len(ROW_FIELDS) == 38 and ROW_FIELDS[-3:] == [
         "joules_per_image", "energy_method", "energy_reason"
     ]  # fmt: skip

@@ -1,15 +1,18 @@
 """Timing rounds after the first: every backend in turn, re-checked against what ran the first,
-then more rounds for noisy rows (the baseline first) within the time budget."""
+then more rounds for noisy rows (beside the baseline of their batch size) within the time
+budget; speed-ups from the rounds a row and the baseline share."""
 
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
+import pytest
 
 from pipeline.bench.backends import Plan, RunFacts
 from pipeline.bench.rounds import Measured, finish, timed_rounds
 from pipeline.bench.rows import BenchRow
+from pipeline.bench.run import derive
 from pipeline.core.config import BenchmarkParams
 
 GPU = RunFacts("ok", "", ("CUDAExecutionProvider",), "fp32", True, "cuda_fp32")
@@ -22,6 +25,7 @@ class Fake:
 
     def __init__(self, facts: RunFacts, log: list[str], name: str):
         self.facts = facts
+        self.name = name
         log.append(name)
 
     def bind(self, batch):
@@ -39,7 +43,7 @@ def plan(name: str, log: list[str], facts=GPU, variant="fp32") -> Plan:
 def first_round(p: Plan, ms: float = 1000.0, facts=GPU, batch: int = 1) -> Measured:
     row = BenchRow(backend=p.name, variant=p.variant, batch_size=batch, status=facts.status,
                    top1_accuracy=0.9)  # fmt: skip
-    return Measured(p, row, facts, [np.full(3, ms)])
+    return Measured(p, row, facts, [np.full(3, ms)], round_numbers=[1])
 
 
 def params(**values) -> BenchmarkParams:
@@ -129,3 +133,90 @@ def test_max_repeats_must_cover_repeats():
 
     with pytest.raises(ParamsError, match="'benchmark.max_repeats'.*at least benchmark.repeats"):
         parse_params({"benchmark": {"repeats": 5, "max_repeats": 3}})
+
+
+def fake_rounds(monkeypatch, p50s: dict[tuple[str, int], list[float]]) -> list[tuple[str, int]]:
+    """Every round after the first: backend ``name`` at batch ``size`` takes the next of
+    ``p50s[name, size]`` ms (cycled). Returns what was timed, in order, as (name, size)."""
+    from pipeline.bench import rounds
+
+    timed: list[tuple[str, int]] = []
+    cycles = {key: itertools.cycle(values) for key, values in p50s.items()}
+
+    def time_size(backend, params, images, size):
+        timed.append((backend.name, size))
+        return rounds.RoundResult(np.full(3, next(cycles[backend.name, size])), backend.facts)
+
+    monkeypatch.setattr(rounds, "time_size", time_size)
+    return timed
+
+
+def finished(items: list[Measured]) -> list[BenchRow]:
+    """The rows as run_benchmark reports them: figures from the rounds, then the speed-ups."""
+    for item in items:
+        item.row = finish(item, 0.125)
+    return derive(items, flops=1000, peaks={}, max_spread=0.125)
+
+
+def test_a_noisy_baseline_still_gives_a_speedup_paired_round_by_round(monkeypatch):
+    """Load comes and goes: from round to round both rows' p50s swing by up to 3x and both are
+    noisy, but within each round the neighbour slows them alike and eager takes 4x as long.
+    The speed-up is the median of the per-round ratios (dividing by the noisy baseline's
+    figure, as before, gave none)."""
+    load = [3.0, 1.2, 2.8, 1.1, 2.9]  # rounds 2..6; round 1 unloaded
+    fake_rounds(monkeypatch, {("pytorch_eager", 1): [4.0 * f for f in load],
+                              ("onnxruntime_cuda", 1): [1.0 * f for f in load]})  # fmt: skip
+    eager, ort = plan("pytorch_eager", []), plan("onnxruntime_cuda", [])
+    items = [first_round(ort, 1.0), first_round(eager, 4.0)]
+    timed_rounds(items, params(repeats=3, max_repeats=6, extra_seconds=60.0), IMAGES)
+    assert [item.round_numbers for item in items] == [[1, 2, 3, 4, 5, 6]] * 2
+    row, base = finished(items)
+    assert row.noisy is True and base.noisy is True and base.latency_spread > 0.5
+    assert row.speedup_vs_eager == pytest.approx(4.0)
+    assert row.speedup_spread == pytest.approx(0.0, abs=1e-9)
+    assert row.speedup_unavailable is None
+    assert base.speedup_vs_eager == pytest.approx(1.0)  # the baseline paired with itself
+
+
+def test_a_steady_baseline_is_timed_beside_a_noisy_row_of_its_batch_size(monkeypatch):
+    """Pairs need the baseline in every round a row gets: eager is steady (10 ms) and wants no
+    round of its own, yet it is timed first in each extra round, at batch 64 only, the size of
+    the noisy row; the ratios it gives are as noisy as the row, so no speed-up there."""
+    timed = fake_rounds(monkeypatch, {
+        ("pytorch_eager", 1): [10.0], ("pytorch_eager", 64): [10.0],
+        ("onnxruntime_cuda", 1): [1.0], ("onnxruntime_cuda", 64): [2.0, 1.0],
+    })  # fmt: skip
+    eager, ort = plan("pytorch_eager", []), plan("onnxruntime_cuda", [])
+    items = [first_round(eager, 10.0, batch=1), first_round(eager, 10.0, batch=64),
+             first_round(ort, 1.0, batch=1), first_round(ort, 1.0, batch=64)]  # fmt: skip
+    sizes = params(batch_sizes=[1, 64], repeats=2, max_repeats=5, extra_seconds=60.0)
+    timed_rounds(items, sizes, IMAGES)
+    assert timed[4:] == [("pytorch_eager", 64), ("onnxruntime_cuda", 64)] * 3  # rounds 3..5
+    every_round = [1, 2, 3, 4, 5]
+    assert [item.round_numbers for item in items] == [[1, 2], every_round, [1, 2], every_round]
+    _, base_64, row_1, row_64 = finished(items)
+    assert base_64.noisy is False and base_64.repeats == 5  # max_repeats: the row's cap bounds it
+    assert row_1.speedup_vs_eager == pytest.approx(10.0) and row_1.speedup_spread == 0.0
+    # p50s 1, 2, 1, 2, 1 ms against a steady 10: ratios 10, 5, 10, 5, 10 (IQR / median 0.5).
+    assert row_64.noisy is True and row_64.speedup_vs_eager is None
+    assert row_64.speedup_spread == pytest.approx(0.5)
+    assert row_64.speedup_unavailable == (
+        "speed-up over PyTorch eager fp32 varied by 50% across 5 paired rounds "
+        "(benchmark.max_spread 0.125)"
+    )
+
+
+def test_extra_rounds_with_the_baseline_still_stop_at_the_time_budget(monkeypatch):
+    """The baseline timed beside a row costs time too: the round stops at the deadline even
+    between the two, and no round starts after it."""
+    timed = fake_rounds(monkeypatch, {("pytorch_eager", 1): [10.0],
+                                      ("onnxruntime_cuda", 1): [3.0, 1.0]})  # fmt: skip
+    eager, ort = plan("pytorch_eager", []), plan("onnxruntime_cuda", [])
+    items = [first_round(eager, 10.0), first_round(ort, 1.0)]
+    clock = itertools.count(0.0, 1.0)  # every reading one second later
+    timed_rounds(items, params(repeats=2, max_repeats=100, extra_seconds=3.0),
+                 IMAGES, clock=lambda: next(clock))  # fmt: skip
+    # Round 2 reads the clock at 0 and 1 s; the budget runs from 2 to 5 s. Round 3 starts at
+    # 3 s, times eager at 4 s and finds the deadline before the ONNX row; no round 4.
+    assert timed == [("pytorch_eager", 1), ("onnxruntime_cuda", 1), ("pytorch_eager", 1)]
+    assert [item.round_numbers for item in items] == [[1, 2, 3], [1, 2]]

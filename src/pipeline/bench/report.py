@@ -10,13 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.rows import (
-    MIN_ROUNDS,
-    ROW_FIELDS,
-    BenchRow,
-    Headline,
-    speedup_baseline,
-)
+from pipeline.bench.rows import MIN_ROUNDS, ROW_FIELDS, BenchRow, Headline
 from pipeline.charts.benchmark import benchmark_chart
 from pipeline.charts.render import check_chart_path, draw_chart
 from pipeline.core.io import write_text
@@ -36,6 +30,7 @@ TABLE_COLUMNS = [
     ("ms_per_image", "ms/image"),
     ("images_per_s", "images/s"),
     ("speedup_vs_eager", "x eager"),
+    ("speedup_spread", "x eager spread"),
     ("gflops_per_s", "GFLOP/s"),
     ("share_of_peak", "% peak"),
     ("top1_accuracy", "top-1"),
@@ -65,14 +60,14 @@ def headline_of(rows: list[BenchRow], max_accuracy_drop: float) -> Headline:
     base = next((r for r in rows if r.is_baseline and r.status == "ok"), None)
     eligible = [r for r in rows if _eligible(r, base, max_accuracy_drop)]
     best = max(eligible, key=lambda r: r.images_per_s or 0.0) if eligible else None
-    base_speed, no_speedup = speedup_baseline(base)
-    speedup = best.images_per_s / base_speed if best and best.images_per_s and base_speed else None
     return Headline(
         batch_size=rows[0].batch_size,
         best=best,
         baseline=base,
-        speedup=speedup,
-        speedup_unavailable=no_speedup if best else None,
+        # The best row's own paired speed-up (bench/run.py derive); getattr: None without a best.
+        speedup=getattr(best, "speedup_vs_eager", None),
+        speedup_spread=getattr(best, "speedup_spread", None),
+        speedup_unavailable=getattr(best, "speedup_unavailable", None),
         rows_not_eligible=len(rows) - len(eligible),
         rows_noisy=sum(1 for r in rows if r.noisy),
     )
@@ -103,7 +98,7 @@ def _cell(key: str, value: Any) -> str:
         return "noisy" if value else ""
     if key == "repeats":
         return str(value)
-    if key in ("share_of_peak", "latency_spread"):
+    if key in ("share_of_peak", "latency_spread", "speedup_spread"):
         return f"{100 * value:.0f}%"
     if key == "top1_delta_vs_pytorch":
         return f"{100 * value:+.2f} pt"
@@ -131,6 +126,13 @@ def chart_subtitle(context: dict[str, Any]) -> str:
     return f"{where}; torch {context.get('torch')}, onnxruntime {context.get('onnxruntime')}"
 
 
+def _speedup_cell(entry: Headline) -> str:
+    """The speed-up with the spread of its per-round ratios: 9.30x ±3%."""
+    if entry.speedup is None or entry.speedup_spread is None:
+        return _cell("speedup_vs_eager", entry.speedup)
+    return f"{entry.speedup:.2f}x ±{100 * entry.speedup_spread:.0f}%"
+
+
 def _best_lines(top: dict[str, Headline]) -> list[str]:
     lines = ["## Best per batch size", ""]
     lines += ["| batch | best | precision | images/s | spread | rounds | x PyTorch eager fp32 "]
@@ -148,7 +150,7 @@ def _best_lines(top: dict[str, Headline]) -> list[str]:
             f"{_cell('images_per_s', figures['best_images_per_s'])} | "
             f"{_cell('latency_spread', figures['best_spread'])} | "
             f"{_cell('repeats', figures['best_repeats'])} | "
-            f"{_cell('speedup_vs_eager', entry.speedup)} | "
+            f"{_speedup_cell(entry)} | "
             f"{_cell('top1_delta_vs_pytorch', entry.accuracy_delta)} | {energy} |"
         )
     for entry in top.values():
@@ -189,10 +191,14 @@ def rows_to_markdown(
     lines += [
         "Latency is per batch (mean/p90/p99 over every good round's timed calls after warm-up); "
         "p50, images/s and GFLOP/s use the median of the p50s of the timing rounds (the first "
-        "benchmark.repeats go over every backend in turn; rows still noisy get more, the PyTorch "
-        "eager baseline first, within benchmark.extra_seconds); spread is the interquartile "
-        "range / median of those p50s, and a noisy row (spread above benchmark.max_spread), or "
-        "one with fewer than 2 good rounds, is never the best. A round that ran on other "
+        "benchmark.repeats go over every backend in turn; rows still noisy get more, each "
+        "beside the PyTorch eager baseline of its batch size, within benchmark.extra_seconds); "
+        "spread is the interquartile range / median of those p50s, and a noisy row (spread "
+        "above benchmark.max_spread), or one with fewer than 2 good rounds, is never the best. "
+        "x eager is the median, over the rounds a row and the baseline of its batch size were "
+        "both timed in, of the baseline's p50 over the row's (load on the machine slows both "
+        "alike); it is withheld when fewer than 2 rounds pair or their ratios' spread exceeds "
+        "benchmark.max_spread. A round that ran on other "
         "providers than the first is not merged. GFLOP/s is the fp32 "
         "model's FLOPs as torch.utils.flop_counter counts them "
         "(padding taps included) x images/s: int8 rows, and kernels that skip padding on small "

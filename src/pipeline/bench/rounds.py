@@ -3,8 +3,9 @@ noisy while the time budget lasts, and each round checked against what ran the f
 
 A busy machine moves some rounds, not all: a row's figure is the median of its rounds' p50s
 and its spread their IQR / median (bench/timing.py), so rounds added to a noisy row settle it
-instead of widening it. The PyTorch eager baseline goes first in every extra round, so that
-the speed-ups exist whenever the backends themselves were measured steadily.
+instead of widening it. Every good round keeps its number, and the PyTorch eager baseline of a
+batch size is timed first in every extra round that times a row of that size: a speed-up is
+taken round by round against the baseline timed under the same load (rows.paired_speedup).
 """
 
 from __future__ import annotations
@@ -33,9 +34,21 @@ class Measured:
     rounds: list[np.ndarray] = field(default_factory=list)  # latencies of each good round
     failed: list[str] = field(default_factory=list)  # why a round did not run
     ran_otherwise: list[str] = field(default_factory=list)  # rounds that ran another way
+    # The round each of ``rounds`` was timed in: 1 is benchmark_backend's, 2..repeats every
+    # backend's in turn, then the extra rounds. Rows are paired with the baseline by it.
+    round_numbers: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.round_numbers) != len(self.rounds):  # unnumbered rounds cannot be paired
+            raise ValueError(f"{len(self.rounds)} rounds, {len(self.round_numbers)} numbers")
 
     def spread(self) -> float | None:
         return spread(np.asarray([np.percentile(r, 50) for r in self.rounds]))
+
+    def p50_by_round(self) -> dict[int, float]:
+        """Each good round's p50, by the number of the round it was timed in."""
+        pairs = zip(self.round_numbers, self.rounds, strict=True)
+        return {number: float(np.percentile(latencies, 50)) for number, latencies in pairs}
 
 
 @dataclass(frozen=True)
@@ -82,33 +95,58 @@ def retime_backend(plan: Plan, params, images, sizes) -> dict[int, RoundResult |
     return results
 
 
-def record(item: Measured, result: RoundResult | str) -> None:
-    """Merge a round into its row only if it ran as the first round did."""
+def record(item: Measured, result: RoundResult | str, number: int) -> None:
+    """Merge round ``number`` into its row only if it ran as the first round did."""
     if isinstance(result, str):
         item.failed.append(result)
     elif item.facts is not None and result.facts.same_run(item.facts):
         item.rounds.append(result.latencies)
+        item.round_numbers.append(number)
     else:
         item.ran_otherwise.append(result.facts.describe())
 
 
+def can_be_ranked(item: Measured) -> bool:
+    """A row that ran as asked with its accuracy measured: one that can be the headline or the
+    baseline, so more rounds can change what is reported."""
+    facts = item.facts
+    return facts is not None and facts.status == "ok" and item.row.top1_accuracy is not None
+
+
 def wants_round(item: Measured, params) -> bool:
     """A row that can be the headline or the baseline, short of rounds or still noisy."""
-    if item.facts is None or item.facts.status != "ok" or item.row.top1_accuracy is None:
+    if not can_be_ranked(item):
         return False
     if len(item.rounds) + len(item.failed) + len(item.ran_otherwise) >= params.max_repeats:
         return False  # rounds tried, good or not: a backend that keeps failing stops here
     return len(item.rounds) < MIN_ROUNDS or is_noisy(item.spread(), params.max_spread)
 
 
-def _round(items: list[Measured], sizes_of: dict[Plan, list[int]], params, images, clock, deadline):
+def sizes_to_time(items: list[Measured], wanting: list[Measured]) -> dict[Plan, list[int]]:
+    """An extra round's backends and their batch sizes: the rows that want a round and, first,
+    the baseline of each of their sizes, so each of their rounds has the baseline timed under
+    the same load beside it (even a steady baseline: the speed-up is paired round by round).
+    The baseline needs no max_repeats of its own here: it is timed only in rounds a row of its
+    size wants, and those rows stop at max_repeats."""
+    sizes = {item.row.batch_size for item in wanting}
+    bases = [i for i in items if i.row.is_baseline and i.row.batch_size in sizes]
+    sizes_of: dict[Plan, list[int]] = {}
+    for item in [*filter(can_be_ranked, bases), *wanting]:
+        planned = sizes_of.setdefault(item.plan, [])
+        if item.row.batch_size not in planned:
+            planned.append(item.row.batch_size)
+    return sizes_of
+
+
+def _round(items: list[Measured], sizes_of, params, images, clock, deadline, number: int):
+    """Round ``number``: each backend of ``sizes_of`` in turn, at its sizes, until ``deadline``."""
     for plan, sizes in sizes_of.items():
         if clock() >= deadline:
             return
         results = retime_backend(plan, params, images, sizes)
         for item in items:
             if item.plan is plan and item.row.batch_size in results:
-                record(item, results[item.row.batch_size])
+                record(item, results[item.row.batch_size], number)
 
 
 def timed_rounds(
@@ -116,25 +154,22 @@ def timed_rounds(
 ) -> None:
     """Rounds 2..repeats over every backend in turn (load that comes and goes over tens of
     seconds lands in the spread, not in one backend's figures); then, within
-    benchmark.extra_seconds, rounds for the rows that want one, baseline first."""
+    benchmark.extra_seconds, rounds for the rows that want one, beside the baseline of their
+    batch size (timed first)."""
     plans = list(dict.fromkeys(item.plan for item in items))
     every = {plan: list(params.batch_sizes) for plan in plans}
     for number in range(2, params.repeats + 1):
         print(f"benchmark: timing round {number}/{params.repeats}", file=sys.stderr)
-        _round(items, every, params, images, clock, float("inf"))
+        _round(items, every, params, images, clock, float("inf"), number)
     deadline = clock() + params.extra_seconds
     number = params.repeats
     while clock() < deadline:
         wanting = [item for item in items if wants_round(item, params)]
         if not wanting:
             return
-        wanting.sort(key=lambda item: not item.row.is_baseline)  # the baseline first
-        sizes_of: dict[Plan, list[int]] = {}
-        for item in wanting:
-            sizes_of.setdefault(item.plan, []).append(item.row.batch_size)
         number += 1
         print(f"benchmark: extra round {number} for {len(wanting)} noisy row(s)", file=sys.stderr)
-        _round(items, sizes_of, params, images, clock, deadline)
+        _round(items, sizes_to_time(items, wanting), params, images, clock, deadline, number)
 
 
 def finish(item: Measured, max_spread: float) -> BenchRow:

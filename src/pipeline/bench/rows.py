@@ -9,6 +9,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from pipeline.bench.timing import spread
+
 BASELINE = ("pytorch_eager", "fp32")  # the (backend, variant) every speed-up divides by
 MIN_ROUNDS = 2  # good timing rounds a row needs for a spread, and to be the headline
 
@@ -53,7 +57,9 @@ class BenchRow:
     latency_ms_p99: float | None = None
     ms_per_image: float | None = None
     images_per_s: float | None = None
-    speedup_vs_eager: float | None = None
+    speedup_vs_eager: float | None = None  # median over paired rounds of eager p50 / this p50
+    speedup_spread: float | None = None  # IQR / median of those per-round ratios
+    speedup_unavailable: str | None = None  # why a row that was timed has no speed-up
     session_create_ms: float | None = None
     peak_memory_mb: float | None = None
     memory_method: str | None = None
@@ -82,16 +88,33 @@ class BenchRow:
 ROW_FIELDS = [field.name for field in dataclasses.fields(BenchRow)]
 
 
-def speedup_baseline(base: BenchRow | None) -> tuple[float | None, str | None]:
-    """(images/s a speed-up divides by, why there is none): a noisy baseline's figure is no
-    steadier than a noisy best row's, so a ratio over it (3084x was seen) is not reported."""
+def baseline_unusable(base: BenchRow | None) -> str | None:
+    """Why no speed-up can be taken against this baseline row, or None. A noisy baseline is
+    usable: speed-ups are paired round by round (:func:`paired_speedup`), which is what keeps
+    a disturbed baseline from giving absurd ratios (3084x was seen when it was divided by)."""
     if base is None or base.status != "ok" or not base.images_per_s:
-        return None, "no PyTorch eager fp32 row that ran"
-    if base.noisy:
-        return None, "the PyTorch eager fp32 row was noisy (benchmark.max_spread)"
+        return "no PyTorch eager fp32 row that ran"
     if (base.repeats or 0) < MIN_ROUNDS:
-        return None, "the PyTorch eager fp32 row has fewer than 2 good timing rounds"
-    return base.images_per_s, None
+        return "the PyTorch eager fp32 row has fewer than 2 good timing rounds"
+    return None
+
+
+def paired_speedup(ratios: np.ndarray, max_spread: float) -> dict[str, Any]:
+    """A row's speed-up columns from the baseline's p50 over the row's, one ratio per round both
+    were timed in. A busy neighbour slows both rows of a round alike, so the ratio holds where
+    either figure alone moves; ratios that still disagree by more than ``max_spread`` are no
+    figure to report."""
+    if len(ratios) < MIN_ROUNDS:
+        reason = f"{len(ratios)} round(s) paired with the PyTorch eager fp32 row (2 needed)"
+        return {"speedup_unavailable": reason}
+    varied = spread(ratios)
+    if varied > max_spread:
+        reason = (
+            f"speed-up over PyTorch eager fp32 varied by {varied:.0%} across {len(ratios)} "
+            f"paired rounds (benchmark.max_spread {max_spread:g})"
+        )
+        return {"speedup_spread": varied, "speedup_unavailable": reason}
+    return {"speedup_vs_eager": float(np.median(ratios)), "speedup_spread": varied}
 
 
 # Headline key -> the field of the best row (or of the baseline) it shows.
@@ -118,7 +141,8 @@ class Headline:
     batch_size: int
     best: BenchRow | None
     baseline: BenchRow | None
-    speedup: float | None  # best images/s over the baseline's, when both are steady
+    speedup: float | None  # the best row's paired speed-up over the baseline
+    speedup_spread: float | None  # the spread of its per-round ratios
     speedup_unavailable: str | None  # why there is no speed-up while there is a best row
     rows_not_eligible: int
     rows_noisy: int
@@ -141,6 +165,7 @@ class Headline:
             **best,
             **base,
             "speedup_vs_pytorch_eager": self.speedup,
+            "speedup_spread": self.speedup_spread,
             "speedup_unavailable": self.speedup_unavailable,
             "accuracy_delta_vs_pytorch": self.accuracy_delta,
             "best_joules_per_image": getattr(self.best, "joules_per_image", None),

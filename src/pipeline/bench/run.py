@@ -15,9 +15,9 @@ from pipeline.bench.backends import Backend, OrtBackend, OrtSetup, Plan, RunFact
 from pipeline.bench.memory import memory_probe
 from pipeline.bench.openvino import openvino_version
 from pipeline.bench.rounds import Measured, batch_of, finish, timed_rounds, why
-from pipeline.bench.rows import BenchRow, speedup_baseline
+from pipeline.bench.rows import BenchRow, baseline_unusable, paired_speedup
 from pipeline.bench.runtimes import runtime_plans
-from pipeline.bench.timing import time_call
+from pipeline.bench.timing import paired_ratios, time_call
 from pipeline.core.catalog import RUNTIMES
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
@@ -114,7 +114,7 @@ def _first_round(plan, backend, params, size, images, probe, energy_params, devi
         memory_method=probe.method,
         **energy,
     )
-    return Measured(plan, row, facts, [timing.latencies_ms])
+    return Measured(plan, row, facts, [timing.latencies_ms], round_numbers=[1])
 
 
 def split_accuracy(backend, test: LabelledChunks) -> float:
@@ -157,19 +157,29 @@ def benchmark_backend(
 
 
 def relate(rows: list[BenchRow]) -> list[BenchRow]:
-    """Speed-up and accuracy against PyTorch eager fp32 of the same batch size."""
+    """Accuracy against PyTorch eager fp32 of the same batch size. Speed-ups need the rounds
+    (:func:`speedup_columns`), so rows keep the ones they were derived with."""
     base = {row.batch_size: row for row in rows if row.is_baseline}
     related = []
     for row in rows:
         ref = base.get(row.batch_size)
-        ref_speed, _ = speedup_baseline(ref)
         values = {}
-        if ref_speed and row.images_per_s:
-            values["speedup_vs_eager"] = row.images_per_s / ref_speed
         if ref and ref.top1_accuracy is not None and row.top1_accuracy is not None:
             values["top1_delta_vs_pytorch"] = row.top1_accuracy - ref.top1_accuracy
         related.append(replace(row, **values))
     return related
+
+
+def speedup_columns(item: Measured, base: Measured | None, max_spread: float) -> dict[str, Any]:
+    """speedup_vs_eager, its spread, or why there is none: from the rounds the row and the
+    baseline of its batch size were both timed in (rows.paired_speedup)."""
+    if not item.row.images_per_s:
+        return {}  # never timed: nothing to relate
+    unusable = baseline_unusable(base.row if base else None)
+    if unusable:
+        return {"speedup_unavailable": unusable}
+    ratios = paired_ratios(base.p50_by_round(), item.p50_by_round())
+    return paired_speedup(ratios, max_spread)
 
 
 def with_peak(row: BenchRow, flops: int, peak: Peak | None) -> BenchRow:
@@ -185,12 +195,16 @@ def with_peak(row: BenchRow, flops: int, peak: Peak | None) -> BenchRow:
     )
 
 
-def derive(items: list[Measured], flops: int, peaks: dict[str, Peak]) -> list[BenchRow]:
+def derive(
+    items: list[Measured], flops: int, peaks: dict[str, Peak], max_spread: float
+) -> list[BenchRow]:
     """The columns that relate rows: GFLOP/s and share of peak, speed-up and accuracy vs eager."""
-    rows = [
-        with_peak(item.row, flops, peaks.get(item.facts.peak_key) if item.facts else None)
-        for item in items
-    ]
+    bases = {item.row.batch_size: item for item in items if item.row.is_baseline}
+    rows = []
+    for item in items:
+        row = with_peak(item.row, flops, peaks.get(item.facts.peak_key) if item.facts else None)
+        speedup = speedup_columns(item, bases.get(item.row.batch_size), max_spread)
+        rows.append(replace(row, **speedup))
     return relate(rows)
 
 
@@ -232,7 +246,7 @@ def run_benchmark(
     for item in items:
         item.row = finish(item, params.max_spread)
         _print(item.row)
-    rows = derive(items, flops, peaks)
+    rows = derive(items, flops, peaks, params.max_spread)
     context = {
         "threads": threads,
         "device": str(device),

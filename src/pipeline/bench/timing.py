@@ -1,9 +1,11 @@
 """Warm up, then time a call until both an iteration count and a duration are reached; repeat
 that timing loop so a figure comes with its spread (a busy neighbour moves one repeat, not all).
-:func:`round_figures` turns the rounds' latencies into a row's figures."""
+:func:`round_figures` turns the rounds' latencies into a row's figures, :func:`paired_ratios`
+two rows' rounds into the ratios a speed-up is taken from."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +69,22 @@ def spread(values: np.ndarray) -> float | None:
         return None
     low, high = np.percentile(values, [25, 75])
     return float((high - low) / np.median(values))
+
+
+def paired_ratios(numerator: dict[int, float], denominator: dict[int, float]) -> np.ndarray:
+    """numerator / denominator in each round (by number) both have a p50 in. A zero, negative
+    or non-finite p50 (a broken clock, an empty round) says nothing about speed: that round is
+    left out rather than turned into an infinite or NaN ratio."""
+    ratios = []
+    for number in sorted(numerator.keys() & denominator.keys()):
+        top, bottom = float(numerator[number]), float(denominator[number])
+        if _usable(top) and _usable(bottom) and _usable(top / bottom):
+            ratios.append(top / bottom)
+    return np.asarray(ratios, dtype=float)
+
+
+def _usable(value: float) -> bool:
+    return math.isfinite(value) and value > 0.0
 
 
 def time_call(
