@@ -137,7 +137,7 @@ def measure(folder: Path, path: str, args: argparse.Namespace) -> tuple[float, i
     return found["images_per_s"], found["peak_rss"]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16384, help="train images, smaller set")
     parser.add_argument("--side", type=int, default=32, help="image side, pixels (3 channels)")
@@ -151,15 +151,12 @@ def main() -> None:
     parser.add_argument("--stage-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["memory", "stream"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child is not None:
-        child(args)
-        return
-    if args.stage_child is not None:
-        stage_child(args.stage_child, args.path, args.work)
-        return
-    from pipeline.hardware.cpu import detect
+    return parser.parse_args()
 
+
+def measure_all(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Per (scale, path): (images/s, peak RSS) of the Trainer loop, and the train stage's peak
+    RSS, on a dataset of 1x and one of 4x ``--images``."""
     rows, stage = {}, {}
     with tempfile.TemporaryDirectory(prefix="data_throughput-") as tmp:
         for scale in (1, 4):
@@ -170,26 +167,48 @@ def main() -> None:
                 stage[scale, path] = measure_stage(
                     folder, path, Path(tmp) / f"stage-{scale}-{path}"
                 )
-    print(f"CPU profile: {detect().profile}; {os.cpu_count()} logical CPUs; small_cnn width "
-          f"{args.width}, batch {args.batch}, {args.steps} timed steps, 3x{args.side}x{args.side}"
-          f" images, shards of {args.shard_images}")  # fmt: skip
+    return rows, stage
+
+
+def print_loop_table(rows: dict, images: int) -> None:
     print("| train images | path | images/s | peak RSS MiB |\n|---|---|---|---|")
     for (scale, path), (rate, rss) in rows.items():
-        print(f"| {args.images * scale} | {path} | {rate:,.0f} | {rss / 2**20:,.0f} |")
+        print(f"| {images * scale} | {path} | {rate:,.0f} | {rss / 2**20:,.0f} |")
     for scale in (1, 4):
         ratio = rows[scale, "stream"][0] / rows[scale, "memory"][0]
-        print(f"stream / memory images/s at {args.images * scale} images: {ratio:.2f}")
+        print(f"stream / memory images/s at {images * scale} images: {ratio:.2f}")
     for path in ("memory", "stream"):
         growth = rows[4, path][1] / rows[1, path][1] - 1
         print(f"peak RSS growth 1x -> 4x, {path}: {growth:+.1%}")
+
+
+def print_stage_table(stage: dict, images: int) -> None:
     print("\nThe train stage (stages/train.py, 1 epoch, fp32), peak RSS MiB:")
     print("| train images | memory | stream |\n|---|---|---|")
     for scale in (1, 4):
         memory, stream = stage[scale, "memory"], stage[scale, "stream"]
-        print(f"| {args.images * scale} | {memory / 2**20:,.0f} | {stream / 2**20:,.0f} |")
+        print(f"| {images * scale} | {memory / 2**20:,.0f} | {stream / 2**20:,.0f} |")
     for path in ("memory", "stream"):
         growth = stage[4, path] / stage[1, path] - 1
         print(f"train stage peak RSS growth 1x -> 4x, {path}: {growth:+.1%}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child is not None:
+        child(args)
+        return
+    if args.stage_child is not None:
+        stage_child(args.stage_child, args.path, args.work)
+        return
+    from pipeline.hardware.cpu import detect
+
+    rows, stage = measure_all(args)
+    print(f"CPU profile: {detect().profile}; {os.cpu_count()} logical CPUs; small_cnn width "
+          f"{args.width}, batch {args.batch}, {args.steps} timed steps, 3x{args.side}x{args.side}"
+          f" images, shards of {args.shard_images}")  # fmt: skip
+    print_loop_table(rows, args.images)
+    print_stage_table(stage, args.images)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ if importlib.util.find_spec("pipeline") is None:
 
 from pipeline.bench.run import machine_context, run_benchmark  # noqa: E402
 from pipeline.bench.timing import time_call  # noqa: E402
-from pipeline.energy import cpu_meters, gpu_meters  # noqa: E402
+from pipeline.energy import EnergyReading, cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
 from pipeline.hardware.peak import flops_per_image  # noqa: E402
 from pipeline.hardware.tf32 import fp32_math, fp32_name, tf32_ops  # noqa: E402
@@ -108,6 +108,36 @@ def fresh_model(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
     return model.to(device, memory_format=torch.channels_last)
 
 
+def step_function(model, optimizer, data: tuple, batch_size: int, bf16: bool):
+    """One optimiser step on the ``index``-th batch of ``data`` (images, labels), resident on
+    the device; returns the loss still on the device (no host sync inside a step)."""
+    images, labels = data
+
+    def step(index: int) -> torch.Tensor:
+        start = (index * batch_size) % (len(images) - batch_size + 1)
+        batch = images[start : start + batch_size].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(batch), labels[start : start + batch_size])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def timed_steps(step, steps: int, device) -> tuple[list[torch.Tensor], float, EnergyReading]:
+    """3 untimed steps, then ``steps`` timed ones: (their losses, seconds, energy reading)."""
+    for index in range(3):
+        step(index)
+    sync(device)
+    window, started = energy_window(device).start(), time.perf_counter()
+    losses = [step(3 + index) for index in range(steps)]
+    sync(device)
+    seconds, reading = time.perf_counter() - started, window.stop()
+    return losses, seconds, reading
+
+
 def train_mode(spec, data, mode: str, steps: int, batch_size: int, device) -> dict:
     """``steps`` timed optimiser steps (after 3 untimed) in fp32, tf32 or bf16."""
     if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -116,26 +146,10 @@ def train_mode(spec, data, mode: str, steps: int, batch_size: int, device) -> di
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, fused=True)
     images, labels = data[0].to(device), data[1].to(device)  # resident: no copies per step
     bf16 = mode == "bf16"
-
-    def step(index: int) -> torch.Tensor:
-        start = (index * batch_size) % (len(images) - batch_size + 1)
-        batch = images[start : start + batch_size].contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(batch), labels[start : start + batch_size])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
+    step = step_function(model, optimizer, (images, labels), batch_size, bf16)
     with fp32_math(tf32=mode == "tf32"):
         ran = "bf16" if bf16 else fp32_name(device)
-        for index in range(3):
-            step(index)
-        sync(device)
-        window, started = energy_window(device).start(), time.perf_counter()
-        losses = [step(3 + index) for index in range(steps)]
-        sync(device)
-        seconds, reading = time.perf_counter() - started, window.stop()
+        losses, seconds, reading = timed_steps(step, steps, device)
         images_per_s = steps * batch_size / seconds
         dtype = torch.bfloat16 if bf16 else None
         compute = compute_report(flops_per_image(model, images[:1]), images_per_s, device, dtype)

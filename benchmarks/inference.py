@@ -317,7 +317,7 @@ def cpu_profile() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="trained pipeline model (else quick-train)")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
@@ -330,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=0, help="0: physical cores")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def model_cases(args: argparse.Namespace) -> list[tuple]:
+    """(name, model, card, train, test) per model to benchmark: the pipeline's trained model or
+    a quick-trained small_cnn on digits, then resnet_cifar on 32x32 digits unless skipped."""
     cases = []
     if args.model_dir:
         model, card, train, test = pipeline_model(args.model_dir, args.prepared)
@@ -349,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         model, card = quick_train("resnet_cifar", args.resnet_width, train, args.resnet_epochs)
         name = f"resnet_cifar w{args.resnet_width} 3x32x32"
         cases.append((name, model, card, train, test))
+    return cases
 
-    results = [measure(*case, args) for case in cases]
+
+def print_report(results: list[dict]) -> None:
     context = results[0]["context"]
     print(
         f"\n# Inference benchmark: {context['threads']} threads, {context['device']}; "
@@ -360,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         print_rows(result)
     print_side_by_side(results)
     print_runtimes(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = [measure(*case, args) for case in model_cases(args)]
+    print_report(results)
     if args.json:
         figures_only = {r["name"]: r["figures"] | {"export_parity": r["export"]} for r in results}
         args.json.write_text(json.dumps(figures_only, indent=2, default=str) + "\n")

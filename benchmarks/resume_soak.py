@@ -100,6 +100,78 @@ def train(root: Path, kill_after_s: float | None, kill_when=None) -> tuple[str, 
     return text, process.returncode == 0
 
 
+def prepare_project(root: Path) -> None:
+    """A throwaway copy of the project in ``root`` with SETTINGS, its data prepared."""
+    copy_project(root, SETTINGS)
+    subprocess.run(
+        [sys.executable, "stages/prepare.py"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+        check=True,
+        capture_output=True,
+    )
+
+
+def reference_run(root: Path) -> tuple[bytes, float, float | None]:
+    """The uninterrupted run: (its weights, its seconds, seconds to its first checkpoint)."""
+    started, first_s = time.perf_counter(), []
+    # Watch for the first checkpoint without killing: kills are then drawn mostly after it,
+    # so most rounds resume (start-up alone is most of a short run).
+    train(root, None, kill_when=watch_first_checkpoint(root, started, first_s))
+    reference_s = time.perf_counter() - started
+    reference = (root / "models/model.safetensors").read_bytes()
+    (root / "models/model.safetensors").unlink()
+    print(f"reference run: {reference_s:.1f} s", flush=True)
+    return reference, reference_s, first_s[0] if first_s else None
+
+
+def leave_other_run(root: Path) -> list[str]:
+    """Checkpoints of a run with other params (LONGER), which no resume may touch."""
+    write_params(root, {**SETTINGS, "train": {**SETTINGS["train"], **LONGER["train"]}})
+    # Killed once its first checkpoint is written: it leaves a resumable run behind.
+    train(root, None, kill_when=lambda: first_checkpoint(root))
+    others = sorted(p.name for p in (root / "models/checkpoints").glob("epoch-*.pt"))
+    if not others:
+        raise SystemExit("the longer run left no checkpoint: nothing to protect")
+    write_params(root, SETTINGS)
+    print(f"other run's checkpoints left behind: {others}", flush=True)
+    return others
+
+
+def kill_rounds(root: Path, reference: bytes, rounds: int, draw_delay) -> tuple[bool, int, int]:
+    """SIGKILL runs after ``draw_delay()`` seconds until ``rounds`` kills happened: (whether
+    every run that finished first matched the reference, kills, rounds run)."""
+    # --rounds counts real kills: a run that finishes before its kill time is checked and
+    # the next one starts over, up to 3x --rounds attempts.
+    all_same, kills, round_number = True, 0, 0
+    while kills < rounds and round_number < 3 * rounds:
+        round_number += 1
+        delay = draw_delay()
+        text, finished = train(root, delay)
+        kills += not finished
+        resumed = RESUMED.search(text)
+        state = "finished" if finished else "killed"
+        origin = resumed.group(1) if resumed else "fresh"
+        print(f"round {round_number:>2}: {state} after {delay:5.1f} s, started from {origin}")
+        if finished:
+            same = (root / "models/model.safetensors").read_bytes() == reference
+            all_same &= same
+            print(f"          finished before its kill; weights identical: {same}")
+    return all_same, kills, round_number
+
+
+def last_run(root: Path, reference: bytes, others: list[str]) -> tuple[bool, bool]:
+    """The run left to finish: (weights identical to the reference, other checkpoints kept)."""
+    text, _ = train(root, None)
+    resumed = RESUMED.search(text)
+    same = (root / "models/model.safetensors").read_bytes() == reference
+    kept = all((root / "models/checkpoints" / name).is_file() for name in others)
+    print(f"last run started from {resumed.group(1) if resumed else 'fresh'}")
+    print(f"weights identical to the uninterrupted run: {same}")
+    print(f"other run's checkpoints still there: {kept}")
+    return same, kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -108,55 +180,14 @@ def main() -> None:
     chance = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="resume-soak-") as tmp:
         root = Path(tmp)
-        copy_project(root, SETTINGS)
-        subprocess.run(
-            [sys.executable, "stages/prepare.py"],
-            cwd=root,
-            env={**os.environ, "PYTHONPATH": str(root / "src")},
-            check=True,
-            capture_output=True,
+        prepare_project(root)
+        reference, reference_s, first_s = reference_run(root)
+        others = leave_other_run(root)
+        earliest = 0.8 * first_s if first_s is not None else 0.0
+        all_same, kills, round_number = kill_rounds(
+            root, reference, args.rounds, lambda: chance.uniform(earliest, reference_s)
         )
-        started, first_s = time.perf_counter(), []
-        # Watch for the first checkpoint without killing: kills are then drawn mostly after it,
-        # so most rounds resume (start-up alone is most of a short run).
-        train(root, None, kill_when=watch_first_checkpoint(root, started, first_s))
-        reference_s = time.perf_counter() - started
-        reference = (root / "models/model.safetensors").read_bytes()
-        (root / "models/model.safetensors").unlink()
-        print(f"reference run: {reference_s:.1f} s", flush=True)
-
-        write_params(root, {**SETTINGS, "train": {**SETTINGS["train"], **LONGER["train"]}})
-        # Killed once its first checkpoint is written: it leaves a resumable run behind.
-        train(root, None, kill_when=lambda: first_checkpoint(root))
-        others = sorted(p.name for p in (root / "models/checkpoints").glob("epoch-*.pt"))
-        if not others:
-            raise SystemExit("the longer run left no checkpoint: nothing to protect")
-        write_params(root, SETTINGS)
-        print(f"other run's checkpoints left behind: {others}", flush=True)
-
-        # --rounds counts real kills: a run that finishes before its kill time is checked and
-        # the next one starts over, up to 3x --rounds attempts.
-        all_same, kills, round_number = True, 0, 0
-        while kills < args.rounds and round_number < 3 * args.rounds:
-            round_number += 1
-            delay = chance.uniform(0.8 * first_s[0] if first_s else 0.0, reference_s)
-            text, finished = train(root, delay)
-            kills += not finished
-            resumed = RESUMED.search(text)
-            state = "finished" if finished else "killed"
-            origin = resumed.group(1) if resumed else "fresh"
-            print(f"round {round_number:>2}: {state} after {delay:5.1f} s, started from {origin}")
-            if finished:
-                same = (root / "models/model.safetensors").read_bytes() == reference
-                all_same &= same
-                print(f"          finished before its kill; weights identical: {same}")
-        text, _ = train(root, None)
-        resumed = RESUMED.search(text)
-        same = (root / "models/model.safetensors").read_bytes() == reference
-        kept = all((root / "models/checkpoints" / name).is_file() for name in others)
-        print(f"last run started from {resumed.group(1) if resumed else 'fresh'}")
-        print(f"weights identical to the uninterrupted run: {same}")
-        print(f"other run's checkpoints still there: {kept}")
+        same, kept = last_run(root, reference, others)
         print(f"SIGKILLs: {kills} in {round_number} rounds")
         sys.exit(0 if same and all_same and kept else 1)
 

@@ -66,62 +66,89 @@ def train_once(root: Path, raw: dict, processes: int, epochs: int) -> float:
     return statistics.median(rates[1:] or rates)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    params = load_params(REPO / "params.yaml")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    device = resolve_device(params.train.device)
-    cores = len(os.sched_getaffinity(0))
-    counts = [1] + [n for n in args.processes if n != 1]
+
+def process_counts(requested: list[int], device: torch.device) -> list[int]:
+    """1 first (efficiency is measured against it), then the others; on CUDA, only as many
+    processes as there are GPUs visible."""
+    counts = [1] + [n for n in requested if n != 1]
     if device.type == "cuda":
         skipped = [n for n in counts if n > torch.cuda.device_count()]
         counts = [n for n in counts if n <= torch.cuda.device_count()]
         for n in skipped:
             print(f"skipping {n} processes: only {torch.cuda.device_count()} GPU(s) visible")
+    return counts
+
+
+def measure_rates(params, raw: dict, counts: list[int], epochs: int, repeats: int) -> dict:
+    """images/s of every run, per process count, on data prepared once in a temporary folder."""
     rates: dict[int, list[float]] = {n: [] for n in counts}
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         root = Path(tmp)
         with contextlib.redirect_stderr(io.StringIO()):  # keep prepare's line out of the table
             prepare_data(params, root)
-        for _ in range(args.repeats):
+        for _ in range(repeats):  # settings alternate, so a burst of load hits all alike
             for n in counts:
-                rates[n].append(train_once(root, raw, n, args.epochs))
+                rates[n].append(train_once(root, raw, n, epochs))
+    return rates
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {cores} cores"
-    batch = params.train.batch_size
+
+def table_rows(rates: dict, counts: list[int], batch: int, cores: int, device) -> list[dict]:
+    """One row per process count: median images/s, its min-max, and efficiency against 1."""
     single = statistics.median(rates[1])
-    print(
-        f"train stage, {params.data.source} / {params.model.arch}, {args.epochs} epochs, "
-        f"{args.repeats} runs each, on {name} (load average {os.getloadavg()[0]:.1f})"
-    )
-    print("processes  threads/proc  global batch  images/s  (min-max)        efficiency")
     rows = []
     for n in counts:
-        median = statistics.median(rates[n])
+        runs = rates[n]
+        median = statistics.median(runs)
         threads = threads_per_process(n, cores) if device.type == "cpu" else "-"
-        efficiency = median / (n * single)
         rows.append(
             {
                 "processes": n,
                 "threads_per_process": threads,
                 "global_batch": batch * n,
                 "images_per_s": median,
-                "min": min(rates[n]),
-                "max": max(rates[n]),
-                "efficiency": efficiency,
+                "min": min(runs),
+                "max": max(runs),
+                "efficiency": median / (n * single),
             }
         )
-        spread = f"({min(rates[n]):,.0f}-{max(rates[n]):,.0f})"
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("processes  threads/proc  global batch  images/s  (min-max)        efficiency")
+    for row in rows:
+        spread = f"({row['min']:,.0f}-{row['max']:,.0f})"
         print(
-            f"{n:>9}  {threads!s:>12}  {batch * n:>12}  {median:>8,.0f}  {spread:<17}"
-            f"{efficiency:>10.2f}"
+            f"{row['processes']:>9}  {row['threads_per_process']!s:>12}  "
+            f"{row['global_batch']:>12}  {row['images_per_s']:>8,.0f}  {spread:<17}"
+            f"{row['efficiency']:>10.2f}"
         )
+
+
+def main() -> None:
+    args = parse_args()
+    params = load_params(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    device = resolve_device(params.train.device)
+    cores = len(os.sched_getaffinity(0))
+    counts = process_counts(args.processes, device)
+    rates = measure_rates(params, raw, counts, args.epochs, args.repeats)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {cores} cores"
+    print(
+        f"train stage, {params.data.source} / {params.model.arch}, {args.epochs} epochs, "
+        f"{args.repeats} runs each, on {name} (load average {os.getloadavg()[0]:.1f})"
+    )
+    rows = table_rows(rates, counts, params.train.batch_size, cores, device)
+    print_table(rows)
     if device.type == "cpu":
         print(
             f"note: CPU only; every setting shares the same {cores} cores, so no speed-up is "

@@ -126,7 +126,7 @@ def median_of(repeats: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeats))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="timed optimiser steps per run")
     parser.add_argument("--warmup", type=int, default=5)
@@ -134,17 +134,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="the equal batch size")
     parser.add_argument("--engine-batch-sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    device = resolve_policy(TrainParams())[0]
-    largest = max([args.batch_size, *args.engine_batch_sizes])
-    data = synthetic_cifar(largest * (args.steps + args.warmup + 1))
-    print(
-        f"resnet_cifar width {args.width}, 32x32 RGB, {args.steps} steps after {args.warmup} "
-        f"warm-up, median of {args.repeats}; device {device} "
-        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+
+def measure_all(args: argparse.Namespace, data, device) -> tuple[float, dict[int, float]]:
+    """Median images/s of the tutorial at --batch-size, and of the engine at every batch size."""
 
     def tutorial():
         model = fresh_model(args.width)
@@ -157,24 +151,43 @@ def main() -> None:
 
     baseline = median_of(args.repeats, tutorial)
     sizes = sorted({args.batch_size, *args.engine_batch_sizes})
-    by_batch = {b: median_of(args.repeats, engine(b)) for b in sizes}
-    preferred = max(by_batch, key=by_batch.get)
-    policy = engine_images_per_s(fresh_model(args.width), data, args.batch_size, 1, 1)[1]
+    return baseline, {b: median_of(args.repeats, engine(b)) for b in sizes}
 
-    print(f"engine policy: {policy}")
+
+def engine_label(batch_size: int, equal: int, preferred: int) -> str:
+    """'engine', marked where it runs at the tutorial's batch size or at its fastest one."""
+    marks = []
+    if batch_size == equal:
+        marks.append("equal batch")
+    if batch_size == preferred:
+        marks.append("preferred")
+    return f"engine ({', '.join(marks)})" if marks else "engine"
+
+
+def print_table(baseline: float, by_batch: dict[int, float], equal: int) -> None:
+    preferred = max(by_batch, key=by_batch.get)
     print("| run | batch | images/s | vs tutorial |\n|---|---|---|---|")
-    print(f"| tutorial | {args.batch_size} | {baseline:,.0f} | 1.00x |")
+    print(f"| tutorial | {equal} | {baseline:,.0f} | 1.00x |")
     for batch_size, value in by_batch.items():
-        marks = [
-            m
-            for m, on in (
-                ("equal batch", batch_size == args.batch_size),
-                ("preferred", batch_size == preferred),
-            )
-            if on
-        ]
-        label = f"engine ({', '.join(marks)})" if marks else "engine"
+        label = engine_label(batch_size, equal, preferred)
         print(f"| {label} | {batch_size} | {value:,.0f} | {value / baseline:.2f}x |")
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_policy(TrainParams())[0]
+    largest = max([args.batch_size, *args.engine_batch_sizes])
+    data = synthetic_cifar(largest * (args.steps + args.warmup + 1))
+    print(
+        f"resnet_cifar width {args.width}, 32x32 RGB, {args.steps} steps after {args.warmup} "
+        f"warm-up, median of {args.repeats}; device {device} "
+        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    baseline, by_batch = measure_all(args, data, device)
+    policy = engine_images_per_s(fresh_model(args.width), data, args.batch_size, 1, 1)[1]
+    print(f"engine policy: {policy}")
+    print_table(baseline, by_batch, args.batch_size)
 
 
 if __name__ == "__main__":
