@@ -93,12 +93,14 @@ def test_noisy_rows_get_more_rounds_baseline_first_until_steady(monkeypatch):
     steady = plan("onnxruntime_cpu", log)
     items = [first_round(ort, 50.0), first_round(steady, 10.0), first_round(eager, 50.0)]
     timed_rounds(items, params(repeats=2, max_repeats=6, extra_seconds=60.0), IMAGES)
-    # Round 2 goes over all three; then only the noisy ones, the baseline first in each round.
+    # Round 2 goes over all three; then the noisy ones, the baseline first in each round, and
+    # the steady CPU row too: paired with eager's disturbed first round, its ratios (5, 1) have
+    # not settled; after 5 rounds (5, 1, 1, 1, 1) they have.
     assert log[:3] == ["onnxruntime_cuda", "onnxruntime_cpu", "pytorch_eager"]
-    assert log[3:] == ["pytorch_eager", "onnxruntime_cuda"] * 3
+    assert log[3:] == ["pytorch_eager", "onnxruntime_cuda", "onnxruntime_cpu"] * 3
     rows = [finish(item, 0.125) for item in items]
     # p50s 50, 10, 10, 10, 10: the IQR leaves the disturbed first round out, so both settle.
-    assert [row.repeats for row in rows] == [5, 2, 5]
+    assert [row.repeats for row in rows] == [5, 5, 5]
     assert all(row.noisy is False and row.latency_ms_p50 == 10.0 for row in rows)
 
 
@@ -204,6 +206,33 @@ def test_a_steady_baseline_is_timed_beside_a_noisy_row_of_its_batch_size(monkeyp
         "speed-up over PyTorch eager fp32 varied by 50% across 5 paired rounds "
         "(benchmark.max_spread 0.125)"
     )
+
+
+def test_a_steady_row_is_timed_again_until_its_speedup_beside_a_disturbed_baseline_settles(
+    monkeypatch,
+):
+    """A neighbour slows only eager's round 2 (12 ms instead of 4): the ONNX row is steady over
+    its two rounds and wants none for itself, but its ratios 4 and 12 disagree, so it is timed
+    again beside eager until they settle (4, 12, 4, 4, 4: median 4, spread 0). Timed only while
+    eager alone wanted rounds, as before, the two pairs gave no speed-up."""
+    timed = fake_rounds(monkeypatch, {("pytorch_eager", 1): [12.0, 4.0, 4.0, 4.0, 4.0],
+                                      ("onnxruntime_cuda", 1): [1.0]})  # fmt: skip
+    eager, ort = plan("pytorch_eager", []), plan("onnxruntime_cuda", [])
+    items = [first_round(eager, 4.0), first_round(ort, 1.0)]
+    timed_rounds(items, params(repeats=2, max_repeats=5, extra_seconds=60.0), IMAGES)
+    assert timed[2:4] == [("pytorch_eager", 1), ("onnxruntime_cuda", 1)]  # round 3: both
+    base, row = finished(items)
+    assert row.noisy is False and row.repeats == 5
+    assert row.speedup_vs_eager == pytest.approx(4.0) and row.speedup_unavailable is None
+
+
+def test_a_row_without_a_baseline_that_ran_wants_no_round_for_its_speedup(monkeypatch):
+    """More rounds cannot pair with a baseline that failed: a steady row is not timed again."""
+    timed = fake_rounds(monkeypatch, {("onnxruntime_cuda", 1): [1.0]})
+    ort = plan("onnxruntime_cuda", [])
+    items = [first_round(ort, 1.0)]
+    timed_rounds(items, params(repeats=2, max_repeats=5, extra_seconds=60.0), IMAGES)
+    assert timed == [("onnxruntime_cuda", 1)]  # round 2 only
 
 
 def test_extra_rounds_with_the_baseline_still_stop_at_the_time_budget(monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.bench.backends import Plan, RunFacts
 from pipeline.bench.rows import MIN_ROUNDS, BenchRow
-from pipeline.bench.timing import round_figures, spread, time_call
+from pipeline.bench.timing import paired_ratios, round_figures, spread, time_call
 from pipeline.core.errors import describe
 from pipeline.export.safety import UnsafeModelError
 
@@ -113,13 +113,26 @@ def can_be_ranked(item: Measured) -> bool:
     return facts is not None and facts.status == "ok" and item.row.top1_accuracy is not None
 
 
-def wants_round(item: Measured, params) -> bool:
-    """A row that can be the headline or the baseline, short of rounds or still noisy."""
+def wants_round(item: Measured, params, base: Measured | None = None) -> bool:
+    """A row that can be the headline or the baseline, short of rounds, still noisy, or (beside
+    ``base``, the baseline of its batch size) without a steady speed-up yet: a baseline that a
+    neighbour disturbed in a row's first rounds pairs with the row again in later ones."""
     if not can_be_ranked(item):
         return False
     if len(item.rounds) + len(item.failed) + len(item.ran_otherwise) >= params.max_repeats:
         return False  # rounds tried, good or not: a backend that keeps failing stops here
-    return len(item.rounds) < MIN_ROUNDS or is_noisy(item.spread(), params.max_spread)
+    if len(item.rounds) < MIN_ROUNDS or is_noisy(item.spread(), params.max_spread):
+        return True
+    return not item.row.is_baseline and not speedup_settled(item, base, params.max_spread)
+
+
+def speedup_settled(item: Measured, base: Measured | None, max_spread: float) -> bool:
+    """Whether ``item``'s rounds paired with ``base``'s give a speed-up already (2 pairs or
+    more, within ``max_spread``); true where no baseline can pair, as more rounds cannot help."""
+    if base is None or not can_be_ranked(base):
+        return True
+    ratios = paired_ratios(base.p50_by_round(), item.p50_by_round())
+    return len(ratios) >= MIN_ROUNDS and not is_noisy(spread(ratios), max_spread)
 
 
 def sizes_to_time(items: list[Measured], wanting: list[Measured]) -> dict[Plan, list[int]]:
@@ -164,11 +177,15 @@ def timed_rounds(
     deadline = clock() + params.extra_seconds
     number = params.repeats
     while clock() < deadline:
-        wanting = [item for item in items if wants_round(item, params)]
+        bases = {item.row.batch_size: item for item in items if item.row.is_baseline}
+        wanting = [
+            item for item in items if wants_round(item, params, bases.get(item.row.batch_size))
+        ]
         if not wanting:
             return
         number += 1
-        print(f"benchmark: extra round {number} for {len(wanting)} noisy row(s)", file=sys.stderr)
+        print(f"benchmark: extra round {number} for {len(wanting)} row(s) noisy or without a "
+              "steady speed-up", file=sys.stderr)  # fmt: skip
         _round(items, sizes_to_time(items, wanting), params, images, clock, deadline, number)
 
 
