@@ -344,7 +344,8 @@ SPIN = "while True: pass"  # one core kept busy for as long as it runs
 
 def test_a_busy_machine_still_gives_a_headline_for_every_batch_size(project):
     """The benchmark stage with a CPU-bound process beside it still reports a headline, with its
-    spread, for every batch size (noisy rows get extra rounds within benchmark.extra_seconds)."""
+    spread and its speed-up over PyTorch eager, for every batch size (noisy rows, and rows whose
+    ratios to the baseline have not settled, get extra rounds within benchmark.extra_seconds)."""
     set_param(project, "benchmark", "extra_seconds", 10.0)
     spinner = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
@@ -364,3 +365,7 @@ def test_a_busy_machine_still_gives_a_headline_for_every_batch_size(project):
         assert entry["best_repeats"] >= 2
         assert entry["best_spread"] is not None and entry["best_spread"] <= 0.125
         assert metrics["headline"][key]["best_spread"] == entry["best_spread"]
+        # The baseline is protected: its rounds pair with the row's, so the speed-up exists.
+        speedup = entry["speedup_vs_pytorch_eager"]
+        assert speedup is not None and speedup > 0, (key, entry["speedup_unavailable"])
+        assert entry["speedup_spread"] <= 0.125
