@@ -44,13 +44,12 @@ from pipeline.bench.run import machine_context, run_benchmark  # noqa: E402
 from pipeline.bench.timing import time_call  # noqa: E402
 from pipeline.energy import EnergyReading, cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
-from pipeline.hardware.peak import flops_per_image  # noqa: E402
+from pipeline.hardware.peak import compute_report, flops_per_image  # noqa: E402
 from pipeline.hardware.tf32 import fp32_math, fp32_name, tf32_ops  # noqa: E402
 from pipeline.models import ModelSpec, build_model  # noqa: E402
 from pipeline.models.files import ModelCard, Normalisation  # noqa: E402
 from pipeline.models.preprocess import WithPreprocessing  # noqa: E402
 from pipeline.prepared.types import LabelledImages  # noqa: E402
-from pipeline.train.resources import compute_report  # noqa: E402
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 NO_GPU = "no CUDA GPU visible (torch.cuda.is_available() is False): nothing to check"

@@ -44,7 +44,7 @@ def save_then_restore(folder: str, out: str) -> None:
     torch.manual_seed(1000 + group.rank)  # ranks' own draws differ, as their CUDA streams do
     torch.rand(5 + group.rank)
     expected = trainer.rng_state()
-    gathered = distributed.gather_rng_states(group, expected)
+    gathered = group.gather_rng_states(expected)
     if group.is_writer:
         state = {**trainer.state_dict(gathered), "epoch": 1}
         save_checkpoint(Path(folder), 1, state, RUN)

@@ -30,7 +30,8 @@ from pipeline.train import distributed, launch
 from pipeline.train.batches import DeviceBatches, EpochOrder, HostBatches, make_batches
 from pipeline.train.distributed import Group
 from pipeline.train.feeders import InMemory, StepSetup
-from pipeline.train.run import fingerprint, prepared_hashes, run_training
+from pipeline.train.identity import fingerprint, prepared_hashes
+from pipeline.train.run import run_training
 
 # Six epochs: enough for two processes (half the optimiser steps) to reach the single-process
 # accuracy on digits. Deterministic, so a resumed run can be compared bit for bit.

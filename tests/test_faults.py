@@ -31,7 +31,8 @@ from pipeline.train.checkpoint import (
     save_checkpoint,
 )
 from pipeline.train.distributed import FAULT_ENV
-from pipeline.train.run import fingerprint, run_training
+from pipeline.train.identity import fingerprint
+from pipeline.train.run import run_training
 
 # Slow enough per epoch (~0.3 s) to be killed in the middle of one; deterministic.
 KILLABLE = {

@@ -7,9 +7,9 @@ from test_engine import rgb_data
 from pipeline.core.config import BenchmarkParams, EnergyParams, TrainParams, parse_params
 from pipeline.energy import meter_from_params
 from pipeline.hardware.memory import peak_memory
+from pipeline.hardware.peak import compute_report
 from pipeline.prepared.types import LabelledImages
 from pipeline.train.policy import resolve_policy
-from pipeline.train.resources import compute_report
 from test_train import make_trainer
 
 pytestmark = pytest.mark.gpu

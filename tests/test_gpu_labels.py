@@ -251,8 +251,7 @@ def test_training_policy_names_tf32_when_it_is_on(
 
 def test_training_peak_is_measured_in_the_arithmetic_of_the_work(fake_cuda, monkeypatch):
     from pipeline.hardware import peak
-    from pipeline.hardware.peak import Peak
-    from pipeline.train.resources import compute_report
+    from pipeline.hardware.peak import Peak, compute_report
 
     fake_cuda((8, 6))
     asked = []

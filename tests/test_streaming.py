@@ -17,7 +17,8 @@ from pipeline.sources.prepare import prepare_data
 from pipeline.train.batches import DeviceBatches, HostBatches
 from pipeline.train.distributed import FAULT_ENV
 from pipeline.train.run import run_training
-from pipeline.train.streaming import StreamBatches, choose_data_path
+from pipeline.train.setup import choose_data_path
+from pipeline.train.streaming import StreamBatches
 
 CPU = torch.device("cpu")
 

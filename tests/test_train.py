@@ -134,7 +134,7 @@ def test_default_params_train_config_is_cpu_friendly():
 
 
 def test_step_bar_counts_every_step_of_every_epoch():
-    from pipeline.train.run import step_bar
+    from pipeline.train.progress import step_bar
 
     trainer = make_trainer(epochs=2, batch_size=256)
     calls = []
@@ -148,7 +148,7 @@ def test_step_bar_completes_and_prints_the_epoch_line_above_it(monkeypatch):
     import io
     import sys
 
-    from pipeline.train.run import step_bar
+    from pipeline.train.progress import step_bar
 
     trainer = make_trainer(epochs=2, batch_size=256)
     steps = len(trainer.batches)
@@ -171,7 +171,7 @@ def test_step_bar_completes_and_prints_the_epoch_line_above_it(monkeypatch):
 
 
 def test_steady_rates_skip_each_process_warm_up_epoch_and_spread_needs_two_more():
-    from pipeline.train.state import rates
+    from pipeline.train.accounting import rates
 
     # A run trained by two processes: epochs 1 and 3 are their warm-ups.
     images, seconds = [100, 100, 100, 100], [10.0, 1.0, 20.0, 2.0]

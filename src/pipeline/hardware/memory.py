@@ -30,6 +30,26 @@ def peak_memory(device: torch.device) -> dict[str, float | str]:
     return {"bytes": float(peak * scale), "method": "peak RSS of the process"}
 
 
+def dataset_fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
+    """CPU: the tensors are already in memory. CUDA: under half the free memory."""
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() < free // 2
+
+
+def available_memory_bytes() -> int | None:
+    """What the kernel says can still be allocated without swapping (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _status_kib(key: str) -> int | None:
     try:
         for line in _STATUS.read_text().splitlines():

@@ -194,14 +194,6 @@ class HostBatches(ShardedOrder):
             )
 
 
-def dataset_fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
-    """CPU: the tensors are already in memory. CUDA: under half the free memory."""
-    if device.type != "cuda":
-        return True
-    free, _total = torch.cuda.mem_get_info(device)
-    return images.numel() * images.element_size() < free // 2
-
-
 def make_batches(
     images, labels, batch_size, device, seed, on_device, rank=0, world_size=1, workers=2,
     order: EpochOrder | None = None,

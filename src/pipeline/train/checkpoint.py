@@ -26,26 +26,13 @@ import torch
 
 from pipeline.core.errors import PipelineError, describe
 from pipeline.core.io import atomic_open
+from pipeline.train.distributed import maybe_inject_fault
+from pipeline.train.identity import RunIdentity
 
 NAME = re.compile(r"^epoch-(\d{4,})(?:\+(\d{6,}))?-([0-9a-f]{12})\.pt$")
 # What pipeline.core.io.atomic_open leaves behind when killed mid-write: ".<name>.<random>.tmp".
 TEMPORARY = re.compile(r"^\.epoch-\d{4,}(?:\+\d{6,})?-[0-9a-f]{12}\.pt\.[^/]*\.tmp$")
 LEGACY = re.compile(r"^epoch-\d{4,}\.pt$")  # before runs were tagged; never resumed
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    """What a checkpoint must match to be resumed (``fingerprint``: params, data, code and what
-    ``auto`` resolved to), and the same without the resolved choices (``base``), so that a
-    checkpoint of this run made under other choices is recognised and the log says why."""
-
-    fingerprint: str
-    base: str
-    resolved: dict[str, str]  # device kind, precision, CPU profile
-
-    def stamp(self) -> dict[str, Any]:
-        """What every checkpoint of this run carries besides its state."""
-        return {"fingerprint": self.fingerprint, "base": self.base, "resolved": self.resolved}
 
 
 @dataclass(frozen=True)
@@ -217,3 +204,59 @@ def find_resume(folder: Path, fingerprint: str, run: RunIdentity | None = None) 
 
 def report(message: str) -> None:
     print(f"train: {message}", file=sys.stderr, flush=True)
+
+
+class Checkpoints:
+    """This run's checkpoints: resumed from at start, written as it trains (every
+    train.checkpoint_every epochs and train.checkpoint_every_batches micro-batches, each carrying
+    the account's whole-run totals so far), removed once its model is saved."""
+
+    def __init__(self, folder: Path, run: RunIdentity, group, account, train) -> None:
+        self.folder, self.run, self.group, self.account = folder, run, group, account
+        self.every, self.every_batches = train.checkpoint_every, train.checkpoint_every_batches
+
+    def resume(self, trainer) -> None:
+        """Load the newest checkpoint of this run into ``trainer``, if there is one; every rank
+        must have found the same."""
+        found = find_resume(self.folder, self.run.fingerprint, self.run)
+        if self.group.is_writer:
+            report(found.message)
+        epoch = found.state["epoch"] if found.state is not None else 0
+        progress = found.state.get("progress") if found.state is not None else None
+        batch = progress["batches"] if progress is not None else 0
+        if not (self.group.same_everywhere(epoch) and self.group.same_everywhere(batch)):
+            raise PipelineError(
+                f"ranks found different checkpoints in {self.folder}; is it shared?"
+            )
+        if found.state is not None:
+            trainer.load_state_dict(found.state)
+
+    def after_epoch(self, trainer) -> None:
+        epoch = trainer.state.epoch
+        if self.every and (epoch % self.every == 0 or epoch == trainer.params.epochs):
+            self._write(trainer, epoch)
+        maybe_inject_fault(self.group, epoch)
+
+    def after_batch(self, trainer, index: int) -> None:
+        """A checkpoint inside the epoch, after every ``every_batches``-th micro-batch (the
+        epoch's own checkpoint covers its last batch)."""
+        every = self.every_batches
+        if every and index % every == 0 and index < trainer.usable_batches:
+            self._write(trainer, trainer.state.epoch, index)
+        maybe_inject_fault(self.group, trainer.state.epoch + 1, index)
+
+    def _write(self, trainer, epoch: int, batch: int = 0) -> None:
+        """Collectives under DDP: every rank calls it; rank 0 writes."""
+        self.account.stamp(trainer)  # whole-run totals so far
+        progress = trainer.epoch_progress(batch) if batch else None  # the epoch's sums so far
+        rng = self.group.gather_rng_states(trainer.rng_state())  # every rank's own
+        if self.group.is_writer:
+            state = {**trainer.state_dict(rng, progress), "epoch": epoch, **self.run.stamp()}
+            save_checkpoint(self.folder, epoch, state, self.run.fingerprint, batch)
+        self.group.barrier()  # rank 0 has finished writing before any rank can go on (or die)
+
+    def finish(self) -> None:
+        """The run is complete and its model saved: it is never resumed."""
+        removed = remove_run(self.folder, self.run.fingerprint)
+        if removed:
+            report(f"run finished: removed its {removed} checkpoint(s), it is never resumed")

@@ -63,21 +63,20 @@ class Group:
         torch.distributed.all_gather(parts, mine)
         return [part.cpu() for part in parts]
 
-
-def gather_rng_states(
-    group: Group, local: dict[str, torch.Tensor]
-) -> list[dict[str, torch.Tensor]]:
-    """Every rank's RNG states (uint8 tensors), in rank order: what a checkpoint stores so that
-    each rank resumes with its own generators. A collective: every rank must call it."""
-    keys = sorted(local)
-    sizes = [local[key].numel() for key in keys]
-    flat = torch.cat([local[key].reshape(-1) for key in keys])
-    if not group.same_everywhere(len(flat)):
-        raise PipelineError("ranks hold RNG states of different sizes; are their devices alike?")
-    return [
-        {key: part.clone() for key, part in zip(keys, row.split(sizes), strict=True)}
-        for row in group.all_gather(flat)
-    ]
+    def gather_rng_states(self, local: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Every rank's RNG states (uint8 tensors), in rank order: what a checkpoint stores so
+        that each rank resumes with its own generators. A collective: every rank must call it."""
+        keys = sorted(local)
+        sizes = [local[key].numel() for key in keys]
+        flat = torch.cat([local[key].reshape(-1) for key in keys])
+        if not self.same_everywhere(len(flat)):
+            raise PipelineError(
+                "ranks hold RNG states of different sizes; are their devices alike?"
+            )
+        return [
+            {key: part.clone() for key, part in zip(keys, row.split(sizes), strict=True)}
+            for row in self.all_gather(flat)
+        ]
 
 
 SINGLE = Group()

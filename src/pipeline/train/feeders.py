@@ -13,6 +13,7 @@ import torch
 
 from pipeline.core.config import TrainParams
 from pipeline.hardware.precision import Precision
+from pipeline.models.inference import in_batches
 from pipeline.prepared.shards import SplitShards
 from pipeline.train.batches import EpochOrder, make_batches
 from pipeline.train.streaming import StreamBatches, streamed_val_chunks
@@ -57,6 +58,9 @@ class Feeder(Protocol):
 class Validation(Protocol):
     def chunks(self) -> Iterable[Batch]:
         """This rank's contiguous, disjoint slice of the val split, in one or more chunks."""
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """The same slice in batches of at most ``size`` images, chunk after chunk."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,18 @@ class Streamed:
         return StreamedVal(self.val, step.rank, step.world_size, step.device)
 
 
+def _pair(images: torch.Tensor, labels: torch.Tensor) -> Batch:
+    return images, labels
+
+
+class _InBatches:
+    def batches(self, size: int) -> Iterator[Batch]:
+        for images, labels in self.chunks():  # in memory: one; streamed: a shard each
+            yield from in_batches(_pair, size, images, labels)
+
+
 @dataclass(frozen=True)
-class ValSlice:
+class ValSlice(_InBatches):
     images: torch.Tensor
     labels: torch.Tensor
 
@@ -122,7 +136,7 @@ class ValSlice:
 
 
 @dataclass(frozen=True)
-class StreamedVal:
+class StreamedVal(_InBatches):
     split: SplitShards
     rank: int
     world_size: int

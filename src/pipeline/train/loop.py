@@ -20,7 +20,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from pipeline.core.config import TrainParams
 from pipeline.core.errors import PipelineError
 from pipeline.hardware.precision import Precision
-from pipeline.models.inference import in_batches
 from pipeline.train.augment import Augment
 from pipeline.train.batches import EpochOrder
 from pipeline.train.feeders import Feeder, InMemory, StepSetup, Validation
@@ -314,10 +313,10 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, target, reduction="sum")
             return loss, (logits.argmax(1) == target).sum()
 
-        for images, labels in self.validation.chunks():  # in memory: one; streamed: a shard each
-            for loss, correct in in_batches(loss_and_correct, batch_size, images, labels):
-                sums[0] += loss
-                sums[1] += correct
+        for images, labels in self.validation.batches(batch_size):
+            loss, correct = loss_and_correct(images, labels)
+            sums[0] += loss
+            sums[1] += correct
             sums[2] += len(images)
         loss_sum, correct, count = self.all_reduce(sums).tolist()  # sync
         return loss_sum / count, correct / count

@@ -11,9 +11,9 @@ import torch
 
 from pipeline.hardware import cpu as cpu_features
 from pipeline.hardware.device import resolve_device
+from pipeline.hardware.memory import dataset_fits_on_device
 from pipeline.hardware.precision import choose_precision, cpu_has_native_bf16
 from pipeline.hardware.tf32 import set_tf32, tf32_ops
-from pipeline.train.batches import dataset_fits_on_device
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
     from pipeline.core.config import TrainParams

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from pathlib import Path
 
 from pipeline.train.loop import Trainer
 from pipeline.train.state import EpochStats
@@ -74,3 +75,43 @@ def log_live(live, stats: dict) -> None:
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
         live.log_metric(name, stats[name])
     live.next_step()
+
+
+class Progress:
+    """Everything a run shows while it trains, on the writing rank only: the epoch line, the
+    step bar on a terminal and dvclive's curves (earlier epochs replayed after a resume, so the
+    curves stay whole). Other ranks show nothing."""
+
+    def __init__(self, trainer: Trainer, live_dir: Path, writer: bool) -> None:
+        self.trainer, self.live_dir, self.writer = trainer, live_dir, writer
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Progress:
+        self.live = self.bar = None
+        if self.writer:
+            from dvclive import Live  # heavy import; only the train stage needs it
+
+            # Live clears its folder on start: one process owns it.
+            live = Live(str(self.live_dir), dvcyaml=False, save_dvc_exp=False, resume=False)
+            self.live = self._stack.enter_context(live)
+            for past in self.trainer.state.history:
+                log_live(self.live, past)
+        self.bar = self._stack.enter_context(step_bar(self.trainer, self.writer and _tty()))
+        self.line = progress_line(self.trainer.params.epochs, self.trainer.state.epoch + 1)
+        return self
+
+    def __exit__(self, *exc) -> bool | None:
+        return self._stack.__exit__(*exc)
+
+    def epoch(self, stats: EpochStats) -> None:
+        if self.writer:
+            self.bar.write(self.line(stats))
+            log_live(self.live, stats.as_dict())
+
+    def batch(self, index: int) -> None:
+        if self.bar.advance is not None:
+            self.bar.advance(index)
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()

@@ -77,30 +77,3 @@ class ProcessWork:
     resumed_from_epoch: int | None = None
     earlier: TrainState = field(default_factory=TrainState)  # the whole-run totals it resumed
     resumed_from_batch: int | None = None  # a batch checkpoint: batches of the next epoch done
-
-
-def rates(images: list[int], seconds: list[float], warmup: list[bool]) -> dict[str, Any]:
-    """images/s over the epochs given, and in steady state: without each process's warm-up
-    epoch (allocator, autotuning, compilation). None where there is no epoch to measure."""
-    total = sum(seconds)
-    steady = [(i, s) for i, s, w in zip(images, seconds, warmup, strict=True) if not w]
-    steady_seconds = sum(s for _, s in steady)
-    return {
-        "images_per_s": sum(images) / total if total > 0 else None,
-        "steady_state_images_per_s": (
-            sum(i for i, _ in steady) / steady_seconds if steady_seconds > 0 else None
-        ),
-        "steady_state_spread": spread([i / s for i, s in steady if s > 0]),
-        "seconds_per_epoch": total / len(images) if images else None,
-    }
-
-
-def spread(rates: list[float]) -> float | None:
-    """(max - min) / median of per-epoch images/s: how far a busy neighbour or throttling moved
-    the rate. None with fewer than 2 rates."""
-    if len(rates) < 2:
-        return None
-    rates = sorted(rates)
-    middle = len(rates) // 2
-    median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
-    return (rates[-1] - rates[0]) / median

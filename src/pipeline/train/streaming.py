@@ -184,30 +184,3 @@ def streamed_val_chunks(
                 torch.from_numpy(labels[a:b]).to(device),
             )
         start = end
-
-
-def available_memory_bytes() -> int | None:
-    """What the kernel says can still be allocated without swapping (Linux), else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def choose_data_path(requested: str, train_bytes: int, available: int | None) -> tuple[str, str]:
-    """(memory | stream, why). auto: memory while the train split takes under half of the
-    memory available now (the rest is for the model, the val split and the OS)."""
-    if requested != "auto":
-        return requested, f"train.data_path: {requested}"
-    if available is None:
-        return "memory", "auto: available memory unknown; the train split is loaded whole"
-    path = "memory" if train_bytes < available // 2 else "stream"
-    relation = "under" if path == "memory" else "not under"
-    return path, (
-        f"auto: train split {train_bytes / 2**20:,.0f} MiB is {relation} half of the "
-        f"{available / 2**20:,.0f} MiB available"
-    )
