@@ -430,6 +430,17 @@ class Int8Params(Section):
     )
 
 
+def _no_duplicates(kind: str):
+    """A validator refusing a list that names one ``kind`` twice."""
+
+    def check(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"lists a {kind} twice")
+        return values
+
+    return classmethod(check)
+
+
 class ExportParams(Section):
     """ONNX export: fp32 model.onnx, the variants derived from it, and their parity gates."""
 
@@ -447,12 +458,7 @@ class ExportParams(Section):
         ParityGates(), description="Parity thresholds per variant; a miss fails the stage."
     )
 
-    @field_validator("variants")
-    @classmethod
-    def _no_duplicate_variants(cls, variants: list[str]) -> list[str]:
-        if len(set(variants)) != len(variants):
-            raise ValueError("lists a variant twice")
-        return variants
+    _no_duplicate_variants = field_validator("variants")(_no_duplicates("variant"))
 
 
 class BenchmarkParams(Section):
@@ -524,12 +530,7 @@ class BenchmarkParams(Section):
             raise ValueError(f"must be at least benchmark.repeats ({repeats})")
         return max_repeats
 
-    @field_validator("runtimes")
-    @classmethod
-    def _no_duplicate_runtimes(cls, runtimes: list[str]) -> list[str]:
-        if len(set(runtimes)) != len(runtimes):
-            raise ValueError("lists a runtime twice")
-        return runtimes
+    _no_duplicate_runtimes = field_validator("runtimes")(_no_duplicates("runtime"))
 
 
 class EnergyParams(Section):

@@ -27,14 +27,10 @@ def train_record(setup: TrainSetup, trainer: Trainer, figures: dict[str, Any]) -
         policy=setup.policy.as_dict(),
         torch_version=torch.__version__,
         python_version=platform.python_version(),
-    )
-    fine_tuning = fine_tuning_record(setup, trainer)
-    compute = compute_figures(setup, figures["process"])
-    record.update(
         memory_peak=peak_memory(setup.device),
         data_path=setup.data_path,
-        compute=compute,
-        fine_tuning=fine_tuning,
+        compute=compute_figures(setup, figures["process"]),
+        fine_tuning=fine_tuning_record(setup, trainer),
     )
     return record
 
