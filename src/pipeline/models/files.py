@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model.json"
+CARD_OMITS_IF_NONE = ("pretrained",)  # a card without start weights says nothing of them
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
     torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL",
@@ -109,7 +110,7 @@ class ModelCard:
         return read_json_record(path, cls, ModelFileError, "model card")
 
     def to_json(self, path: str | Path) -> None:
-        write_json_record(path, self, omit_if_none=("pretrained",))
+        write_json_record(path, self, omit_if_none=CARD_OMITS_IF_NONE)
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -169,7 +170,7 @@ def save_trained(models_dir: str | Path, model: nn.Module, card: ModelCard) -> N
         )
     models_dir = Path(models_dir)
     save_tensors(models_dir / WEIGHTS_NAME, state, metadata={"arch": card.arch})
-    card.to_json(models_dir / CARD_NAME)
+    write_json_record(models_dir / CARD_NAME, card, omit_if_none=CARD_OMITS_IF_NONE)
 
 
 def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, ModelCard]:

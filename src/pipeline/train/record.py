@@ -21,16 +21,18 @@ def train_record(setup: TrainSetup, trainer: Trainer, figures: dict[str, Any]) -
     """``figures``: the account's time, images and energy (the whole run's, this process's
     under ``process``); the rest describes the trained model, the setup and what it used."""
     record = {**model_figures(trainer), **figures, **batch_figures(trainer, setup.group)}
+    fine_tuning = fine_tuning_record(setup, trainer)
+    memory_peak, compute = device_figures(setup, figures["process"])
     record.update(
         nonfinite_steps=trainer.state.nonfinite_steps,
         skipped_steps=trainer.state.skipped_steps,
         policy=setup.policy.as_dict(),
         torch_version=torch.__version__,
         python_version=platform.python_version(),
-        memory_peak=peak_memory(setup.device),
+        memory_peak=memory_peak,
         data_path=setup.data_path,
-        compute=compute_figures(setup, figures["process"]),
-        fine_tuning=fine_tuning_record(setup, trainer),
+        compute=compute,
+        fine_tuning=fine_tuning,
     )
     return record
 
@@ -59,16 +61,22 @@ def batch_figures(trainer: Trainer, group) -> dict[str, Any]:
     }
 
 
-def compute_figures(setup: TrainSetup, process: dict) -> dict:
-    """Achieved FLOP/s from this process's steady-state rate (after its warm-up epoch) when
-    there is one: the device it ran on is this process's."""
+def device_figures(setup: TrainSetup, process: dict) -> tuple[dict, dict]:
+    """(this process's device memory peak, its achieved FLOP/s). The peak is read first: on
+    CUDA, measuring the device's peak FLOP/s allocates memory of its own. FLOP/s come from the
+    steady-state rate (after the warm-up epoch) when there is one."""
+    memory_peak = peak_memory(setup.device)
     rate = process["steady_state_images_per_s"] or process["images_per_s"]
     if rate is None:
-        return {"achieved_gflops": None, "reason": "no epoch was trained in this process"}
+        return memory_peak, {
+            "achieved_gflops": None,
+            "reason": "no epoch was trained in this process",
+        }
     network = copy.deepcopy(setup.model.model)  # counting puts it in eval mode
     forward_flops = flops_per_image(network, torch.zeros(1, *setup.meta.input_shape))
     per_rank = rate / setup.group.world_size
-    return compute_report(forward_flops, per_rank, setup.device, setup.precision.autocast_dtype)
+    dtype = setup.precision.autocast_dtype
+    return memory_peak, compute_report(forward_flops, per_rank, setup.device, dtype)
 
 
 def fine_tuning_record(setup: TrainSetup, trainer: Trainer) -> dict:

@@ -36,10 +36,12 @@ def run_training(params: Params, root: Path = Path("."), group=None) -> dict[str
     account = RunAccount(group)  # the run's one clock starts here
     setup = build_setup(params, root, group, account)
     trainer, checkpoints = train_with_backoff(setup)
-    record = train_record(setup, trainer, account.close(trainer))
+    figures = account.close(trainer)
+    if group.is_writer:
+        report(epochs_line(trainer))
+    record = train_record(setup, trainer, figures)
     if group.is_writer:
         save_model(setup, trainer)
-        report(epochs_line(trainer))
         checkpoints.finish()  # only now: until the model is saved, the run can resume
     group.barrier()
     return record if group.is_writer else None
