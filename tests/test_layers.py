@@ -12,22 +12,9 @@ import ast
 from pathlib import Path
 
 from conftest import ROOT
+from pipeline.tools.layers import RANKS  # the one table (the params-trail tool reads it too)
 
 PACKAGE_ROOT = ROOT / "src" / "pipeline"
-
-# The one table: each top-level module or package of src/pipeline -> its rank.
-RANKS = {
-    "core": 0,  # typed params, catalog, errors, atomic io, paths, records, stage runner, headers
-    "hardware": 1,  # cpu flags, device + precision, tf32, FLOP counting, peaks, peak memory
-    "energy": 2, "charts": 2,
-    "prepared": 3,  # the prepared-data contract every stage after prepare reads
-    "models": 4,  # constructors, pretrained, weights + card, preprocessing, batched inference
-    "sources": 5,  # data sources and the prepare recipe: prepare only
-    "train": 5,
-    "evaluate": 6, "export": 6,
-    "bench": 7,
-    "tools": 8, "cluster": 8,
-}  # fmt: skip
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from pipeline.tools.code_index import absolute_module
+
 PACKAGE = "pipeline"
 CODE_DIR = f"src/{PACKAGE}"  # as dvc.yaml spells it, relative to the project root
 
@@ -58,15 +60,6 @@ def _run_nodes(tree: ast.AST) -> Iterator[ast.AST]:
             todo.extend(ast.iter_child_nodes(node))
 
 
-def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
-    if not node.level:
-        return node.module or ""
-    parts = module.split(".")
-    base = parts if is_package else parts[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join([*base, node.module] if node.module else base)
-
-
 def imported_names(tree: ast.AST, module: str = "", is_package: bool = False) -> set[str]:
     """Dotted names a module's code imports (``from a import b`` gives ``a`` and ``a.b``)."""
     names = set()
@@ -74,7 +67,7 @@ def imported_names(tree: ast.AST, module: str = "", is_package: bool = False) ->
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            source = _absolute(node, module, is_package)
+            source = absolute_module(node, module, is_package)
             names |= {source} | {f"{source}.{alias.name}" for alias in node.names}
     return names
 
