@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pipeline.cluster import driver  # noqa: E402
 from pipeline.cluster.grid import Experiment  # noqa: E402
 from pipeline.cluster.preflight import preflight  # noqa: E402
+from pipeline.hardware.cpu import cpu_model_name  # noqa: E402
 
 TINY_STAGE = """\
 import json, os, yaml
@@ -98,13 +98,6 @@ def cluster_run(ray, baseline, experiment: Experiment, scratch: str):
     return result, time.perf_counter() - began
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.machine()
-
-
 def row(cells) -> str:
     return "  ".join(f"{cell:>9}" if i else f"{cell:<7}" for i, cell in enumerate(cells))
 
@@ -140,7 +133,7 @@ def main() -> None:
             print(row([str(i + 1), *(f"{s:.1f}" for s in cells), f"{ratios[-1]:.2f}x"]))
         print(f"median: {statistics.median(added):.1f} s added per experiment, "
               f"{statistics.median(ratios):.2f}x the in-place time")  # fmt: skip
-        print(f"project {args.project}; {cpu_name()}, {os.cpu_count()} cores; "
+        print(f"project {args.project}; {cpu_model_name()}, {os.cpu_count()} cores; "
               "remotes are local folders")  # fmt: skip
         ray.shutdown()
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.hardware.cpu import OVERRIDE_ENV, CpuFeatures, CpuFlagsError, detect
+from pipeline.hardware.cpu import (
+    OVERRIDE_ENV,
+    CpuFeatures,
+    CpuFlagsError,
+    cpuinfo_value,
+    detect,
+)
 from pipeline.hardware.precision import choose_precision, cpu_has_native_bf16
 
 AVX2 = CpuFeatures(frozenset({"avx2", "fma"}), "test")
@@ -52,3 +58,27 @@ def test_detection_without_override_reports_its_source(monkeypatch):
     found = detect()
     assert found.source in ("cpuid", "/proc/cpuinfo", "none")
     assert found.as_dict()["profile"] == found.profile
+
+
+# Two CPUs in /proc/cpuinfo's own layout: a tab before each colon, a blank line between CPUs.
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B14
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni
+bogomips\t: 5199.99
+
+processor\t: 1
+model name\t: Another CPU
+flags\t\t: fpu sse2
+"""
+
+
+def test_the_one_cpuinfo_parser_reads_the_first_cpus_line(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO)
+    assert cpuinfo_value("model name", str(path)) == "AMD EPYC 9B14"
+    assert cpuinfo_value("flags", str(path)) == "fpu sse2 avx2 fma avx512f avx512_vnni"
+    assert cpuinfo_value("Features", str(path)) is None  # arm64's spelling: absent here
+    assert cpuinfo_value("model name", str(tmp_path / "missing")) is None
+    path.write_text("model name without a colon\n")
+    assert cpuinfo_value("model name", str(path)) is None

@@ -22,6 +22,7 @@ from pipeline.core.catalog import RUNTIMES
 from pipeline.energy import measure_for_at_least, meter_from_params
 from pipeline.export.safety import UnsafeModelError
 from pipeline.hardware.cpu import TRACKED as TRACKED_CPU_FLAGS
+from pipeline.hardware.cpu import cpu_model_name
 from pipeline.hardware.cpu import detect as detect_cpu
 from pipeline.hardware.device import resolve_device
 from pipeline.hardware.peak import Peak, flops_per_image, peaks_for
@@ -259,20 +260,9 @@ def run_benchmark(
 def _cpu_facts() -> tuple[str, str]:
     """CPU model name, and the tracked vector extensions (the ones the bf16 policy and the int8
     recipe read, from pipeline.hardware.cpu) that decide fp32/int8 kernel speed."""
-    import platform
-
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                    break
-    except OSError:
-        pass
     flags = detect_cpu().flags
-    return name, " ".join(flag for flag in TRACKED_CPU_FLAGS if flag in flags) or "unknown"
+    isa = " ".join(flag for flag in TRACKED_CPU_FLAGS if flag in flags) or "unknown"
+    return cpu_model_name(), isa
 
 
 def machine_context() -> dict[str, Any]:

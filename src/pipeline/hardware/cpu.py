@@ -83,15 +83,27 @@ def _from_torch() -> frozenset[str] | None:
     return frozenset(name for name in TRACKED if found.get(_TORCH_NAMES.get(name, name)))
 
 
-def _from_proc_cpuinfo() -> frozenset[str]:
+def cpuinfo_value(key: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first CPU's ``key`` line in /proc/cpuinfo, or None (no such file or key: not Linux,
+    or an architecture that spells it otherwise)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split()) & set(TRACKED)
+                name, colon, value = line.partition(":")
+                if colon and name.strip() == key:
+                    return value.strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_model_name() -> str:
+    """'AMD EPYC 9B14', say; the platform's own words where /proc/cpuinfo has none."""
+    return cpuinfo_value("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def _from_proc_cpuinfo() -> frozenset[str]:
+    return frozenset((cpuinfo_value("flags") or "").split()) & set(TRACKED)
 
 
 @cache
