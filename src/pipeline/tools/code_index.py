@@ -5,7 +5,8 @@ attributes) and imports, so that a call such as ``setup.trainer(...)`` or ``save
 can be traced to the function it runs. It resolves what can be read statically: names defined
 or imported (re-exports through ``__init__`` followed), ``module.name``, ``self.method``, and
 methods of a receiver whose class is known from an annotation, a constructor call or a
-function's return annotation. A call it cannot resolve is simply not followed.
+function's return annotation (of a union such as ``InMemory | Streamed``, the first project class
+named: which one runs is decided at run time). A call it cannot resolve is simply not followed.
 
 Standard library only: a tool that reads source text has no reason to import torch.
 """
