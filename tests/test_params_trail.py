@@ -107,6 +107,8 @@ def test_the_training_trail_does_not_grow_unnoticed():
         ("src/pipeline/train/run.py:run_training:nope", "run_training has no parameter 'nope'"),
         ("src/pipeline/train/missing.py:f:x", "'src/pipeline/train/missing.py': no such file"),
         ("src/pipeline/train/run.py", "expected FILE:FUNCTION:PARAM"),
+        ("stages/train.py:main:x", "stages/train.py is not a module of src/pipeline"),
+        ("README.md:a:b", "README.md is not a module of src/pipeline"),
     ],
 )
 def test_a_bad_start_is_one_clear_line(start, message):

@@ -98,12 +98,9 @@ class CodeIndex:
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             self.modules[name] = read_module(name, path)
 
-    def module_of_file(self, path: Path) -> ModuleInfo:
+    def module_of_file(self, path: Path) -> ModuleInfo | None:
         resolved = path.resolve()
-        for info in self.modules.values():
-            if info.path.resolve() == resolved:
-                return info
-        raise KeyError(f"{path} is not a module under {self.src}")
+        return next((m for m in self.modules.values() if m.path.resolve() == resolved), None)
 
     def lookup(self, dotted: str, depth: int = 0) -> ClassInfo | Function | ModuleInfo | None:
         """The function, class or module ``dotted`` names, following re-exports."""

@@ -233,6 +233,8 @@ def bound_parameters(fn: Function, call: ast.Call, carried: set[str], bound: boo
 
 def trail(index: CodeIndex, path: Path, function: str, parameter: str) -> Trail:
     module = index.module_of_file(path)
+    if module is None:
+        raise SystemExit(f"params_trail: error: {path} is not a module of {index.src}/pipeline")
     cls_name, _, name = function.rpartition(".")
     cls = module.classes.get(cls_name) if cls_name else None
     fn = cls.methods.get(name) if cls else module.functions.get(name)
