@@ -47,18 +47,34 @@ def absolute_module(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
+def _bind(names: dict[str, str], node: ast.AST, module: str, is_package: bool) -> None:
+    if isinstance(node, ast.Import):
+        for alias in node.names:  # import a.b binds a; import a.b as c binds c to a.b
+            head = alias.name.split(".")[0]
+            names[alias.asname or head] = alias.name if alias.asname else head
+    elif isinstance(node, ast.ImportFrom):
+        source = absolute_module(node, module, is_package)
+        for alias in node.names:
+            names[alias.asname or alias.name] = f"{source}.{alias.name}"
+
+
+def _top_level(nodes: list):
+    """The module's own statements, into if/try blocks but not into functions or classes."""
+    for node in nodes:
+        yield node
+        if not isinstance(node, Function | ast.ClassDef):
+            for field_name in ("body", "orelse", "finalbody", "handlers"):
+                yield from _top_level(getattr(node, field_name, []))
+
+
 def _imports(tree: ast.Module, module: str, is_package: bool) -> dict[str, str]:
-    """Every import in the module, lazy and TYPE_CHECKING ones included (they name types)."""
-    names = {}
+    """Every import in the module, lazy and TYPE_CHECKING ones included (they name types); a
+    top-level import wins over a lazy one of the same name."""
+    names: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:  # import a.b binds a; import a.b as c binds c to a.b
-                head = alias.name.split(".")[0]
-                names[alias.asname or head] = alias.name if alias.asname else head
-        elif isinstance(node, ast.ImportFrom):
-            source = absolute_module(node, module, is_package)
-            for alias in node.names:
-                names[alias.asname or alias.name] = f"{source}.{alias.name}"
+        _bind(names, node, module, is_package)
+    for node in _top_level(tree.body):
+        _bind(names, node, module, is_package)
     return names
 
 
@@ -76,8 +92,15 @@ def _class_info(module: str, node: ast.ClassDef) -> ClassInfo:
     return info
 
 
+class SourceError(ValueError):
+    """A file under the package that cannot be read as Python source."""
+
+
 def read_module(name: str, path: Path) -> ModuleInfo:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (UnicodeDecodeError, SyntaxError) as error:
+        raise SourceError(f"{path}: not readable as Python source ({error})") from None
     info = ModuleInfo(name, path, imports=_imports(tree, name, path.name == "__init__.py"))
     for node in tree.body:
         if isinstance(node, Function):
@@ -129,15 +152,9 @@ class CodeIndex:
         return self.lookup(target) if target else None
 
     def class_of(self, module: ModuleInfo, annotation: ast.expr | None) -> ClassInfo | None:
-        """The project class an annotation names (``X``, ``X | None``, ``"X"``, ``a.X``)."""
-        if annotation is None:
-            return None
-        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
-            try:
-                annotation = ast.parse(annotation.value, mode="eval").body
-            except SyntaxError:
-                return None
-        for node in ast.walk(annotation):
+        """The project class an annotation names: ``X``, ``a.X``, ``"X"``, ``Optional[X]``, or the
+        first project class of ``X | Y``. Containers (``list[X]``, ``tuple[X, Y]``) name none."""
+        for node in _annotation_names(annotation):
             found = self._named(module, node)
             if isinstance(found, ClassInfo):
                 return found
@@ -152,19 +169,45 @@ class CodeIndex:
                 return self.resolve_name(owner, node.attr)
         return None
 
-    def method(
-        self, cls: ClassInfo, name: str, depth: int = 0
-    ) -> tuple[ClassInfo, Function] | None:
-        """``cls.name`` or the nearest project base class's."""
-        if name in cls.methods:
+    def method(self, cls: ClassInfo, name: str, bases_only: bool = False, depth: int = 0):
+        """(the class that defines it, the function) of ``cls.name``, looked up in ``cls`` and
+        then its project base classes in order (``bases_only``: as ``super()`` does)."""
+        if not bases_only and name in cls.methods:
             return cls, cls.methods[name]
         owner = self.modules[cls.module]
         for base in cls.node.bases:
             found = self._named(owner, base)
             if isinstance(found, ClassInfo) and depth < 8:
-                if (hit := self.method(found, name, depth + 1)) is not None:
+                if (hit := self.method(found, name, depth=depth + 1)) is not None:
                     return hit
         return None
 
     def attribute_class(self, cls: ClassInfo, name: str) -> ClassInfo | None:
         return self.class_of(self.modules[cls.module], cls.attributes.get(name))
+
+
+def _annotation_names(node: ast.expr | None):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            node = ast.parse(node.value, mode="eval").body
+        except SyntaxError:
+            return
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        yield from _annotation_names(node.left)
+        yield from _annotation_names(node.right)
+    elif isinstance(node, ast.Subscript) and _last_name(node.value) == "Optional":
+        yield from _annotation_names(node.slice)
+    elif isinstance(node, ast.Name | ast.Attribute):
+        yield node
+
+
+def _last_name(node: ast.expr) -> str | None:
+    """``Optional`` for ``Optional`` and ``typing.Optional``."""
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def decorated(function: Function, name: str) -> bool:
+    """Whether ``function`` carries the decorator ``name`` (``staticmethod``, ``classmethod``)."""
+    return any(_last_name(decorator) == name for decorator in function.decorator_list)

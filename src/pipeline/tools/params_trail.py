@@ -6,11 +6,17 @@ How far a reader travels to see what a value does: the files a parameter passes 
 the order the calls are written, and how often the trail climbs back up a layer.
 
 - Inside a function the parameter is carried by its own name and by every local name assigned
-  from an expression that mentions a carried name (``setup = build_setup(params, ...)``).
+  from an expression that mentions a carried name (``setup = build_setup(params, ...)``; a
+  name, tuple or starred target: ``self.x = params`` or ``d[k] = params`` carries no name).
 - A call passes it on when an argument, or the object a method is called on, mentions a carried
-  name; the trail enters the callee (the first call only: a function is read once) carrying the
-  parameters those arguments bind to (``self`` for the object). Calls are taken in the order
-  they are written, depth first; what pipeline.tools.code_index cannot resolve is not followed.
+  name; the trail enters the callee (at its first such call only: a function is read once)
+  carrying the parameters those arguments may bind to (``self`` for the object; after a
+  ``*spread`` any later parameter; with ``**mapping`` every keyword one).
+- Calls are taken in the order they are written, depth first: an outer call before the calls
+  in its arguments, and the calls inside a nested function or lambda where they are written. A
+  function passed by name (a callback) is not followed, nor is anything pipeline.tools.code_index
+  cannot resolve; a method called on ``self`` is looked up from the receiver's class, so an
+  override wins.
 - A *stop* is a run of consecutive functions entered in one file; a *climb* is a stop in a
   higher layer (pipeline.tools.layers) than the stop before it.
 
@@ -21,11 +27,18 @@ from __future__ import annotations
 
 import argparse
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
-from pipeline.tools.code_index import ClassInfo, CodeIndex, Function, ModuleInfo
+from pipeline.tools.code_index import (
+    ClassInfo,
+    CodeIndex,
+    Function,
+    ModuleInfo,
+    SourceError,
+    decorated,
+)
 from pipeline.tools.layers import RANKS
 
 
@@ -84,6 +97,17 @@ def _assignments(node: ast.AST) -> tuple[ast.AST | None, list[ast.AST]]:
     return None, []
 
 
+def _target_names(target: ast.AST) -> set[str]:
+    """The local names an assignment target binds (not ``obj.attr`` nor ``d[key]``)."""
+    if isinstance(target, ast.Name):
+        return {target.id}
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    if isinstance(target, ast.Tuple | ast.List):
+        return set().union(*(_target_names(element) for element in target.elts))
+    return set()
+
+
 def carried_names(function: Function, start: set[str]) -> set[str]:
     """``start`` and every local name assigned from them, to a fixed point (order-blind)."""
     carried, changed = set(start), True
@@ -93,20 +117,31 @@ def carried_names(function: Function, start: set[str]) -> set[str]:
             value, targets = _assignments(node)
             if not _mentions(value, carried):
                 continue
-            named = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            named = set().union(*(_target_names(target) for target in targets))
             if named - carried:
                 carried |= named
                 changed = True
     return carried
 
 
+@dataclass(frozen=True)
+class Callee:
+    """A resolved call: the function, where its code is (module, defining class), the class of
+    the object it runs on (for ``self``: a subclass may override what it calls), and whether
+    the first parameter is that object."""
+
+    function: Function
+    module: ModuleInfo
+    owner: ClassInfo | None = None
+    receiver: ClassInfo | None = None
+    bound: bool = False
+
+
 @dataclass
 class Frame:
-    """A function being read: where it is, its class, and the local names' known classes."""
+    """A function being read: its callee record and its local names' known classes."""
 
-    module: ModuleInfo
-    cls: ClassInfo | None
-    function: Function
+    callee: Callee
     types: dict[str, ClassInfo]
 
 
@@ -116,56 +151,65 @@ class Walker:
         self.entered: set[int] = set()  # id() of each function node read so far
         self.events: list[tuple[str, str]] = []  # (module, qualified name) in reading order
 
-    def walk(self, module: ModuleInfo, cls: ClassInfo | None, fn: Function, start: set[str]):
+    def walk(self, callee: Callee, start: set[str]) -> None:
+        fn = callee.function
         if id(fn) in self.entered:
             return
         self.entered.add(id(fn))
-        self.events.append((module.name, f"{cls.node.name}.{fn.name}" if cls else fn.name))
-        frame = Frame(module, cls, fn, self.local_types(module, cls, fn))
+        label = f"{callee.owner.node.name}.{fn.name}" if callee.owner else fn.name
+        self.events.append((callee.module.name, label))
+        frame = Frame(callee, self.local_types(callee))
         carried = carried_names(fn, start)
         calls = [node for node in ast.walk(fn) if isinstance(node, ast.Call)]
         for call in sorted(calls, key=lambda node: (node.lineno, node.col_offset)):
             self.follow(frame, call, carried)
 
     def follow(self, frame: Frame, call: ast.Call, carried: set[str]) -> None:
-        target = self.callee(frame, call.func)
-        if target is None:
+        callee = self.callee(frame, call.func)
+        if callee is None:
             return
-        owner, fn, bound = target
+        passed = bound_parameters(callee.function, call, carried, callee.bound)
         receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
-        passed = bound_parameters(fn, call, carried, bound)
-        if bound and isinstance(call.func, ast.Attribute) and _mentions(receiver, carried):
-            passed.add(fn.args.args[0].arg if fn.args.args else "self")
+        if callee.bound and _mentions(receiver, carried) and callee.function.args.args:
+            passed.add(callee.function.args.args[0].arg)
         if passed:
-            module = self.index.modules[owner.module] if isinstance(owner, ClassInfo) else owner
-            self.walk(module, owner if isinstance(owner, ClassInfo) else None, fn, passed)
+            self.walk(callee, passed)
 
-    def callee(self, frame: Frame, func: ast.expr):
-        """(module or class, function, bound) that ``func`` calls, or None."""
+    def callee(self, frame: Frame, func: ast.expr) -> Callee | None:
         if isinstance(func, ast.Name):
-            found = self.index.resolve_name(frame.module, func.id)
-        elif isinstance(func, ast.Attribute):
-            found = self.attribute(frame, func)
-        else:
+            return self.named_callee(self.index.resolve_name(frame.callee.module, func.id))
+        if not isinstance(func, ast.Attribute):
             return None
+        value = func.value
+        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "super":
+            owner = frame.callee.owner
+            hit = self.index.method(owner, func.attr, bases_only=True) if owner else None
+            return self.method_callee(hit, frame.callee.receiver)
+        if isinstance(value, ast.Name) and value.id not in frame.types:
+            named = self.index.resolve_name(frame.callee.module, value.id)
+            if isinstance(named, ModuleInfo):
+                return self.named_callee(self.index.resolve_name(named, func.attr))
+            if isinstance(named, ClassInfo):  # Class.method(...): only a classmethod binds
+                hit = self.index.method(named, func.attr)
+                callee = self.method_callee(hit, named)
+                return replace(callee, bound=decorated(hit[1], "classmethod")) if hit else None
+        cls = self.expression_class(frame, value)
+        return self.method_callee(self.index.method(cls, func.attr), cls) if cls else None
+
+    def named_callee(self, found) -> Callee | None:
+        """A module-level function, or a class called (its ``__init__``)."""
         if isinstance(found, ClassInfo):
-            hit = self.index.method(found, "__init__")
-            return (hit[0], hit[1], True) if hit else None
-        if isinstance(found, tuple):
-            return found
+            return self.method_callee(self.index.method(found, "__init__"), found)
         if isinstance(found, Function):
-            return self.owner_module(found), found, False
+            return Callee(found, self.owner_module(found))
         return None
 
-    def attribute(self, frame: Frame, func: ast.Attribute):
-        value = func.value
-        if isinstance(value, ast.Name) and value.id not in frame.types:
-            owner = self.index.resolve_name(frame.module, value.id)
-            if isinstance(owner, ModuleInfo):
-                return self.index.resolve_name(owner, func.attr)
-        cls = self.expression_class(frame, value)
-        hit = self.index.method(cls, func.attr) if cls else None
-        return (hit[0], hit[1], True) if hit else None
+    def method_callee(self, hit, receiver: ClassInfo | None) -> Callee | None:
+        if hit is None:
+            return None
+        owner, fn = hit
+        module = self.index.modules[owner.module]
+        return Callee(fn, module, owner, receiver or owner, bound=not decorated(fn, "staticmethod"))
 
     def expression_class(self, frame: Frame, node: ast.expr) -> ClassInfo | None:
         if isinstance(node, ast.Name):
@@ -178,15 +222,15 @@ class Walker:
     def owner_module(self, fn: Function) -> ModuleInfo:
         return next(m for m in self.index.modules.values() if fn in m.functions.values())
 
-    def local_types(self, module: ModuleInfo, cls: ClassInfo | None, fn: Function):
+    def local_types(self, callee: Callee) -> dict[str, ClassInfo]:
         """Local names whose class is known: self, annotated parameters, constructed objects."""
-        types = {}
+        fn, module, types = callee.function, callee.module, {}
         arguments = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
         for arg in arguments:
             if (found := self.index.class_of(module, arg.annotation)) is not None:
                 types[arg.arg] = found
-        if cls is not None and arguments:
-            types[arguments[0].arg] = cls
+        if callee.bound and callee.receiver is not None and arguments:
+            types[arguments[0].arg] = callee.receiver
         for node in ast.walk(fn):
             value, targets = _assignments(node)
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -209,42 +253,63 @@ class Walker:
 
 
 def bound_parameters(fn: Function, call: ast.Call, carried: set[str], bound: bool) -> set[str]:
-    """The callee's parameters that receive an argument mentioning a carried name."""
+    """The callee's parameters that may receive an argument mentioning a carried name."""
     positional = [*fn.args.posonlyargs, *fn.args.args][1 if bound else 0 :]
+    spread_from = None  # after a *spread, a later argument may land on any later parameter
     passed = set()
     for place, argument in enumerate(call.args):
+        if isinstance(argument, ast.Starred) and spread_from is None:
+            spread_from = place
         if not _mentions(argument, carried):
             continue
-        if isinstance(argument, ast.Starred):  # spread over every remaining parameter
-            passed |= {arg.arg for arg in positional[place:]}
+        if spread_from is not None:
+            passed |= {arg.arg for arg in positional[spread_from:]}
         elif place < len(positional):
             passed.add(positional[place].arg)
-        elif fn.args.vararg is not None:
+        if fn.args.vararg is not None and (spread_from is not None or place >= len(positional)):
             passed.add(fn.args.vararg.arg)
-    names = {arg.arg for arg in [*positional, *fn.args.kwonlyargs]}
+    keyword_names = [arg.arg for arg in [*positional, *fn.args.kwonlyargs]]
     for keyword in call.keywords:
-        if _mentions(keyword.value, carried):
-            if keyword.arg in names:
-                passed.add(keyword.arg)
-            elif fn.args.kwarg is not None:
-                passed.add(fn.args.kwarg.arg)
+        if not _mentions(keyword.value, carried):
+            continue
+        if keyword.arg is None:  # **mapping: any keyword parameter
+            passed |= set(keyword_names)
+        if keyword.arg in keyword_names:
+            passed.add(keyword.arg)
+        elif fn.args.kwarg is not None:
+            passed.add(fn.args.kwarg.arg)
     return passed
 
 
-def trail(index: CodeIndex, path: Path, function: str, parameter: str) -> Trail:
+def _start(index: CodeIndex, path: Path, function: str) -> Callee:
     module = index.module_of_file(path)
     if module is None:
         raise SystemExit(f"params_trail: error: {path} is not a module of {index.src}/pipeline")
     cls_name, _, name = function.rpartition(".")
-    cls = module.classes.get(cls_name) if cls_name else None
-    fn = cls.methods.get(name) if cls else module.functions.get(name)
-    if fn is None:
-        raise SystemExit(f"params_trail: error: no function {function!r} in {path}")
-    arguments = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
-    if parameter not in arguments:
+    if not cls_name:
+        fn = module.functions.get(name)
+        return Callee(fn, module) if fn else _no_function(function, path)
+    cls = module.classes.get(cls_name)
+    if cls is None:
+        raise SystemExit(f"params_trail: error: no class {cls_name!r} in {path}")
+    fn = cls.methods.get(name)
+    bound = fn is not None and not decorated(fn, "staticmethod")
+    return Callee(fn, module, cls, cls, bound) if fn else _no_function(function, path)
+
+
+def _no_function(function: str, path: Path):
+    raise SystemExit(f"params_trail: error: no function {function!r} in {path}")
+
+
+def trail(index: CodeIndex, path: Path, function: str, parameter: str) -> Trail:
+    start = _start(index, path, function)
+    args = start.function.args
+    names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+    names |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+    if parameter not in names:
         raise SystemExit(f"params_trail: error: {function} has no parameter {parameter!r}")
     walker = Walker(index)
-    walker.walk(module, cls, fn, {parameter})
+    walker.walk(start, {parameter})
     stops: list[Stop] = []
     for module_name, qualified in walker.events:
         if not stops or stops[-1].module != module_name:
@@ -268,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.start!r}: expected FILE:FUNCTION:PARAM")
     if not Path(file).is_file():
         parser.error(f"{file!r}: no such file")
-    found = trail(CodeIndex(args.src), Path(file), function, parameter)
+    try:
+        index = CodeIndex(args.src)
+    except SourceError as error:
+        raise SystemExit(f"params_trail: error: {error}") from None
+    found = trail(index, Path(file), function, parameter)
     print(f"`{parameter}` from {file}:{function}, through the calls that pass it on:")
     print("\n".join(found.lines()))
     print(found.summary())
