@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model.json"
-CARD_OMITS_IF_NONE = ("pretrained",)  # a card without start weights says nothing of them
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
     torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL",
@@ -110,7 +109,7 @@ class ModelCard:
         return read_json_record(path, cls, ModelFileError, "model card")
 
     def to_json(self, path: str | Path) -> None:
-        write_json_record(path, self, omit_if_none=CARD_OMITS_IF_NONE)
+        write_json_record(path, self, omit_if_none=("pretrained",))
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -169,8 +168,8 @@ def save_trained(models_dir: str | Path, model: nn.Module, card: ModelCard) -> N
             f"refusing to save non-finite weights ({bad[0]} and {len(bad) - 1} more)"
         )
     models_dir = Path(models_dir)
+    card.to_json(models_dir / CARD_NAME)
     save_tensors(models_dir / WEIGHTS_NAME, state, metadata={"arch": card.arch})
-    write_json_record(models_dir / CARD_NAME, card, omit_if_none=CARD_OMITS_IF_NONE)
 
 
 def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, ModelCard]:

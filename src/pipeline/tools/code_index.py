@@ -120,6 +120,11 @@ class CodeIndex:
             parts = path.relative_to(src).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             self.modules[name] = read_module(name, path)
+        # id() of each module-level function -> its module: where a resolved call's code is.
+        self._home = {id(fn): m for m in self.modules.values() for fn in m.functions.values()}
+
+    def module_of_function(self, function: Function) -> ModuleInfo:
+        return self._home[id(function)]
 
     def module_of_file(self, path: Path) -> ModuleInfo | None:
         resolved = path.resolve()

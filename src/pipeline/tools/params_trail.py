@@ -58,8 +58,13 @@ class Trail:
     stops: list[Stop]
 
     @property
+    def climbed(self) -> list[bool]:
+        """For each stop: whether it is in a higher layer than the stop before it."""
+        return [False] + [after.rank > before.rank for before, after in pairwise(self.stops)]
+
+    @property
     def climbs(self) -> int:
-        return sum(after.rank > before.rank for before, after in pairwise(self.stops))
+        return sum(self.climbed)
 
     @property
     def files(self) -> int:
@@ -67,9 +72,8 @@ class Trail:
 
     def lines(self) -> list[str]:
         rows = []
-        for number, stop in enumerate(self.stops, 1):
-            earlier = self.stops[number - 2] if number > 1 else stop
-            up = "  ^ climbs back up" if stop.rank > earlier.rank else ""
+        for number, (stop, climbed) in enumerate(zip(self.stops, self.climbed, strict=True), 1):
+            up = "  ^ climbs back up" if climbed else ""
             where = stop.module.removeprefix("pipeline.").replace(".", "/") + ".py"
             rows.append(f"{number:3d}. {where:32s} {', '.join(stop.functions)}{up}")
         return rows
@@ -201,7 +205,7 @@ class Walker:
         if isinstance(found, ClassInfo):
             return self.method_callee(self.index.method(found, "__init__"), found)
         if isinstance(found, Function):
-            return Callee(found, self.owner_module(found))
+            return Callee(found, self.index.module_of_function(found))
         return None
 
     def method_callee(self, hit, receiver: ClassInfo | None) -> Callee | None:
@@ -218,9 +222,6 @@ class Walker:
             owner = self.expression_class(frame, node.value)
             return self.index.attribute_class(owner, node.attr) if owner else None
         return None
-
-    def owner_module(self, fn: Function) -> ModuleInfo:
-        return next(m for m in self.index.modules.values() if fn in m.functions.values())
 
     def local_types(self, callee: Callee) -> dict[str, ClassInfo]:
         """Local names whose class is known: self, annotated parameters, constructed objects."""
@@ -248,7 +249,7 @@ class Walker:
         if isinstance(found, ClassInfo):
             return found
         if isinstance(found, Function):
-            return self.index.class_of(self.owner_module(found), found.returns)
+            return self.index.class_of(self.index.module_of_function(found), found.returns)
         return None
 
 
