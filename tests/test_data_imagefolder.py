@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import fails_within
 from pipeline.core.config import DataParams, Params
 from pipeline.core.progress import Progress
 from pipeline.prepared.types import decode_rows
@@ -126,6 +127,17 @@ def test_bad_files_are_quarantined_with_their_reasons(tmp_path):
     check_quarantine(data, 0.25)
     with pytest.raises(DataSourceError, match=r"^4 of 16 files quarantined \(25.0%\)"):
         check_quarantine(data, 0.2)
+
+
+def test_a_pipe_among_the_images_is_quarantined_not_waited_on(tmp_path):
+    make_tree(tmp_path)
+    os.mkfifo(tmp_path / "dog" / "pipe.png")
+    with fails_within(30):
+        pixels, _, quarantined = decoded(load_source(params(tmp_path, image_size=8)))
+    assert [(q.path, q.reason) for q in quarantined] == [
+        ("dog/pipe.png", "unreadable (not a regular file (a folder, pipe, device or socket))")
+    ]
+    assert len(pixels) == 12
 
 
 def test_truncated_image_does_not_shift_later_rows(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, dvc, make_project_copy, run, tool_env
+from conftest import ROOT, dvc, fails_within, make_project_copy, run, tool_env
 from pipeline.core import paths
 from pipeline.core.config import Params, TrainParams, load_params
 from pipeline.core.errors import PipelineError
@@ -278,6 +278,15 @@ def test_symlinks_are_refused_in_one_line_and_never_followed_or_deleted(tmp_path
     with pytest.raises(PipelineError, match="linked is a symbolic link; checkpoints must be"):
         find_resume(tmp_path / "linked", RUN_A)
     assert target.exists()
+
+
+def test_a_pipe_where_a_checkpoint_belongs_is_refused_not_waited_on(tmp_path):
+    pipe = checkpoint_path(tmp_path, 3, RUN_A)
+    os.mkfifo(pipe)
+    with pytest.raises(PipelineError, match="is not a regular file: remove it"):
+        find_resume(tmp_path, RUN_A)
+    with fails_within(10), pytest.raises(PipelineError, match="is not a regular file: remove it"):
+        load_checkpoint(pipe)
 
 
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):

@@ -8,6 +8,7 @@ import urllib.error
 import pytest
 import torch
 
+from conftest import fails_within
 from pipeline.core.config import ParamsError, parse_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import save_tensors, sha256_file
@@ -79,12 +80,13 @@ def test_rgb_weights_are_summed_for_grey_images_and_torch_state_dicts_load(tmp_p
         (lambda p, w: pickled(p), "not a safetensors file or a weights_only"),
         (lambda p, w: extra_key(p), "lacks: 'extra'"),
         (lambda p, w: p, "not a regular file"),
+        (lambda p, w: os.mkfifo(p / "pipe.safetensors") or p / "pipe.safetensors", "not a regular"),
     ],
-    ids=["missing", "symlink", "truncated", "shapes", "nan", "pickle", "extra", "folder"],
+    ids=["missing", "symlink", "truncated", "shapes", "nan", "pickle", "extra", "folder", "fifo"],
 )
 def test_hostile_weights_are_refused_in_one_line(tmp_path, weights_file, make, message):
     path = make(tmp_path, weights_file)
-    with pytest.raises(PipelineError, match=message) as error:
+    with fails_within(10), pytest.raises(PipelineError, match=message) as error:
         resolve_pretrained(GREY, str(path))
     assert one_line(error) and "model.pretrained" in str(error.value)
 
@@ -164,6 +166,23 @@ def test_params_refuse_torchvision_weights_for_other_archs_and_missing_files(tmp
     params = parse_params({"model": {"pretrained": str(tmp_path / "absent.safetensors")}})
     with pytest.raises(ParamsError, match="absent.safetensors'?: no such file"):
         check_pretrained(params)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: os.symlink(p / "absent", p / "link") or p / "link", "is a symbolic link"),
+        (lambda p: p, "is not a regular file"),
+        (lambda p: os.mkfifo(p / "pipe") or p / "pipe", "is not a regular file"),
+    ],
+    ids=["symlink", "folder", "fifo"],
+)
+def test_params_refuse_weights_the_train_stage_would_not_read(tmp_path, make, message):
+    """Refused by check_params, before DVC removes any stage's outputs."""
+    params = parse_params({"model": {"pretrained": str(make(tmp_path))}})
+    with pytest.raises(ParamsError, match=message) as error:
+        check_pretrained(params)
+    assert one_line(error)
 
 
 def test_weights_without_batchnorm_batch_counters_load(tmp_path):

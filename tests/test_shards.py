@@ -1,11 +1,13 @@
 """Sharded prepared data: the writer, the checked reader, and hostile shards."""
 
+import os
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from pipeline.core.headers import read_header
+from conftest import fails_within
+from pipeline.core.headers import TensorFileError, read_header
 from pipeline.prepared.shards import ShardError, ShardWriter, open_split, write_split
 from pipeline.prepared.stats import channel_stats
 
@@ -186,3 +188,10 @@ def test_ranks_that_start_together_hash_each_shard_once_between_them(tmp_path, m
     with ThreadPoolExecutor(4) as ranks:
         list(ranks.map(lambda _: opened(folder, written), range(4)))
     assert sorted(hashed) == [entry.file for entry in written.entries]
+
+
+def test_a_pipe_named_like_a_tensor_file_is_refused_not_waited_on(tmp_path):
+    pipe = tmp_path / "shard-00000.safetensors"
+    os.mkfifo(pipe)
+    with fails_within(10), pytest.raises(TensorFileError, match="cannot read .*not a regular file"):
+        read_header(pipe)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.reading import open_regular
 
 # safetensors' own limit on the header; a larger claim is not a safetensors file.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -64,8 +65,8 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
     """Every tensor's dtype and shape, after checking that the file really holds its bytes."""
     path = Path(path)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
             if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):

@@ -23,6 +23,8 @@ from safetensors.numpy import save as save_numpy_bytes
 from safetensors.torch import load_file as load_torch_file
 from safetensors.torch import save as save_torch_bytes
 
+from pipeline.core.reading import open_regular
+
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
@@ -179,7 +181,8 @@ def read_json_record(
     from pydantic import TypeAdapter, ValidationError
 
     try:
-        text = Path(path).read_bytes()
+        with open_regular(path) as handle:
+            text = handle.read()
     except OSError as problem:
         raise error(f"{path}: cannot read ({problem.strerror or problem})") from None
     try:
@@ -216,7 +219,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch import nn
 from pipeline.core.errors import PipelineError
 from pipeline.core.headers import TensorFileError, read_header
 from pipeline.core.io import sha256_bytes
+from pipeline.core.reading import NotRegularFileError, open_regular
 from pipeline.models.build import ModelSpec, build_model
 from pipeline.models.parts import first_conv_weight, head_parameter_names
 
@@ -66,7 +66,10 @@ def _first_line(error: BaseException) -> str:
 
 def _read_no_follow(path: Path, what: str) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with open_regular(path, follow_links=False) as handle:
+            return handle.read()
+    except NotRegularFileError:
+        raise PretrainedError(f"{what}: {path} is not a regular file") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise PretrainedError(
@@ -74,11 +77,6 @@ def _read_no_follow(path: Path, what: str) -> bytes:
                 "point to the file itself"
             ) from None
         raise PretrainedError(f"{what}: cannot read {path} ({error.strerror or error})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise PretrainedError(f"{what}: {path} is not a regular file")
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
 
 
 def _parse(path: Path, data: bytes, what: str) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.errors import describe
+from pipeline.core.reading import open_regular
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"})
@@ -121,7 +122,7 @@ def eight_bit(image: Image.Image) -> Image.Image:
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a pipe among the images would hang the read
             return handle.read()
     except OSError as error:
         raise BadImage(f"unreadable ({error.strerror or error})") from None

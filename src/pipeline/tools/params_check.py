@@ -10,6 +10,7 @@ torchvision has a model of that name).
 from __future__ import annotations
 
 import os
+import stat
 
 from pipeline.core.catalog import SOURCES, VARIANTS, resolve
 from pipeline.core.config import ModelParams, Params, ParamsError
@@ -98,6 +99,15 @@ def check_pretrained(params: Params) -> None:
         return
     if not os.path.lexists(pretrained):
         raise ParamsError(f"params.yaml: model.pretrained {pretrained!r}: no such file")
+    # The train stage reads it without following links and only as a file (a pipe would hang).
+    mode = os.lstat(pretrained).st_mode
+    if stat.S_ISLNK(mode):
+        raise ParamsError(
+            f"params.yaml: model.pretrained {pretrained!r} is a symbolic link; weights are never "
+            "read through links: point to the file itself"
+        )
+    if not stat.S_ISREG(mode):
+        raise ParamsError(f"params.yaml: model.pretrained {pretrained!r} is not a regular file")
 
 
 def check_params(params: Params) -> dict[str, int]:

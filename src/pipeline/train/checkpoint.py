@@ -14,7 +14,6 @@ a checkpoint belongs is refused in one line.
 from __future__ import annotations
 
 import errno
-import os
 import re
 import stat
 import sys
@@ -26,6 +25,7 @@ import torch
 
 from pipeline.core.errors import PipelineError, describe
 from pipeline.core.io import atomic_open
+from pipeline.core.reading import NotRegularFileError, open_regular
 from pipeline.train.distributed import maybe_inject_fault
 from pipeline.train.identity import RunIdentity
 
@@ -122,14 +122,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """weights_only=True: tensors, numbers, strings and containers only; never arbitrary code.
     O_NOFOLLOW: a link put in the checkpoint's place is refused, not followed."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        handle = open_regular(path, follow_links=False)
+    except NotRegularFileError:
+        raise PipelineError(f"{path} is not a regular file: remove it") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise PipelineError(
                 f"{path} is a symbolic link; checkpoints are never read through links: remove it"
             ) from None
         raise
-    with os.fdopen(fd, "rb") as handle:
+    with handle:
         return torch.load(handle, map_location="cpu", weights_only=True)
 
 
