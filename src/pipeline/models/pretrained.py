@@ -215,7 +215,8 @@ def torchvision_weights(name: str, channels: int, what: str) -> tuple[Pretrained
         raise PretrainedError(
             f"{what}: torchvision has no pretrained weights for {name!r}"
         ) from None
-    tensors, digest = read_weights_file(_fetch_torchvision(weights, what), what)
+    cached = _fetch_torchvision(weights, what)
+    tensors, digest = read_weights_file(cached, what)
     preset = weights.transforms()
     mean, std = list(preset.mean), list(preset.std)
     if channels == 1:
