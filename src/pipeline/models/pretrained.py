@@ -10,7 +10,6 @@ conv, whose input channels are adapted (3 -> 1: summed over channels; 1 -> 3: sp
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torch import nn
 from pipeline.core.errors import PipelineError
 from pipeline.core.headers import TensorFileError, read_header
 from pipeline.core.io import sha256_bytes
-from pipeline.core.reading import NotRegularFileError, open_regular
+from pipeline.core.reading import LinkRefusedError, NotRegularFileError, open_regular
 from pipeline.models.build import ModelSpec, build_model
 from pipeline.models.parts import first_conv_weight, head_parameter_names
 
@@ -68,14 +67,14 @@ def _read_no_follow(path: Path, what: str) -> bytes:
     try:
         with open_regular(path, follow_links=False) as handle:
             return handle.read()
+    except LinkRefusedError:
+        raise PretrainedError(
+            f"{what}: {path} is a symbolic link; weights are never read through links: "
+            "point to the file itself"
+        ) from None
     except NotRegularFileError:
         raise PretrainedError(f"{what}: {path} is not a regular file") from None
     except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise PretrainedError(
-                f"{what}: {path} is a symbolic link; weights are never read through links: "
-                "point to the file itself"
-            ) from None
         raise PretrainedError(f"{what}: cannot read {path} ({error.strerror or error})") from None
 
 

@@ -9,12 +9,10 @@ torchvision has a model of that name).
 
 from __future__ import annotations
 
-import os
-import stat
-
 from pipeline.core.catalog import SOURCES, VARIANTS, resolve
 from pipeline.core.config import ModelParams, Params, ParamsError
 from pipeline.core.errors import PipelineError, describe
+from pipeline.core.reading import LinkRefusedError, NotRegularFileError, open_regular
 from pipeline.models import ModelSpec, check_model_size
 from pipeline.models.fit import trace_fit
 
@@ -97,17 +95,23 @@ def check_pretrained(params: Params) -> None:
     pretrained = params.model.pretrained
     if pretrained is None or pretrained == "torchvision":
         return
-    if not os.path.lexists(pretrained):
-        raise ParamsError(f"params.yaml: model.pretrained {pretrained!r}: no such file")
-    # The train stage reads it without following links and only as a file (a pipe would hang).
-    mode = os.lstat(pretrained).st_mode
-    if stat.S_ISLNK(mode):
+    try:  # opened as the train stage opens it: no links, a regular file only
+        open_regular(pretrained, follow_links=False).close()
+    except FileNotFoundError:
+        raise ParamsError(f"params.yaml: model.pretrained {pretrained!r}: no such file") from None
+    except LinkRefusedError:
         raise ParamsError(
             f"params.yaml: model.pretrained {pretrained!r} is a symbolic link; weights are never "
             "read through links: point to the file itself"
-        )
-    if not stat.S_ISREG(mode):
-        raise ParamsError(f"params.yaml: model.pretrained {pretrained!r} is not a regular file")
+        ) from None
+    except NotRegularFileError:
+        raise ParamsError(
+            f"params.yaml: model.pretrained {pretrained!r} is not a regular file"
+        ) from None
+    except OSError as error:
+        raise ParamsError(
+            f"params.yaml: model.pretrained {pretrained!r}: cannot read ({error.strerror or error})"
+        ) from None
 
 
 def check_params(params: Params) -> dict[str, int]:

@@ -13,7 +13,6 @@ a checkpoint belongs is refused in one line.
 
 from __future__ import annotations
 
-import errno
 import re
 import stat
 import sys
@@ -25,7 +24,7 @@ import torch
 
 from pipeline.core.errors import PipelineError, describe
 from pipeline.core.io import atomic_open
-from pipeline.core.reading import NotRegularFileError, open_regular
+from pipeline.core.reading import LinkRefusedError, NotRegularFileError, open_regular
 from pipeline.train.distributed import maybe_inject_fault
 from pipeline.train.identity import RunIdentity
 
@@ -123,14 +122,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     O_NOFOLLOW: a link put in the checkpoint's place is refused, not followed."""
     try:
         handle = open_regular(path, follow_links=False)
+    except LinkRefusedError:
+        raise PipelineError(
+            f"{path} is a symbolic link; checkpoints are never read through links: remove it"
+        ) from None
     except NotRegularFileError:
         raise PipelineError(f"{path} is not a regular file: remove it") from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise PipelineError(
-                f"{path} is a symbolic link; checkpoints are never read through links: remove it"
-            ) from None
-        raise
     with handle:
         return torch.load(handle, map_location="cpu", weights_only=True)
 
