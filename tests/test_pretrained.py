@@ -4,6 +4,7 @@ hostile files refused in one line."""
 import os
 import pickle
 import urllib.error
+import warnings
 
 import pytest
 import torch
@@ -81,14 +82,56 @@ def test_rgb_weights_are_summed_for_grey_images_and_torch_state_dicts_load(tmp_p
         (lambda p, w: extra_key(p), "lacks: 'extra'"),
         (lambda p, w: p, "not a regular file"),
         (lambda p, w: os.mkfifo(p / "pipe.safetensors") or p / "pipe.safetensors", "not a regular"),
+        (lambda p, w: one_tensor(p, torch.zeros(2).to(torch.float8_e4m3fn)), "float8_e4m3fn; "),
+        (lambda p, w: one_tensor(p, torch.zeros(2, dtype=torch.complex64)), "complex64; "),
+        (lambda p, w: one_tensor(p, torch.empty(2, device="meta")), "not a dense .* on meta"),
+        (lambda p, w: one_tensor(p, torch.eye(2).to_sparse()), "not a dense .*sparse_coo"),
+        (lambda p, w: one_tensor(p, nested()), "not a dense tensor"),
+        (lambda p, w: huge(p), "9.0 GiB, above the 8 GiB"),
     ],
-    ids=["missing", "symlink", "truncated", "shapes", "nan", "pickle", "extra", "folder", "fifo"],
+    ids=[
+        "missing",
+        "symlink",
+        "truncated",
+        "shapes",
+        "nan",
+        "pickle",
+        "extra",
+        "folder",
+        "fifo",
+        "fp8",
+        "complex",
+        "meta",
+        "sparse",
+        "nested",
+        "huge",
+    ],  # fmt: skip
 )
 def test_hostile_weights_are_refused_in_one_line(tmp_path, weights_file, make, message):
     path = make(tmp_path, weights_file)
     with fails_within(10), pytest.raises(PipelineError, match=message) as error:
         resolve_pretrained(GREY, str(path))
     assert one_line(error) and "model.pretrained" in str(error.value)
+
+
+def one_tensor(folder, tensor):
+    """A weights_only torch file whose first tensor is ``tensor`` (fp8, meta, sparse...)."""
+    path = folder / "odd.pt"
+    torch.save({"features.0.weight": tensor}, path)
+    return path
+
+
+def nested():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors are a prototype API
+        return torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+
+
+def huge(folder):
+    path = folder / "huge.pt"
+    with open(path, "wb") as handle:
+        handle.truncate(9 * 1024**3)  # sparse: no disk used, and refused before any read
+    return path
 
 
 def truncated(folder, source):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import fails_within
-from pipeline.core.headers import TensorFileError, read_header
+from pipeline.core.headers import TensorFileError, header_of, read_header
 from pipeline.prepared.shards import ShardError, ShardWriter, open_split, write_split
 from pipeline.prepared.stats import channel_stats
 
@@ -195,3 +195,14 @@ def test_a_pipe_named_like_a_tensor_file_is_refused_not_waited_on(tmp_path):
     os.mkfifo(pipe)
     with fails_within(10), pytest.raises(TensorFileError, match="cannot read .*not a regular file"):
         read_header(pipe)
+
+
+def test_a_header_read_from_memory_matches_the_file_and_refuses_the_same_damage(prepared):
+    folder, _ = prepared
+    path = folder / "train-00000.safetensors"
+    data = path.read_bytes()
+    assert header_of(data, path) == read_header(path)
+    with pytest.raises(TensorFileError, match=r"claims bytes .*\(truncated or corrupt\)"):
+        header_of(data[:-10], path)
+    with pytest.raises(TensorFileError, match="not a safetensors file, or truncated"):
+        header_of(data[:5], path)

@@ -38,14 +38,14 @@ class TensorEntry:
     start: int = 0  # file offset of the tensor's first byte (for memory maps)
 
 
-def _entry(path: Path, name: str, raw: object, data_bytes: int, data_start: int = 0) -> TensorEntry:
+def _entry(label: object, name: str, raw: object, data_bytes: int, data_start: int) -> TensorEntry:
     if not isinstance(raw, dict):
-        raise TensorFileError(f"{path}: header entry {name!r} is not a tensor description")
+        raise TensorFileError(f"{label}: header entry {name!r} is not a tensor description")
     dtype, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
     if dtype not in DTYPE_BYTES:
-        raise TensorFileError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        raise TensorFileError(f"{label}: tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise TensorFileError(f"{path}: tensor {name!r} has a bad shape {shape!r}")
+        raise TensorFileError(f"{label}: tensor {name!r} has a bad shape {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -53,12 +53,40 @@ def _entry(path: Path, name: str, raw: object, data_bytes: int, data_start: int 
         or not 0 <= offsets[0] <= offsets[1] <= data_bytes
     ):
         raise TensorFileError(
-            f"{path}: tensor {name!r} claims bytes {offsets!r} but the file holds {data_bytes} "
+            f"{label}: tensor {name!r} claims bytes {offsets!r} but the file holds {data_bytes} "
             "bytes of data (truncated or corrupt)"
         )
     if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
-        raise TensorFileError(f"{path}: tensor {name!r}: byte range does not match {dtype}{shape}")
+        raise TensorFileError(f"{label}: tensor {name!r}: byte range does not match {dtype}{shape}")
     return TensorEntry(dtype, tuple(shape), data_start + offsets[0])
+
+
+def _length(label: object, prefix: bytes, size: int) -> int:
+    """The header length the first 8 bytes give, if the file can hold a header that long."""
+    length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
+        raise TensorFileError(
+            f"{label}: not a safetensors file, or truncated ({size} bytes; the header "
+            f"length field says {length})"
+        )
+    return length
+
+
+def _entries(
+    label: object, text: bytes, data_bytes: int, data_start: int
+) -> dict[str, TensorEntry]:
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TensorFileError(f"{label}: safetensors header is not valid JSON") from None
+    except RecursionError:  # "[[[[...": json.loads recurses once per level
+        raise TensorFileError(
+            f"{label}: safetensors header is nested too deeply (not a safetensors file)"
+        ) from None
+    if not isinstance(header, dict):
+        raise TensorFileError(f"{label}: safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    return {name: _entry(label, name, raw, data_bytes, data_start) for name, raw in header.items()}
 
 
 def read_header(path: str | Path) -> dict[str, TensorEntry]:
@@ -67,24 +95,14 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
     try:
         with open_regular(path) as handle:
             size = os.fstat(handle.fileno()).st_size
-            prefix = handle.read(8)
-            length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-            if not 0 < length <= min(MAX_HEADER_BYTES, size - 8):
-                raise TensorFileError(
-                    f"{path}: not a safetensors file, or truncated ({size} bytes; the header "
-                    f"length field says {length})"
-                )
-            header = json.loads(handle.read(length))
+            length = _length(path, handle.read(8), size)
+            text = handle.read(length)
     except OSError as error:
         raise TensorFileError(f"{path}: cannot read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise TensorFileError(f"{path}: safetensors header is not valid JSON") from None
-    except RecursionError:  # "[[[[...": json.loads recurses once per level
-        raise TensorFileError(
-            f"{path}: safetensors header is nested too deeply (not a safetensors file)"
-        ) from None
-    if not isinstance(header, dict):
-        raise TensorFileError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_bytes = size - 8 - length
-    return {name: _entry(path, name, raw, data_bytes, 8 + length) for name, raw in header.items()}
+    return _entries(path, text, size - 8 - length, 8 + length)
+
+
+def header_of(data: bytes, label: object) -> dict[str, TensorEntry]:
+    """read_header for a file already read into memory: the bytes checked are the bytes used."""
+    length = _length(label, data[:8], len(data))
+    return _entries(label, data[8 : 8 + length], len(data) - 8 - length, 8 + length)

@@ -21,13 +21,21 @@ from safetensors.torch import load as load_safetensors_bytes
 from torch import nn
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.headers import TensorFileError, read_header
+from pipeline.core.headers import TensorFileError, header_of
 from pipeline.core.io import sha256_bytes
 from pipeline.core.reading import LinkRefusedError, NotRegularFileError, open_regular
 from pipeline.models.build import ModelSpec, build_model
 from pipeline.models.parts import first_conv_weight, head_parameter_names
 
 TORCHVISION = "torchvision"
+# Above torchvision's largest weights (about 2.6 GB): a bigger file is not start weights, and
+# reading it whole could exhaust memory before any check ran.
+MAX_WEIGHTS_BYTES = 8 * 1024**3
+# What a model's state dict holds; fp8, complex and quantized tensors are not start weights.
+PLAIN_DTYPES = {
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+}  # fmt: skip
 
 
 class PretrainedError(PipelineError):
@@ -66,7 +74,15 @@ def _first_line(error: BaseException) -> str:
 def _read_no_follow(path: Path, what: str) -> bytes:
     try:
         with open_regular(path, follow_links=False) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_WEIGHTS_BYTES:
+                raise PretrainedError(
+                    f"{what}: {path} is {size / 1024**3:.1f} GiB, above the "
+                    f"{MAX_WEIGHTS_BYTES / 1024**3:.0f} GiB a start-weights file may hold"
+                )
             return handle.read()
+    except MemoryError:
+        raise PretrainedError(f"{what}: {path} does not fit in memory") from None
     except LinkRefusedError:
         raise PretrainedError(
             f"{what}: {path} is a symbolic link; weights are never read through links: "
@@ -81,7 +97,7 @@ def _read_no_follow(path: Path, what: str) -> bytes:
 def _parse(path: Path, data: bytes, what: str) -> dict:
     if path.suffix == ".safetensors":
         try:
-            read_header(path)  # truncated or malformed: one line before parsing any tensor
+            header_of(data, path)  # truncated or malformed: one line before parsing any tensor
             return load_safetensors_bytes(data)
         except (TensorFileError, SafetensorError) as error:
             raise PretrainedError(f"{what}: {_first_line(error)}") from None
@@ -105,11 +121,26 @@ def _tensors(loaded: object, path: Path, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not loaded:
         raise PretrainedError(f"{what}: {path} holds no state dict (name -> tensor)")
     for name, value in loaded.items():
-        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise PretrainedError(f"{what}: {path}: entry {name!r} is not a named tensor")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise PretrainedError(f"{what}: {path}: tensor {name!r} holds NaN or infinite values")
+        _check_tensor(name, value, f"{what}: {path}")
     return loaded
+
+
+def _check_tensor(name: object, value: object, where: str) -> None:
+    if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+        raise PretrainedError(f"{where}: entry {name!r} is not a named tensor")
+    # Sparse, nested and meta tensors hold no plain values to check or load.
+    if value.layout != torch.strided or value.is_nested or value.device.type != "cpu":
+        raise PretrainedError(
+            f"{where}: tensor {name!r} is not a dense tensor in memory "
+            f"({value.layout}, on {value.device.type})"
+        )
+    if value.dtype not in PLAIN_DTYPES:
+        raise PretrainedError(
+            f"{where}: tensor {name!r} is {value.dtype}; start weights hold float16, bfloat16, "
+            "float32 or float64 tensors (and integer or bool buffers)"
+        )
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise PretrainedError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
 def read_weights_file(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
