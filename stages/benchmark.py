@@ -14,7 +14,7 @@ from pipeline.core.catalog import exported_variants
 from pipeline.core.config import Params
 from pipeline.core.records import benchmark_figures, write_record
 from pipeline.core.stage import run_stage
-from pipeline.export.variants import variant_path
+from pipeline.export.variants import exported_files
 from pipeline.models.files import load_trained
 from pipeline.prepared.storage import split_shards
 
@@ -22,8 +22,7 @@ from pipeline.prepared.storage import split_shards
 def benchmark(params: Params) -> None:
     model, card = load_trained(paths.MODELS_DIR)
     test = split_shards(paths.PREPARED_DIR, "test")  # read a shard at a time, never whole
-    names = exported_variants(params.export.variants)
-    variants = {name: variant_path(paths.ONNX_DIR, name) for name in names}
+    variants = exported_files(paths.ONNX_DIR, exported_variants(params.export.variants))
     rows, context = run_benchmark(params.benchmark, model, card, variants, test, params.energy)
     summary = write_report(
         rows,

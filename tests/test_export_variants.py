@@ -7,6 +7,7 @@ model with real, confident predictions; nothing here reads the repo's DVC output
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,14 @@ from pipeline.export.int8 import convert as convert_int8
 from pipeline.export.int8 import to_int8
 from pipeline.export.parity import Parity, ParityError, ParityTally, compare, enforce, problems
 from pipeline.export.run import enforce_gates, export_all, parity_of
+from pipeline.export.safety import UnsafeModelError
 from pipeline.export.session import make_session, session_logits
-from pipeline.export.variants import ConvertContext, calibration_sample, variant_path
+from pipeline.export.variants import (
+    ConvertContext,
+    calibration_sample,
+    exported_files,
+    variant_path,
+)
 from pipeline.hardware.cpu import CpuFeatures, detect
 from pipeline.models import ModelSpec, build_model
 from pipeline.models.files import ModelCard, Normalisation
@@ -104,6 +111,16 @@ def test_every_variant_is_written_checked_and_described(exported):
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     assert metrics["variants"]["int8"]["quantization"]["calibration_seed"] == 42
     enforce_gates(metrics)  # nothing raised
+
+
+def test_a_variant_file_copied_over_another_is_refused_before_it_is_timed(exported, tmp_path):
+    names = ["fp32", "fp16", "int8"]
+    assert exported_files(exported["dir"], names) == {
+        name: variant_path(exported["dir"], name) for name in names
+    }
+    shutil.copy(variant_path(exported["dir"], "int8"), variant_path(tmp_path, "fp32"))
+    with pytest.raises(UnsafeModelError, match="metadata says variant 'int8', not 'fp32'"):
+        exported_files(tmp_path, ["fp32"])
 
 
 class Chunked:

@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from pipeline.core.catalog import VARIANTS
+from pipeline.export.safety import UnsafeModelError, check_onnx_file
 
 if TYPE_CHECKING:  # pydantic stays out of torch-only users (benchmarks/gpu_check.py)
     from pipeline.core.config import Params
@@ -26,6 +27,22 @@ VARIANT_FILES = {variant.name: variant.file for variant in VARIANTS}
 
 def variant_path(onnx_dir: str | Path, variant: str) -> Path:
     return Path(onnx_dir) / VARIANT_FILES[variant]
+
+
+def exported_files(onnx_dir: str | Path, names: list[str]) -> dict[str, Path]:
+    """Each variant's file, checked, and refused unless its metadata names that variant: an int8
+    file copied over model.onnx would otherwise be timed and reported as fp32."""
+    files = {}
+    for name in names:
+        path = variant_path(onnx_dir, name)
+        props = {prop.key: prop.value for prop in check_onnx_file(path).metadata_props}
+        if props.get("variant") != name:
+            raise UnsafeModelError(
+                f"{path}: the file's metadata says variant {props.get('variant')!r}, not "
+                f"{name!r}; it was not written there by export: run dvc repro -s export"
+            )
+        files[name] = path
+    return files
 
 
 @dataclass(frozen=True)
