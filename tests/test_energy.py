@@ -154,7 +154,12 @@ def test_cuda_n_measures_the_nth_visible_gpu(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize(
     ("visible", "why"),
-    [("-1", "no GPU visible"), ("", "no GPU visible"), ("MIG-1234", "MIG slice")],
+    [
+        ("-1", "no GPU visible"),
+        ("", "no GPU visible"),
+        ("\u0661", "no GPU visible"),  # an Arabic-Indic 1: CUDA stops at it, as at any bad entry
+        ("MIG-1234", "MIG slice"),
+    ],
 )
 def test_hidden_or_mig_gpus_read_unavailable(
     monkeypatch: pytest.MonkeyPatch, visible: str, why: str

@@ -17,7 +17,7 @@ def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[int | str] | N
         return None
     selectors: list[int | str] = []
     for entry in (part.strip() for part in value.split(",")):
-        if entry.isdigit():
+        if entry.isascii() and entry.isdigit():  # int() also takes non-ASCII digits; CUDA does not
             selectors.append(int(entry))
         elif entry.startswith("GPU-"):
             selectors.append(entry)
