@@ -6,6 +6,7 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.core.config import ModelParams
@@ -13,6 +14,7 @@ from pipeline.core.io import write_json
 from pipeline.models import ModelSpec
 from pipeline.models.build import START_WEIGHT_FIELDS
 from pipeline.models.files import ModelCard, ModelFileError
+from pipeline.prepared.stats import MIN_STD, channel_stats
 from pipeline.prepared.storage import PreparedDataError, PreparedMeta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,57 @@ def test_nested_and_missing_fields_are_named(tmp_path):
         PreparedMeta.from_json(path)
     with pytest.raises(PreparedDataError, match=r"absent.json: cannot read \(No such file"):
         PreparedMeta.from_json(tmp_path / "absent.json")
+
+
+def with_stats(path: Path, content: dict, mean: list, std: list) -> str:
+    """Write ``content`` with these mean and std (NaN and Infinity as JSON extensions write
+    them) to ``path``; returns the fields' prefix ('' or 'normalisation.')."""
+    if "normalisation" in content:
+        norm = {**content["normalisation"], "mean": mean, "std": std}
+        content, prefix = {**content, "normalisation": norm}, "normalisation."
+    else:
+        content, prefix = {**content, "mean": mean, "std": std}, ""
+    path.write_text(json.dumps(content))  # not write_json: that turns NaN into null
+    return prefix
+
+
+STD_RANGE, MEAN_RANGE = "must be from 1e-06 to 1, got", "must be from 0 to 1, got"
+BAD_STATS = {
+    "std-0": ([0.3], [0.0], rf"std\[0\]': {STD_RANGE} 0.0"),  # a ZeroDivisionError later
+    "std-nan": ([0.3], [float("nan")], rf"std\[0\]': {STD_RANGE} nan"),
+    "std-inf": ([0.3], [float("inf")], rf"std\[0\]': {STD_RANGE} inf"),
+    "std-negative": ([0.3], [-0.25], rf"std\[0\]': {STD_RANGE} -0.25"),
+    "std-tiny": ([0.3], [1e-300], rf"std\[0\]': {STD_RANGE} 1e-300"),  # 0 in float32
+    "mean-nan": ([float("nan")], [0.4], rf"mean\[0\]': {MEAN_RANGE} nan"),
+    "mean-huge": ([-1e300], [0.4], rf"mean\[0\]': {MEAN_RANGE} -1e\+300"),
+    "std-extra": ([0.3], [0.4, 0.4], r"std': 2 values for a 1-channel input_shape"),
+    "mean-empty": ([], [0.4], r"mean': 0 values for a 1-channel input_shape"),
+}
+
+
+@pytest.mark.parametrize(("kind", "content", "error"), RECORDS)
+@pytest.mark.parametrize(("mean", "std", "message"), BAD_STATS.values(), ids=BAD_STATS)
+def test_stats_that_cannot_scale_pixels_are_one_line_naming_file_field_and_value(
+    tmp_path, kind, content, error, mean, std, message
+):
+    path = tmp_path / "file.json"
+    prefix = with_stats(path, content, mean, std)
+    with pytest.raises(error, match=rf"^{path}: field '{prefix}{message}$") as caught:
+        kind.from_json(path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("kind", "content", "error"), RECORDS)
+def test_a_constant_channels_std_floor_reads_back_where_zero_is_refused(
+    tmp_path, kind, content, error
+):
+    mean, std = channel_stats(np.full((4, 1, 8, 8), 7, dtype=np.uint8))  # one colour: std 0
+    assert std == [MIN_STD]
+    with_stats(tmp_path / "floor.json", content, mean, std)
+    assert kind.from_json(tmp_path / "floor.json").input_shape == (1, 8, 8)
+    with_stats(tmp_path / "zero.json", content, mean, [0.0])
+    with pytest.raises(error, match=rf"std\[0\]': {STD_RANGE} 0.0$"):
+        kind.from_json(tmp_path / "zero.json")
 
 
 def test_from_params_carries_every_model_param_into_the_spec():

@@ -1,11 +1,12 @@
 """Tier 1 and 2: the params schema, and the repository's params.yaml against it."""
 
+import os
 import re
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, fails_within
 from pipeline.core.config import Params, ParamsError, load_params, parse_params
 from pipeline.tools.params_table import params_table
 
@@ -92,6 +93,49 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_params(bad_yaml)
     with pytest.raises(ParamsError, match="cannot read"):
         load_params(tmp_path / "missing.yaml")
+
+
+def refused(path, match: str) -> str:
+    """load_params(path) fails with one ParamsError line matching ``match``."""
+    with pytest.raises(ParamsError, match=match) as caught:
+        load_params(path)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_a_pipe_or_folder_as_params_yaml_fails_in_one_line_instead_of_hanging(tmp_path):
+    pipe = tmp_path / "params.yaml"
+    os.mkfifo(pipe)  # no writer: a plain read would wait forever
+    with fails_within(10):
+        refused(pipe, r"params.yaml: cannot read \(not a regular file")
+    refused(tmp_path, r"cannot read \(not a regular file")
+
+
+def test_a_linked_params_yaml_still_loads(tmp_path):
+    link = tmp_path / "params.yaml"
+    link.symlink_to(ROOT / "params.yaml")
+    assert load_params(link) == load_params(ROOT / "params.yaml")
+
+
+def test_params_yaml_that_is_not_utf8_names_the_byte_and_its_offset(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"seed: 4\xff2\n")  # Latin-1 or binary junk, not UTF-8
+    refused(path, r"params.yaml: not UTF-8 text \(byte 0xff at offset 7\)$")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 20_000 + "]" * 20_000,
+        "train: " + "{a: " * 20_000 + "1" + "}" * 20_000,
+        "seed:\n" + "".join(" " * depth + "- \n" for depth in range(1, 2_000)),
+    ],
+    ids=["flow-sequences", "flow-mappings", "block-sequences"],
+)
+def test_params_yaml_nested_too_deeply_is_one_line_not_a_recursion_traceback(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    refused(path, r"params.yaml: not valid YAML \(nested too deeply at line \d+, column \d+\)$")
 
 
 def test_small_floats_as_dvc_writes_them_are_numbers(tmp_path):

@@ -38,6 +38,7 @@ from pipeline.core.catalog import (
     is_known_arch,
 )
 from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.reading import open_regular
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -605,16 +606,36 @@ def parse_yaml(text: str) -> Any:
     loader = ParamsLoader(text)
     try:
         return loader.get_single_data()
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level: a few hundred levels exhaust the stack.
+        mark = loader.get_mark()
+        raise yaml.YAMLError(
+            f"nested too deeply at line {mark.line + 1}, column {mark.column + 1}"
+        ) from None
     finally:
         loader.dispose()
 
 
+def _read_text(path: Path) -> str:
+    """The text of ``path``, or a one-line ParamsError: opened only as a regular file (a named
+    pipe would block the read forever waiting for a writer), and decoded as strict UTF-8."""
+    try:
+        with open_regular(path) as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = data[error.start]
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte {bad:#04x} at offset {error.start})"
+        ) from None
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ParamsError(f"{path}: cannot read ({error.strerror})") from None
+    text = _read_text(path)
     try:
         raw = parse_yaml(text)
     except yaml.YAMLError as error:

@@ -22,6 +22,7 @@ from pipeline.core.io import (
 from pipeline.models import ModelSpec, build_model, check_model_size
 from pipeline.models.build import START_WEIGHT_FIELDS
 from pipeline.models.preprocess import WithPreprocessing
+from pipeline.prepared.stats import stats_problem
 
 if TYPE_CHECKING:
     from pipeline.core.config import ModelParams
@@ -106,7 +107,13 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelCard:
-        return read_json_record(path, cls, ModelFileError, "model card")
+        card = read_json_record(path, cls, ModelFileError, "model card")
+        norm = card.normalisation
+        # Typed but not yet sane: a std of 0 or NaN divides every later stage's inputs.
+        problem = stats_problem(norm.mean, norm.std, card.input_shape[0], "normalisation.")
+        if problem:
+            raise ModelFileError(f"{path}: {problem}")
+        return card
 
     def to_json(self, path: str | Path) -> None:
         write_json_record(path, self, omit_if_none=("pretrained",))

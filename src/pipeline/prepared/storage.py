@@ -13,6 +13,7 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_json_record, staged_folder, write_json_record
 from pipeline.prepared.shards import ShardEntry, SplitShards, WrittenSplit, open_split, write_split
+from pipeline.prepared.stats import stats_problem
 from pipeline.prepared.types import SPLITS, LabelledImages, Quarantined, SourceData
 
 DEFAULT_SHARD_IMAGES = 4096  # data.shard_images' default
@@ -62,7 +63,12 @@ class PreparedMeta:
 
     @classmethod
     def from_json(cls, path: str | Path) -> PreparedMeta:
-        return read_json_record(path, cls, PreparedDataError, "prepared-data meta file")
+        meta = read_json_record(path, cls, PreparedDataError, "prepared-data meta file")
+        # Typed but not yet sane: a std of 0 or NaN divides every later stage's inputs.
+        problem = stats_problem(meta.mean, meta.std, meta.input_shape[0])
+        if problem:
+            raise PreparedDataError(f"{path}: {problem}")
+        return meta
 
     def to_json(self, path: str | Path) -> None:
         write_json_record(path, self)
