@@ -83,6 +83,9 @@ def test_distributed_params_validate_and_name_the_bad_key():
         ({"nproc_per_node": "all"}, "nproc_per_node"),
         ({"nnodes": 2}, "rdzv_endpoint"),
         ({"nnodes": 2, "rdzv_endpoint": "node0"}, "rdzv_endpoint"),
+        ({"nnodes": 2, "rdzv_endpoint": "node0:\uff12\uff19\uff14\uff10\uff10"}, "rdzv_endpoint"),
+        ({"nnodes": 2, "rdzv_endpoint": "node0:0"}, "rdzv_endpoint"),
+        ({"nnodes": 2, "rdzv_endpoint": "node0:65536"}, "rdzv_endpoint"),
         ({"max_restarts": -1}, "max_restarts"),
     ]:
         with pytest.raises(ParamsError, match=rf"'train\.distributed\.{key}'"):

@@ -231,7 +231,8 @@ class DistributedParams(Section):
                 raise ValueError("nnodes > 1 needs a host:port that every node can reach")
             return None
         host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        # ASCII digits only: int() reads full-width digits, torchrun's rendezvous does not.
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. node0.example.com:29400")
         return endpoint
 
