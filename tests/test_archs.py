@@ -71,3 +71,37 @@ def test_onnxruntime_logits_match_pytorch(exported):
     scale = float(np.abs(expected).max())
     assert parity.max_abs_logit_diff <= 1e-4 * max(scale, 1.0), parity
     assert parity.top1_agreement == 1.0
+
+
+# RegNet's builder reads tensors (.tolist() on its stage widths), which the meta device cannot.
+REGNETS = ["torchvision:regnet_y_400mf", "torchvision:regnet_x_400mf"]
+
+
+@pytest.mark.parametrize("arch", REGNETS)
+def test_a_builder_that_reads_tensors_still_builds_on_the_meta_device(arch):
+    spec = ModelSpec(arch, 1, SIDE, CLASSES)
+    with torch.device("meta"):
+        skeleton = build_model(spec)
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    assert all(tensor.is_meta for tensor in tensors)  # nothing allocated
+    shapes = {name: tensor.shape for name, tensor in skeleton.state_dict().items()}
+    built = build_model(spec).state_dict()
+    assert shapes == {name: tensor.shape for name, tensor in built.items()}
+    assert skeleton.stem[0].in_channels == 1  # the first conv was adapted on meta too
+
+
+def test_a_regnet_card_loads_for_evaluation(tmp_path):
+    from pipeline.models.files import ModelCard, Normalisation, load_trained, save_trained
+
+    card = ModelCard(
+        arch=REGNETS[0],
+        class_names=tuple("abcde"),
+        num_classes=CLASSES,
+        input_shape=(CHANNELS, SIDE, SIDE),
+        normalisation=Normalisation(mean=(0.5,) * CHANNELS, std=(0.25,) * CHANNELS),
+    )
+    save_trained(tmp_path, build_model(card.model_spec()), card)
+    model, loaded = load_trained(tmp_path)  # once "not a buildable model"
+    assert loaded == card
+    images = torch.zeros(2, CHANNELS, SIDE, SIDE, dtype=torch.uint8)
+    assert model(images).shape == (2, CLASSES)

@@ -106,3 +106,44 @@ def test_source_shapes_match_the_loaded_digits():
 
     channels, side = SOURCES["digits"].shape
     assert digits.load().pools["all"].images.shape[1:] == (channels, side, side)
+
+
+def test_a_regnet_passes_with_the_parameters_of_a_cpu_built_model():
+    # RegNet's builder computes its stage widths with .tolist() on tensors: on the meta device
+    # alone that fails ("Cannot copy out of meta tensor").
+    from pipeline.models import ModelSpec, build_model
+    from pipeline.tools.params_check import NOMINAL_CLASSES, NOMINAL_IMAGE_SIZE
+
+    arch = "torchvision:regnet_y_400mf"
+    found = check_params(params_with(model={"arch": arch}, data={"source": "cifar10"}))
+    spec = ModelSpec(arch, 3, NOMINAL_IMAGE_SIZE, NOMINAL_CLASSES)
+    built = sum(parameter.numel() for parameter in build_model(spec).parameters())
+    assert found["model_parameters_estimate"] == built
+
+
+@pytest.mark.parametrize(("source", "side"), [("digits", 8), ("cifar10", 32)])
+def test_a_vit_on_images_of_another_size_fails_in_one_line(source, side):
+    # torchvision's ViT checks its input size with an assert (AssertionError, not RuntimeError).
+    params = params_with(model={"arch": "torchvision:vit_b_16"}, data={"source": source})
+    with pytest.raises(ParamsError) as caught:
+        check_params(params)
+    assert str(caught.value) == (
+        f"params.yaml: model.arch 'torchvision:vit_b_16' on data.image_size {side} ({source}: "
+        f"{side}x{side}) fails: Wrong image height! Expected 224 but got {side}!; choose an arch "
+        "for small images (small_cnn, resnet_cifar) or a larger image size"
+    )
+
+
+def test_an_arch_whose_builder_fails_is_refused_in_one_line(monkeypatch):
+    import torchvision
+
+    def broken(name, **kwargs):
+        raise RuntimeError(f"{name} cannot be built\nsecond line")
+
+    monkeypatch.setattr(torchvision.models, "get_model", broken)
+    with pytest.raises(ParamsError) as caught:
+        check_params(params_with(model={"arch": "torchvision:resnet18"}))
+    assert str(caught.value) == (
+        "params.yaml: model.arch 'torchvision:resnet18' is not a buildable model "
+        "(resnet18 cannot be built)"
+    )

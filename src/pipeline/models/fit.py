@@ -17,6 +17,11 @@ from pipeline.core.errors import first_line
 from pipeline.models.build import ModelSpec, build_model
 
 DOWNSAMPLING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+# What a forward pass raises on an input size the model cannot take: RuntimeError from an op's
+# shape check (a map shrunk to 0, a reshape that does not divide), ValueError from torch.nn's
+# argument checks, AssertionError from torch._assert (torchvision's ViT: "Wrong image height!").
+# Not Exception: a TypeError or AttributeError there is a bug in the model, not a size problem.
+SIZE_ERRORS = (RuntimeError, ValueError, AssertionError)
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def trace_fit(spec: ModelSpec) -> Fit:
         with torch.no_grad():
             model(image)
         error = None
-    except (RuntimeError, ValueError) as failure:
+    except SIZE_ERRORS as failure:
         error = first_line(failure)
     finally:
         for handle in handles:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pipeline.core.catalog import SOURCES, VARIANTS, resolve
 from pipeline.core.config import ModelParams, Params, ParamsError
-from pipeline.core.errors import PipelineError, describe
+from pipeline.core.errors import PipelineError, describe, first_line
 from pipeline.core.reading import LinkRefusedError, NotRegularFileError, open_regular
 from pipeline.models import ModelSpec, check_model_size
 from pipeline.models.fit import trace_fit
@@ -53,6 +53,10 @@ def model_parameters(model: ModelParams, channels: int | None) -> int:
         return check_model_size(spec)
     except PipelineError as error:
         raise ParamsError(f"params.yaml: {error}") from None
+    except (TypeError, ValueError, RuntimeError) as error:  # the arch's own builder failed
+        raise ParamsError(
+            f"params.yaml: model.arch {model.arch!r} is not a buildable model ({first_line(error)})"
+        ) from None
 
 
 def input_shape(params: Params) -> tuple[int, int] | None:
