@@ -3,6 +3,7 @@ determinism (also pool against single process) and the progress lines."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import replace
@@ -227,6 +228,23 @@ def test_folder_hash_is_order_independent():
     probes = [imagefolder.Probe("aa"), imagefolder.Probe("bb")]
     assert imagefolder.folder_hash(["x", "y"], probes) == imagefolder.folder_hash(
         ["y", "x"], probes[::-1]
+    )
+
+
+def test_file_names_that_are_not_utf8_are_kept_and_hashed_as_their_bytes(tmp_path):
+    make_tree(tmp_path)
+    original = (tmp_path / "cat" / "000.png").read_bytes()
+    (tmp_path / "cat" / "000.png").unlink()
+    with open(os.fsencode(tmp_path / "cat") + b"/bad\xff.png", "wb") as handle:
+        handle.write(original)
+    data = load_source(params(tmp_path, image_size=8))
+    assert "cat/bad\udcff.png" in data.pools["all"].images.files  # a good image: kept
+    assert data.quarantined == []
+    # The name's bytes on disk go into the hash; a UTF-8 name hashes as it always did.
+    probes = [imagefolder.Probe("aa"), imagefolder.Probe("bb")]
+    expected = hashlib.sha256(b"cat/bad\xff.png\taa\ncat/\xc3\xa9t\xc3\xa9.png\tbb\n")
+    assert imagefolder.folder_hash(["cat/bad\udcff.png", "cat/été.png"], probes) == (
+        expected.hexdigest()
     )
 
 

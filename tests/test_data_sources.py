@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import fails_within
 from pipeline.core.config import DataParams
 from pipeline.prepared.types import LabelledImages, Quarantined, SourceData
 from pipeline.sources import cifar, mnist
@@ -178,6 +179,101 @@ def test_damaged_idx_file_is_refused(tmp_path, damage):
     )
     with pytest.raises(DataSourceError, match="train-images-idx3-ubyte"):
         load_source(DataParams(source="mnist", root=str(tmp_path)))
+
+
+def _mnist_file(root: Path, name: str, gz: bool = False) -> Path:
+    return root / "MNIST" / "raw" / f"{name}{'.gz' if gz else ''}"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path, gz):
+    make_mnist(tmp_path, "MNIST", gz=gz)
+    # Within MAX_ITEMS and MAX_SIDE, but 9 TB of pixels: allocating it was a MemoryError.
+    header = struct.pack(">HBBIII", 0, 0x08, 3, 9_000_000, 1000, 1000)
+    path = _mnist_file(tmp_path, "train-images-idx3-ubyte", gz)
+    if gz:
+        with gzip.open(path, "wb") as handle:
+            handle.write(header + bytes(100))
+    else:
+        path.write_bytes(header + bytes(100))
+    with pytest.raises(DataSourceError) as info:
+        load_source(DataParams(source="mnist", root=str(tmp_path)))
+    message = str(info.value)
+    assert message.startswith(f"{path}: header claims shape 9000000x1000x1000 ")
+    actual = f"{path.stat().st_size} compressed bytes" if gz else "holds 100 bytes"
+    assert actual in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((20, 1, 1), r"images of 1x1 pixels \(IDX shape 20x1x1\); each side must be at least 2"),
+        ((20, 0, 28), r"images of 0x28 pixels"),
+        ((20, 28, 0), r"images of 28x0 pixels"),
+        ((0, 28, 28), r"IDX file holds no items \(shape 0x28x28\)"),
+    ],
+)
+def test_degenerate_idx_images_are_refused(tmp_path, shape, match):
+    make_mnist(tmp_path, "MNIST", gz=False)
+    write_idx(_mnist_file(tmp_path, "train-images-idx3-ubyte"), np.zeros(shape, np.uint8))
+    write_idx(_mnist_file(tmp_path, "train-labels-idx1-ubyte"), np.zeros(shape[0], np.uint8))
+    with pytest.raises(DataSourceError, match=f"train-images-idx3-ubyte: {match}") as info:
+        load_source(DataParams(source="mnist", root=str(tmp_path)))
+    assert "\n" not in str(info.value)
+
+
+def test_train_and_test_idx_images_must_share_one_size(tmp_path):
+    make_mnist(tmp_path, "MNIST", gz=False)
+    write_idx(_mnist_file(tmp_path, "t10k-images-idx3-ubyte"), np.zeros((10, 32, 32), np.uint8))
+    with pytest.raises(DataSourceError) as info:
+        load_source(DataParams(source="mnist", root=str(tmp_path)))
+    message = str(info.value)
+    assert "train images are 28x28 (train-images-idx3-ubyte)" in message
+    assert "test images are 32x32 (t10k-images-idx3-ubyte)" in message
+    assert "\n" not in message
+
+
+def test_a_pipe_in_place_of_an_idx_file_is_not_a_regular_file_and_no_hang(tmp_path):
+    make_mnist(tmp_path, "MNIST", gz=False)
+    path = _mnist_file(tmp_path, "t10k-labels-idx1-ubyte")
+    path.unlink()
+    os.mkfifo(path)
+    with fails_within(30), pytest.raises(DataSourceError) as info:
+        load_source(DataParams(source="mnist", root=str(tmp_path)))
+    assert str(info.value).startswith(f"{path}: not a regular file (")
+    assert "missing" not in str(info.value) and "\n" not in str(info.value)
+
+
+def _move_and_link(root: Path, relative: str, target: Path) -> None:
+    """``root/relative`` (a file or folder) moved to ``target``, a link to it in its place."""
+    (root / relative).rename(target)
+    (root / relative).symlink_to(target, target_is_directory=target.is_dir())
+
+
+@pytest.mark.parametrize(
+    ("source", "relative"),
+    [
+        ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+        ("mnist", "MNIST"),  # a folder on the way
+        ("cifar10", "cifar-10-batches-py/data_batch_2"),
+        ("cifar10", "cifar-10-batches-py"),
+    ],
+)
+def test_torchvision_files_linked_from_outside_the_root_are_refused(tmp_path, source, relative):
+    root = tmp_path / "root"
+    make_mnist(root, "MNIST", gz=False) if source == "mnist" else make_cifar(root)
+    params = DataParams(source=source, root=str(root))
+    (root / "copies").mkdir()
+    _move_and_link(root, relative, root / "copies" / "moved")  # stays in data.root: fine
+    assert load_source(params).files_seen > 0
+    (root / relative).unlink()
+    (root / "copies" / "moved").rename(tmp_path / "elsewhere")
+    (root / relative).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataSourceError) as info:
+        load_source(params)
+    message = str(info.value)
+    assert message.startswith(f"1 symbolic link(s) in {str(root)!r} lead outside data.root (")
+    assert f"{relative} -> {tmp_path / 'elsewhere'}" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------- CIFAR-10

@@ -3,6 +3,7 @@ data.root, and byte-identical files (which must never straddle two splits)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -106,6 +107,48 @@ def test_links_into_the_projects_dvc_cache_are_allowed(tmp_path):
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(cached)
     assert len(load_source(params(root)).pools["all"]) == 16
+
+
+def test_a_link_loop_is_quarantined_like_a_broken_link(tmp_path):
+    random_tree(tmp_path)
+    (tmp_path / "a" / "loop.png").symlink_to("other.png")  # loop.png -> other.png -> loop.png
+    (tmp_path / "a" / "other.png").symlink_to("loop.png")
+    (tmp_path / "b" / "broken.png").symlink_to("nothing.png")
+    data = load_source(params(tmp_path))
+    assert [(q.path, q.reason) for q in data.quarantined] == [
+        ("a/loop.png", "unreadable (Too many levels of symbolic links)"),
+        ("a/other.png", "unreadable (Too many levels of symbolic links)"),
+        ("b/broken.png", "unreadable (No such file or directory)"),
+    ]
+    assert len(data.pools["all"]) == 16
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads through chmod 000: nothing to refuse")
+@pytest.mark.parametrize(
+    ("link", "where"),
+    [
+        ("c", "c"),  # a class folder linked into an unreadable folder: was a PermissionError
+        (None, "a/locked"),  # an unreadable folder in a class folder: its files were dropped
+    ],
+)
+def test_an_unreadable_folder_is_one_line_not_a_traceback(tmp_path, link, where):
+    """(A file linked into an unreadable folder is quarantined as ``unreadable``.)"""
+    root = tmp_path / "root"
+    random_tree(root)
+    locked = root / "a" / "locked" if link is None else root / ".locked"
+    save_grey(locked / "sub" / "x.png", np.zeros((4, 4), np.uint8))
+    if link is not None:
+        (root / link).symlink_to(locked / "sub")
+    locked.chmod(0)
+    try:
+        with pytest.raises(DataSourceError) as caught:
+            load_source(params(root))
+    finally:
+        locked.chmod(0o755)
+    assert str(caught.value) == (
+        f"cannot read {where!r} in data.root {str(root)!r} (Permission denied): "
+        "fix its permissions or remove it"
+    )
 
 
 def test_byte_identical_files_stay_in_one_split_and_are_counted(tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.core.config import DataParams
 from pipeline.core.errors import first_line
+from pipeline.core.reading import open_regular
 from pipeline.prepared.types import LabelledImages, SourceData
 from pipeline.sources import torchvision_files
 from pipeline.sources.errors import DataSourceError
@@ -32,7 +33,7 @@ SIDE = 32
 def read_pickle_dict(path: Path) -> dict[str, Any]:
     """The batch as a dict, or a one-line DataSourceError; a hostile file runs nothing."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a pipe put there in the meantime fails, not blocks
             return load_array_dict(handle)
     except Exception as error:  # any failure of an untrusted stream is the file's fault
         raise DataSourceError(

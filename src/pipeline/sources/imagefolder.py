@@ -2,11 +2,13 @@
 
 Class names are the sorted sub-folder names; files are taken in sorted order, so the same
 files give byte-identical arrays whatever the worker count. Files that cannot be used (empty,
-unreadable, not an allowed image format, truncated, over ``data.max_image_pixels``) are
-quarantined with their reason; hidden files and folders (``.name``) are skipped. Symbolic
-links that lead outside ``data.root`` (other than into the project's DVC cache, where DVC's
-``symlink`` cache type points) stop prepare before any file is read, and byte-identical files
-share a group id so the split keeps them on one side.
+unreadable, a broken link or a link loop, not an allowed image format, truncated, over
+``data.max_image_pixels``) are quarantined with their reason; hidden files and folders
+(``.name``) are skipped, and a folder that cannot be listed stops prepare. Symbolic links that
+lead outside ``data.root`` (other than into the project's DVC cache, where DVC's ``symlink``
+cache type points; see sources.rootlinks) stop prepare before any file is read, and
+byte-identical files share a group id so the split keeps them on one side. File names need not
+be UTF-8.
 
 Two passes over a process pool: at load, a cheap header probe (sha256, size, mode) that fixes
 the output shape; the full decode waits for prepare, which asks for one shard's rows at a time
@@ -25,32 +27,30 @@ import numpy as np
 
 from pipeline.core.config import DataParams
 from pipeline.core.progress import Progress
-from pipeline.prepared.links import dvc_caches
 from pipeline.prepared.types import Decoded, LabelledImages, Quarantined, SourceData
 from pipeline.sources.decode import GREY_MODES, Probe, decode_into, probe_chunk, target
 from pipeline.sources.errors import DataSourceError
 from pipeline.sources.parallel import ChunkRunner, chunk_size_for, resolve_workers, shared_empty
+from pipeline.sources.rootlinks import allowed_roots, escapes, refuse_escaping_links
 
 
-def _allowed_roots(root: Path) -> list[Path]:
-    """data.root itself, and the DVC cache of the project holding it (``.dvc/cache``)."""
-    return [root.resolve(), *dvc_caches(root)]
+def _unreadable(root: Path, error: OSError) -> DataSourceError:
+    where = os.path.relpath(error.filename or root, root)
+    return DataSourceError(
+        f"cannot read {where!r} in data.root {str(root)!r} ({error.strerror or error}): "
+        "fix its permissions or remove it"
+    )
 
 
-def _escapes(path: Path, allowed: list[Path]) -> bool:
-    """A symbolic link whose target lies outside every allowed folder (or nowhere)."""
-    if not path.is_symlink():
-        return False
-    target = path.resolve()
-    return not any(target.is_relative_to(folder) for folder in allowed)
-
-
-def _files_under(root: Path, folder: Path, allowed: list[Path], escaping: list[str]) -> list[str]:
+def _files_under(
+    root: Path, folder: Path, allowed: list[Path], escaping: list[str], unreadable: list[OSError]
+) -> list[str]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    # A folder that cannot be listed would drop its files silently: its error is kept.
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable.append):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in [*dirnames, *filenames]:
-            if not name.startswith(".") and _escapes(Path(dirpath, name), allowed):
+            if not name.startswith(".") and escapes(Path(dirpath, name), allowed):
                 escaping.append(Path(dirpath, name).relative_to(root).as_posix())
         for name in filenames:
             if not name.startswith("."):
@@ -58,15 +58,12 @@ def _files_under(root: Path, folder: Path, allowed: list[Path], escaping: list[s
     return sorted(found)
 
 
-def _refuse_escaping_links(root: Path, escaping: list[str]) -> None:
-    if not escaping:
-        return
-    shown = "; ".join(f"{name} -> {os.readlink(root / name)}" for name in sorted(escaping)[:3])
-    more = f"; and {len(escaping) - 3} more" if len(escaping) > 3 else ""
-    raise DataSourceError(
-        f"{len(escaping)} symbolic link(s) in {str(root)!r} lead outside data.root ({shown}"
-        f"{more}); copy the files in instead of linking them"
-    )
+def _class_folders(root: Path) -> list[str]:
+    """The sorted names of the visible folders in ``root`` (links to folders included)."""
+    try:
+        return sorted(d.name for d in root.iterdir() if not d.name.startswith(".") and d.is_dir())
+    except OSError as error:  # e.g. a link to a folder inside an unreadable folder
+        raise _unreadable(root, error) from None
 
 
 def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
@@ -76,22 +73,26 @@ def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
             f"data.root {str(root)!r} is not a folder: for data.source imagefolder put one "
             "folder of images per class there"
         )
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    allowed = _allowed_roots(root)
-    escaping = [name for name in classes if _escapes(root / name, allowed)]
+    classes = _class_folders(root)
+    allowed = allowed_roots(root)
+    escaping = [name for name in classes if escapes(root / name, allowed)]
     if not classes:
         raise DataSourceError(f"no class folders in {str(root)!r}: expected <root>/<class>/<image>")
     files: list[str] = []
     labels: list[int] = []
-    empty = []
+    empty: list[str] = []
+    unreadable: list[OSError] = []
     for label, name in enumerate(classes):
-        found = [] if name in escaping else _files_under(root, root / name, allowed, escaping)
+        skip = name in escaping
+        found = [] if skip else _files_under(root, root / name, allowed, escaping, unreadable)
         if not found:
             empty.append(name)
         files += found
         labels += [label] * len(found)
     # Before anything is read: a link out of the root could reach any file on the machine.
-    _refuse_escaping_links(root, escaping)
+    refuse_escaping_links(root, escaping)
+    if unreadable:
+        raise _unreadable(root, unreadable[0])
     if empty:
         raise DataSourceError(f"empty class folder(s) in {str(root)!r}: {', '.join(empty)}")
     if len(classes) < 2:
@@ -102,10 +103,14 @@ def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
 
 
 def folder_hash(files: list[str], probes: list[Probe]) -> str:
-    """One sha256 over the sorted (relative path, file sha256) pairs: any change shows."""
+    """One sha256 over the sorted (relative path, file sha256) pairs: any change shows.
+
+    A path is hashed as the bytes of its name on disk (``os.fsencode``): the same bytes as
+    UTF-8 for every valid UTF-8 name, so earlier hashes stay valid, and a name that is not
+    UTF-8 (surrogate-escaped in Python) hashes without error and distinctly from any other."""
     digest = hashlib.sha256()
     for path, sha in sorted(zip(files, (p.sha256 or "unreadable" for p in probes), strict=True)):
-        digest.update(f"{path}\t{sha}\n".encode())
+        digest.update(os.fsencode(path) + f"\t{sha}\n".encode())
     return digest.hexdigest()
 
 

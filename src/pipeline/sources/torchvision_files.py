@@ -2,28 +2,58 @@
 
 Files are read from ``data.root`` in torchvision's own layout, so a folder torchvision filled
 (or one a user copied) works offline. Only a missing file with ``data.download: true`` ever
-touches the network, and then through torchvision's own download code.
+touches the network, and then through torchvision's own download code. Something other than a
+regular file where a file belongs (a named pipe, a folder) and a symbolic link leading outside
+``data.root`` (the rule of sources.rootlinks) stop prepare before anything is read.
 """
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import first_line
 from pipeline.core.io import sha256_file
 from pipeline.sources.errors import DataSourceError
+from pipeline.sources.rootlinks import allowed_roots, escaping_parts, refuse_escaping_links
+
+
+def _is_regular(path: Path) -> bool:
+    """True for a regular file (through links), False when nothing is there; a one-line
+    DataSourceError for anything else (a pipe would block the read, a folder cannot be read)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):  # a broken link counts as missing too
+        return False
+    except OSError as error:  # permissions, a link loop
+        raise DataSourceError(f"{path}: unreadable ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        raise DataSourceError(
+            f"{path}: not a regular file (a folder, pipe, device or socket); put the file there"
+        )
+    return True
 
 
 def find(root: Path, relative: str, compressed_ok: bool) -> Path | None:
     """The file at ``root/relative`` (or its ``.gz`` twin when allowed), else None."""
     plain = root / relative
-    if plain.is_file():
+    if _is_regular(plain):
         return plain
     gz = root / f"{relative}.gz"
-    if compressed_ok and gz.is_file():
+    if compressed_ok and _is_regular(gz):
         return gz
     return None
+
+
+def _find_all(root: Path, names: list[str], compressed_ok: bool) -> dict[str, Path | None]:
+    """Every name's file, or None; links leading outside data.root are refused first."""
+    allowed = allowed_roots(root)
+    suffixes = ("", ".gz") if compressed_ok else ("",)
+    candidates = [f"{name}{suffix}" for name in names for suffix in suffixes]
+    escaping = {part for name in candidates for part in escaping_parts(root, name, allowed)}
+    refuse_escaping_links(root, sorted(escaping))
+    return {name: find(root, name, compressed_ok) for name in names}
 
 
 def missing_error(
@@ -46,7 +76,7 @@ def locate(
     downloader: Callable[[Path], None],
 ) -> dict[str, Path]:
     """Map each expected relative name to its file, downloading once if allowed and needed."""
-    found = {name: find(root, name, compressed_ok) for name in names}
+    found = _find_all(root, names, compressed_ok)
     missing = [name for name, path in found.items() if path is None]
     if missing and download:
         try:
@@ -56,7 +86,7 @@ def locate(
                 f"data.source {source}: download into {root.as_posix()} failed "
                 f"({first_line(error)}); put the files there by hand or check the network"
             ) from None
-        found = {name: find(root, name, compressed_ok) for name in names}
+        found = _find_all(root, names, compressed_ok)
         missing = [name for name, path in found.items() if path is None]
     if missing:
         raise missing_error(source, root, missing, compressed_ok)
