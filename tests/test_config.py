@@ -57,6 +57,64 @@ def test_bad_value_is_one_line_naming_key_and_value(section, key, value, expecte
     assert expected in message
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "shown"),
+    [
+        ("model", "arch", "torchvision:" + "a" * 10**6, "'model.arch': 'torchvision:aaa"),
+        ("data", "root", "r" * 5_000, "'data.root': 'rrr"),
+        ("model", "pretrained", "p" * 10**5, "'model.pretrained': 'ppp"),
+        ("train", "batch_size", list(range(10**5)), "'train.batch_size': [0, 1, 2"),
+        ("train", "lr", {"a": {"b": {"c": {"d": 1}}}}, "'train.lr': {'a': {'b': {'c': {...}}}}"),
+        ("evaluate", "batch_size", 10**5000, "'evaluate.batch_size': <an integer of 16,610 bits>"),
+    ],
+    ids=["arch", "root", "pretrained", "list", "nested", "int"],  # not the values' own reprs
+)
+def test_a_huge_bad_value_is_quoted_short_on_one_line(section, key, value, shown):
+    # A megabyte value used to be quoted whole: a megabyte-long "one line" error.
+    raw = default_raw()
+    raw[section][key] = value
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    message = str(caught.value)
+    assert shown in message
+    assert len(message) < 300 and "\n" not in message
+
+
+def test_a_string_as_long_as_path_max_is_still_a_value():
+    raw = default_raw()
+    raw["data"]["root"] = "r" * 4_096
+    assert parse_params(raw).data.root == "r" * 4_096
+
+
+def test_an_integer_too_long_for_python_is_one_line_naming_its_line(tmp_path):
+    # int() refuses over 4,300 digits with a bare ValueError: it escaped as a traceback.
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\nevaluate:\n  batch_size: " + "9" * 5_000 + "\n")
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    assert str(caught.value) == (
+        f"{path}: not valid YAML (an integer of 5,000 characters at line 3, "
+        "far beyond any params value)"
+    )
+
+
+def test_yaml_integers_in_every_spelling_still_load(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1_000\nevaluate:\n  batch_size: 0x40\n")
+    params = load_params(path)
+    assert (params.seed, params.evaluate.batch_size) == (1000, 64)
+
+
+def test_a_huge_unknown_key_is_named_by_its_start_and_length():
+    raw = default_raw()
+    raw["train"]["batch_sise" * 10**4] = 32
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    message = str(caught.value)
+    assert "unknown key 'train.batch_sisebatch_sise" in message
+    assert "(100,006 characters)" in message and len(message) < 300
+
+
 def test_typo_key_is_named():
     raw = default_raw()
     raw["train"]["batch_sise"] = 32

@@ -11,6 +11,7 @@ value.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -47,10 +48,16 @@ class ParamsError(PipelineError):
     """A params.yaml problem, phrased as one line that names the key and the value."""
 
 
+MAX_TEXT = 4_096  # characters in any string value (PATH_MAX)
+
+
 class Section(BaseModel):
     # strict: YAML's `yes`/`true` is a bool, never the number 1; allow_inf_nan: `.inf` and
-    # `.nan` would make loops endless or comparisons meaningless.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    # `.nan` would make loops endless or comparisons meaningless; str_max_length: no path or
+    # name is longer than Linux's PATH_MAX, and a megabyte one would be quoted in every error.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, str_max_length=MAX_TEXT
+    )
 
 
 # Upper bounds: far above any sensible run, low enough that a typo'd extra digit group fails
@@ -562,15 +569,43 @@ class Params(Section):
     energy: EnergyParams = EnergyParams()
 
 
+MAX_SHOWN = 80  # characters of a bad key or value quoted in an error
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() itself refuses an int of over 4,300 digits (a ValueError inside the error path)
+        if x.bit_length() > 1_000:
+            return f"<an integer of {x.bit_length():,} bits>"
+        return super().repr_int(x, level)
+
+
+def _value_repr() -> reprlib.Repr:
+    shown = _ShortRepr()  # a megabyte of params.yaml must not become a megabyte-long line
+    shown.maxstring = shown.maxother = MAX_SHOWN
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 8
+    shown.maxlevel = 3
+    return shown
+
+
+_SHOWN = _value_repr()
+
+
+def _shown_key(key: str) -> str:
+    if len(key) <= MAX_SHOWN:
+        return key
+    return f"{key[: MAX_SHOWN - 3]}... ({len(key):,} characters)"
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    key = _shown_key(".".join(str(part) for part in first["loc"]) or "<root>")
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}' (check its spelling)"
     if first["type"] == "missing":
         return f"missing key '{key}'"
     message = first["msg"].removeprefix("Value error, ")
-    return f"bad value for '{key}': {first.get('input')!r} ({message})"
+    return f"bad value for '{key}': {_SHOWN.repr(first.get('input'))} ({message})"
 
 
 def parse_params(raw: Any, *, source: str = "params") -> Params:
@@ -600,6 +635,23 @@ ParamsLoader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+MAX_INT_TEXT = 100  # characters of a YAML integer; MAX_COUNT has 10 digits
+
+
+def _construct_int(loader: ParamsLoader, node: yaml.ScalarNode) -> int:
+    # Python refuses to convert an integer of over 4,300 digits with a bare ValueError, which
+    # would escape as a traceback; no params value needs a tenth of MAX_INT_TEXT.
+    if len(node.value) > MAX_INT_TEXT:
+        raise yaml.constructor.ConstructorError(
+            problem=f"an integer of {len(node.value):,} characters at line "
+            f"{node.start_mark.line + 1}, far beyond any params value"
+        )
+    return loader.construct_yaml_int(node)
+
+
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def parse_yaml(text: str) -> Any:
