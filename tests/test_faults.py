@@ -47,6 +47,13 @@ KILLABLE = {
 RUN_A, RUN_B = "a" * 64, "b" * 64  # two runs' fingerprints
 
 
+def resumable(epoch: int) -> dict:
+    """The least a checkpoint holds to be resumed (what Trainer.state_dict writes, empty)."""
+    empty = {"optimizer": {}, "scheduler": {}, "scaler": {}, "ema": None, "best_weights": None}
+    model = {"w": torch.ones(3)}
+    return {**empty, "model": model, "rng": [], "state": {"epoch": epoch}, "epoch": epoch}
+
+
 def resumed_at(epoch: int) -> re.Pattern:
     return re.compile(rf"resuming from epoch-{epoch:04d}-[0-9a-f]{{12}}\.pt \(epoch {epoch}\)")
 
@@ -54,7 +61,7 @@ def resumed_at(epoch: int) -> re.Pattern:
 def plant_longer_run(folder: Path) -> None:
     """What a killed 31-epoch run with other params leaves behind: its two newest checkpoints."""
     for epoch in (30, 31):
-        save_checkpoint(folder, epoch, {"epoch": epoch, "w": torch.ones(3)}, "c" * 64)
+        save_checkpoint(folder, epoch, resumable(epoch), "c" * 64)
 
 
 def train_params(**train) -> Params:
@@ -223,9 +230,9 @@ def test_a_finished_run_is_never_resumed_and_leaves_no_checkpoint(prepared_root,
 def test_checkpoints_of_other_runs_are_looked_past_and_never_deleted(tmp_path):
     folder = tmp_path / "ckpt"
     for epoch in range(1, 32):  # a longer run, killed: its newest two stay
-        save_checkpoint(folder, epoch, {"epoch": epoch}, RUN_A)
+        save_checkpoint(folder, epoch, resumable(epoch), RUN_A)
     for epoch in range(1, 4):  # a shorter run keeps its own newest two beside them
-        save_checkpoint(folder, epoch, {"epoch": epoch}, RUN_B)
+        save_checkpoint(folder, epoch, resumable(epoch), RUN_B)
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
         "epoch-0002-bbbbbbbbbbbb.pt",
@@ -244,13 +251,13 @@ def test_checkpoints_of_other_runs_are_looked_past_and_never_deleted(tmp_path):
 
 def test_a_checkpoint_whose_full_fingerprint_differs_is_not_resumed(tmp_path):
     twin = RUN_A[:12] + "f" * 52  # same file tag, another run
-    save_checkpoint(tmp_path, 4, {"epoch": 4}, twin)
+    save_checkpoint(tmp_path, 4, resumable(4), twin)
     resume = find_resume(tmp_path, RUN_A)
     assert resume.state is None and "belongs to another run" in resume.message
 
 
 def test_temporary_files_of_killed_writes_are_removed_at_start(tmp_path):
-    save_checkpoint(tmp_path, 1, {"epoch": 1}, RUN_A)
+    save_checkpoint(tmp_path, 1, resumable(1), RUN_A)
     leftover = tmp_path / ".epoch-0002-aaaaaaaaaaaa.pt.k3j_9x.tmp"
     leftover.write_bytes(b"half a checkpoint")
     unrelated = tmp_path / "notes.tmp"
@@ -262,7 +269,7 @@ def test_temporary_files_of_killed_writes_are_removed_at_start(tmp_path):
 
 def test_symlinks_are_refused_in_one_line_and_never_followed_or_deleted(tmp_path):
     outside = tmp_path / "outside"
-    save_checkpoint(outside, 1, {"epoch": 1}, RUN_A)
+    save_checkpoint(outside, 1, resumable(1), RUN_A)
     target = checkpoint_path(outside, 1, RUN_A)
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -291,8 +298,8 @@ def test_a_pipe_where_a_checkpoint_belongs_is_refused_not_waited_on(tmp_path):
 
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
     folder = tmp_path / "ckpt"
-    save_checkpoint(folder, 1, {"epoch": 1, "w": torch.ones(3)}, RUN_A)
-    save_checkpoint(folder, 2, {"epoch": 2, "w": torch.ones(3)}, RUN_A)
+    save_checkpoint(folder, 1, resumable(1), RUN_A)
+    save_checkpoint(folder, 2, resumable(2), RUN_A)
     newest = checkpoint_path(folder, 2, RUN_A)
     newest.write_bytes(newest.read_bytes()[:50])
     resume = find_resume(folder, RUN_A)
@@ -497,7 +504,7 @@ def test_a_checkpoint_the_file_system_refuses_stops_the_run_instead_of_starting_
 ):
     """Permission or I/O errors: starting fresh would throw the run's epochs away (and its new
     checkpoints would later crowd the old one out); the run stops in one line naming it."""
-    save_checkpoint(tmp_path, 14, {"epoch": 14}, RUN_A)
+    save_checkpoint(tmp_path, 14, resumable(14), RUN_A)
 
     def refuse(path):
         raise PermissionError(13, "Permission denied", str(path))
@@ -516,7 +523,7 @@ def test_an_unreadable_newer_checkpoint_never_crowds_out_the_fresh_runs_own(tmp_
     resume = find_resume(tmp_path, RUN_A)
     assert resume.state is None and f"{stale.name} unreadable" in resume.message
     for epoch in (1, 2, 3):
-        save_checkpoint(tmp_path, epoch, {"epoch": epoch}, RUN_A)
+        save_checkpoint(tmp_path, epoch, resumable(epoch), RUN_A)
     assert checkpoint_files(tmp_path, RUN_A) == [
         checkpoint_path(tmp_path, 3, RUN_A),
         checkpoint_path(tmp_path, 2, RUN_A),

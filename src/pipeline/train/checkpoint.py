@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pipeline.core.errors import PipelineError, describe
+from pipeline.core.errors import PipelineError, describe, message_lines
 from pipeline.core.io import atomic_open
 from pipeline.core.reading import LinkRefusedError, NotRegularFileError, open_regular
 from pipeline.train.distributed import maybe_inject_fault
@@ -40,6 +40,7 @@ class Resume:
 
     state: dict[str, Any] | None
     message: str
+    path: Path | None = None  # the checkpoint ``state`` was read from
 
 
 def run_tag(fingerprint: str) -> str:
@@ -57,6 +58,8 @@ def check_folder(folder: Path) -> None:
     if folder.is_symlink():
         raise PipelineError(f"{folder} is a symbolic link; checkpoints must be a real folder")
     if not folder.is_dir():
+        if folder.exists():  # found now, not at the first checkpoint write an epoch later
+            raise PipelineError(f"{folder} is not a folder; checkpoints go there: remove it")
         return
     for entry in sorted(folder.iterdir()):
         if not (NAME.match(entry.name) or TEMPORARY.match(entry.name)):
@@ -132,7 +135,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(handle, map_location="cpu", weights_only=True)
 
 
-def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
+def _try_load(
+    path: Path, fingerprint: str, last_epoch: int | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
     """(state, None), or (None, why it cannot be resumed). The file system refusing a read
     (permission, I/O error) stops the run: starting over would throw its epochs away."""
     try:
@@ -150,7 +155,46 @@ def _try_load(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str 
         return None, f"{path.name} unreadable ({describe(error)[:160]})"
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         return None, f"{path.name} belongs to another run"
+    problem = content_problem(state, last_epoch)
+    if problem:
+        return None, f"{path.name} {problem}"
     return state, None
+
+
+# What Trainer.state_dict and Checkpoints._write put in every checkpoint.
+KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "best_weights", "rng", "state")
+
+
+def content_problem(state: dict[str, Any], last_epoch: int | None) -> str | None:
+    """Why a checkpoint stamped with this run's fingerprint still cannot be resumed, as the
+    rest of a sentence naming the file; None when it can. The stamp is only a string in the
+    file: an edited or damaged epoch count would be resumed as the finished run's (10**9
+    epochs recorded for 3 trained), and NaN weights blamed on train.lr an epoch later."""
+    missing = [key for key in (*KEYS, "epoch") if key not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    epoch, inner = state["epoch"], state["state"]
+    inner = inner.get("epoch") if isinstance(inner, dict) else None
+    if type(epoch) is not int or type(inner) is not int or inner != epoch:
+        return f"says epoch {str(epoch)[:20]} outside and {str(inner)[:20]} inside"
+    if not 0 <= epoch <= (epoch if last_epoch is None else last_epoch):
+        return f"is at epoch {epoch}, outside this run's 0..{last_epoch}"
+    progress = state.get("progress")
+    batches = progress.get("batches") if isinstance(progress, dict) else None
+    if progress is not None and (type(batches) is not int or batches < 1):
+        return f"is {str(batches)[:20]} batches into an epoch"
+    return _weights_problem(state["model"])
+
+
+def _weights_problem(model: object) -> str | None:
+    if not isinstance(model, dict) or not all(
+        isinstance(value, torch.Tensor) for value in model.values()
+    ):
+        return "holds no model state dict (name -> tensor)"
+    for name, tensor in model.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"holds NaN or infinite values in {str(name)[:80]!r}"
+    return None
 
 
 def other_resolution(folder: Path, run: RunIdentity) -> str | None:
@@ -173,10 +217,13 @@ def other_resolution(folder: Path, run: RunIdentity) -> str | None:
     return None
 
 
-def find_resume(folder: Path, fingerprint: str, run: RunIdentity | None = None) -> Resume:
-    """The newest readable checkpoint of this run (same fingerprint), else a fresh start and why.
-    Other runs' checkpoints are looked past and left alone; with ``run``, one of this run made
-    under other resolved choices is named as the reason."""
+def find_resume(
+    folder: Path, fingerprint: str, run: RunIdentity | None = None, last_epoch: int | None = None
+) -> Resume:
+    """The newest readable checkpoint of this run (same fingerprint, sane content, at most
+    ``last_epoch``), else a fresh start and why. Other runs' checkpoints are looked past and
+    left alone; with ``run``, one of this run made under other resolved choices is named as the
+    reason."""
     check_folder(folder)
     notes = [f"removed {name} (a killed write)" for name in remove_temporary(folder)]
     others = len(checkpoint_files(folder)) - len(checkpoint_files(folder, fingerprint))
@@ -185,7 +232,7 @@ def find_resume(folder: Path, fingerprint: str, run: RunIdentity | None = None) 
         notes.append(f"left alone {others} checkpoint(s) of other runs")
     problems = []
     for path in checkpoint_files(folder, fingerprint):
-        state, problem = _try_load(path, fingerprint)
+        state, problem = _try_load(path, fingerprint, last_epoch)
         if state is None:
             problems.append(problem)
             continue
@@ -194,7 +241,7 @@ def find_resume(folder: Path, fingerprint: str, run: RunIdentity | None = None) 
         progress = state.get("progress")
         within = f" + {progress['batches']} batches" if progress else ""
         message = f"resuming from {path.name} (epoch {state['epoch']}{within})"
-        return Resume(state, f"{message}; {note}" if note else message)
+        return Resume(state, f"{message}; {note}" if note else message, path)
     why = "; ".join(problems) or "no checkpoint of this run (params, data, code, resolved choices)"
     if run is not None and (elsewhere := other_resolution(folder, run)) is not None:
         why = f"{why}; not resumed: {elsewhere}"
@@ -213,11 +260,12 @@ class Checkpoints:
     def __init__(self, folder: Path, run: RunIdentity, group, account, train) -> None:
         self.folder, self.run, self.group, self.account = folder, run, group, account
         self.every, self.every_batches = train.checkpoint_every, train.checkpoint_every_batches
+        self.epochs = train.epochs
 
     def resume(self, trainer) -> None:
         """Load the newest checkpoint of this run into ``trainer``, if there is one; every rank
         must have found the same."""
-        found = find_resume(self.folder, self.run.fingerprint, self.run)
+        found = find_resume(self.folder, self.run.fingerprint, self.run, self.epochs)
         if self.group.is_writer:
             report(found.message)
         epoch = found.state["epoch"] if found.state is not None else 0
@@ -228,7 +276,7 @@ class Checkpoints:
                 f"ranks found different checkpoints in {self.folder}; is it shared?"
             )
         if found.state is not None:
-            trainer.load_state_dict(found.state)
+            load_into(trainer, found)
 
     def after_epoch(self, trainer) -> None:
         epoch = trainer.state.epoch
@@ -259,3 +307,15 @@ class Checkpoints:
         removed = remove_run(self.folder, self.run.fingerprint)
         if removed:
             report(f"run finished: removed its {removed} checkpoint(s), it is never resumed")
+
+
+def load_into(trainer, found: Resume) -> None:
+    """The checkpoint's state into ``trainer``; a state this trainer cannot take (a tensor of
+    another shape, an optimiser of other groups) is one line naming the file."""
+    try:
+        trainer.load_state_dict(found.state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise PipelineError(
+            f"{found.path}: cannot be resumed ({'; '.join(message_lines(error))[:240]}); "
+            "delete it to train from scratch"
+        ) from None
