@@ -95,6 +95,31 @@ def test_a_bad_field_is_one_line_naming_the_file_and_the_field(
     assert "\n" not in str(caught.value)
 
 
+BAD_CLASSES = {
+    # a 12-output model for 3 names trained silently; 10**9 outputs was an allocation traceback
+    "count-above": ({"num_classes": 12}, "field 'num_classes': 12 for 3 class_names"),
+    "count-huge": ({"num_classes": 10**9}, "field 'num_classes': 1000000000 for 3 class_names"),
+    "count-below": ({"num_classes": 2}, "field 'num_classes': 2 for 3 class_names"),
+    "one-class": (
+        {"num_classes": 1, "class_names": ["0"]},
+        "field 'num_classes': 1; a classifier needs at least 2 classes",
+    ),
+    # the same name twice merged classes in evaluate's per-class table and confusion labels
+    "name-twice": ({"class_names": ["0", "1", "0"]}, "field 'class_names[2]': '0' is named twice"),
+}
+
+
+@pytest.mark.parametrize(("kind", "content", "error"), RECORDS)
+@pytest.mark.parametrize(("change", "message"), BAD_CLASSES.values(), ids=BAD_CLASSES)
+def test_classes_that_cannot_label_the_outputs_are_one_line(
+    tmp_path, kind, content, error, change, message
+):
+    path = write_and_return(tmp_path / "file.json", {**content, **change})
+    with pytest.raises(error) as caught:
+        kind.from_json(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
 def test_nested_and_missing_fields_are_named(tmp_path):
     card = {**CARD_FILE, "normalisation": {"mean": [None], "std": [0.4]}}
     path = write_and_return(tmp_path / "model.json", card)

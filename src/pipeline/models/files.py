@@ -22,6 +22,7 @@ from pipeline.core.io import (
 from pipeline.models import ModelSpec, build_model, check_model_size
 from pipeline.models.build import START_WEIGHT_FIELDS
 from pipeline.models.preprocess import WithPreprocessing
+from pipeline.prepared.classes import classes_problem
 from pipeline.prepared.stats import stats_problem
 
 if TYPE_CHECKING:
@@ -110,7 +111,9 @@ class ModelCard:
         card = read_json_record(path, cls, ModelFileError, "model card")
         norm = card.normalisation
         # Typed but not yet sane: a std of 0 or NaN divides every later stage's inputs.
-        problem = stats_problem(norm.mean, norm.std, card.input_shape[0], "normalisation.")
+        problem = classes_problem(card.class_names, card.num_classes) or stats_problem(
+            norm.mean, norm.std, card.input_shape[0], "normalisation."
+        )
         if problem:
             raise ModelFileError(f"{path}: {problem}")
         return card

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_json_record, staged_folder, write_json_record
+from pipeline.prepared.classes import classes_problem
 from pipeline.prepared.shards import ShardEntry, SplitShards, WrittenSplit, open_split, write_split
 from pipeline.prepared.stats import stats_problem
 from pipeline.prepared.types import SPLITS, LabelledImages, Quarantined, SourceData
@@ -65,7 +66,9 @@ class PreparedMeta:
     def from_json(cls, path: str | Path) -> PreparedMeta:
         meta = read_json_record(path, cls, PreparedDataError, "prepared-data meta file")
         # Typed but not yet sane: a std of 0 or NaN divides every later stage's inputs.
-        problem = stats_problem(meta.mean, meta.std, meta.input_shape[0])
+        problem = classes_problem(meta.class_names, meta.num_classes) or stats_problem(
+            meta.mean, meta.std, meta.input_shape[0]
+        )
         if problem:
             raise PreparedDataError(f"{path}: {problem}")
         return meta
