@@ -1,16 +1,22 @@
-"""pipeline-pareto on crafted and on real `dvc exp show --json`."""
+"""pipeline-pareto on crafted and on real `dvc exp show --json`; pipeline-sweep's -S grid refusing
+hostile input on the driver."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import dvc, run
+from conftest import ROOT, dvc, run
+from pipeline.cluster.grid import SweepError, expand
 from pipeline.tools.pareto import (
     least_energy_meeting_target,
     main,
@@ -364,3 +370,140 @@ def test_workspace_with_results_of_its_own_stays(document: list[dict]) -> None:
     copy = [entry for entry in document if entry["rev"] != "workspace"]
     copy.insert(0, {**document[1]["experiments"][0]["revs"][0], "rev": "workspace"})
     assert "workspace" not in names(without_workspace_copy(runs_from_exp_show(copy)))
+
+
+# --- pipeline-sweep: hostile -S values, refused on the driver in one line -----------------------
+
+HUGE = [  # each would list more values than memory holds before the old count
+    (["train.lr=range(0,1000)", "train.batch_size=range(0,1000)", "model.width=range(0,1000)"],
+     "-S gives 1,000,000,000 experiments, over 10,000 (-S train.lr=range(0,1000) alone gives"),
+    (["train.lr=range(0,100000000)"], "-S gives 100,000,000 experiments, over 10,000"),
+    (["train.lr=range(0,1e300)"], "-S gives 1.00e+300 experiments, over 10,000"),
+    (["train.lr=shuffle(range(0,100000000))"], "-S gives 100,000,000 experiments, over 10,000"),
+    (["train.lr=range(0,inf)"], "range() needs finite numbers and a step other than 0"),
+    (["train.lr=range(0,10,0)"], "range() needs finite numbers and a step other than 0"),
+    (["train.lr=range(5,0)"], "-S train.lr=range(5,0): gives no values"),
+]  # fmt: skip
+MEMORY_CAP = 1 << 30  # bytes of address space: refusing needs a few dozen MB
+
+
+def project_params(folder: Path) -> Path:
+    shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+    return folder
+
+
+def capped_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``code`` in a Python that cannot grow past MEMORY_CAP: a grid listed in full dies fast."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, preexec_fn=cap,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_a_huge_grid_is_refused_before_any_list_is_built(tmp_path: Path) -> None:
+    code = (
+        "import json, sys\nfrom pipeline.cluster.grid import SweepError, expand\n"
+        "for values in json.loads(sys.argv[1]):\n"
+        "    try:\n        print(len(expand(values, 's')))\n"
+        "    except SweepError as error:\n        print(error)\n"
+    )
+    done = capped_python(code.replace("sys.argv[1]", repr(json.dumps([v for v, _ in HUGE]))),
+                         project_params(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(HUGE)  # one line each
+    for line, (_, message) in zip(lines, HUGE, strict=True):
+        assert message in line
+
+
+def test_the_cli_refuses_a_huge_range_or_a_newline_in_one_line(tmp_path: Path) -> None:
+    cli = "from pipeline.cluster.cli import main\nraise SystemExit(main({!r}))"
+    for argv, message in (
+        (["-S", "train.lr=range(0,1e300)"], "-S gives 1.00e+300 experiments, over 10,000"),
+        (["-S", "train.lr=1\nfoo"], r"-S 'train.lr=1\nfoo': "),
+    ):
+        done = capped_python(cli.format(argv), project_params(tmp_path))
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert done.stdout == ""  # nothing started, nothing written
+        assert done.stderr.startswith("pipeline-sweep: error: ") and message in done.stderr
+        assert done.stderr.count("\n") == 1
+
+
+def test_the_cli_checks_points_against_the_params_of_its_repo(tmp_path: Path) -> None:
+    """--repo names the project: its params.yaml, not the one where the command runs."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    project = project_params(tmp_path)
+    argv = ["--repo", str(project), "-S", "train.lr=true"]
+    cli = "from pipeline.cluster.cli import main\nraise SystemExit(main({!r}))"
+    done = capped_python(cli.format(argv), elsewhere)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "params.yaml: bad value for 'train.lr': True" in done.stderr, done.stderr
+
+
+def refused(set_params: list[str], name: str = "s", repo: Path | None = None) -> str:
+    with pytest.raises(SweepError) as caught:
+        expand(set_params, name, repo) if repo else expand(set_params, name)
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("set_params", "message"),
+    [
+        (["train.lr=1\nfoo"], r"-S 'train.lr=1\nfoo': "),
+        (['train.lr="a\nb"'], r"""-S 'train.lr="a\nb"' (s-1): params.yaml: bad value for"""),
+        (["train.lr=1\u2028foo"], r"-S 'train.lr=1\u2028foo': "),
+        (["train.lr=" + "9" * 100_000], "99999': Exceeds the limit (4300 digits)"),
+    ],
+)  # fmt: skip
+def test_a_newline_in_a_value_is_quoted_not_echoed(tmp_path, monkeypatch, set_params, message):
+    monkeypatch.chdir(project_params(tmp_path))
+    text = refused(set_params)
+    assert message in text and len(text) < 500
+
+
+@pytest.mark.parametrize("name", ["a\nb", "abc\n", "x\rdone"])
+def test_a_newline_in_the_name_is_refused_and_quoted(name: str) -> None:
+    assert refused([], name).startswith(f"--name {name!r}: use letters")
+
+
+@pytest.mark.parametrize(
+    ("set_params", "message"),
+    [
+        (["train.bogus=1,2"], "-S train.bogus=1 (s-1): Could not override 'train.bogus'."),
+        (["+train.bogus=1"], "(s-1): params.yaml: unknown key 'train.bogus' (check its spelling)"),
+        (["train.lr=true,inf"], "-S train.lr=True (s-1): params.yaml: bad value for 'train.lr'"),
+        (["train.lr=0.01,inf"], "-S train.lr=inf (s-2): params.yaml: bad value for 'train.lr'"),
+        (["train.batch_size=false"], "bad value for 'train.batch_size': False"),
+        (["train.epochs=1e300"], "bad value for 'train.epochs': 1e+300"),
+        (["seed=-1"], "bad value for 'seed': -1"),
+        (["train.distributed.nnodes=1,2"], "(s-2): params.yaml: bad value for 'train.distributed"),
+        (["train.lr=1,1,1"], "-S train.lr=1 (s-2) gives the same params as s-1: drop the repeat"),
+        (["train.lr=1,1.0"], "-S train.lr=1.0 (s-2) gives the same params as s-1"),
+        (["train.lr=1,2", "seed=7,7"], "-S train.lr=1 seed=7 (s-2) gives the same params as s-1"),
+        (["=5"], "-S '=5': empty key"),
+        (["~"], "-S '~': empty key"),
+        ([":train.lr=1"], "-S ':train.lr=1': empty key"),
+        (["other.yaml:=5"], "-S 'other.yaml:=5': empty key"),
+        (["train.lr=1", "train.lr=2"], "-S 'train.lr=2': train.lr is already set by -S 'train."),
+    ],
+)  # fmt: skip
+def test_a_point_every_worker_would_fail_is_refused(tmp_path, monkeypatch, set_params, message):
+    monkeypatch.chdir(project_params(tmp_path))  # the CLI's --repo defaults to here
+    assert message in refused(set_params)
+
+
+def test_good_grids_pass_and_only_params_yaml_meets_the_schema(tmp_path: Path) -> None:
+    repo = project_params(tmp_path)
+    grid = expand(["train.lr=0.001,0.01", "train.batch_size=64,128", "other.yaml:x=a,b"], "s", repo)
+    assert len(grid) == 8 and grid[-1].set_params[-1] == "other.yaml:x=b"  # other files: DVC's
+    # Another project's params.yaml (train.sleep is no key of this pipeline's schema): only the
+    # rules DVC applies on the worker, which still refuse a key params.yaml lacks, and repeats.
+    (repo / "params.yaml").write_text("train:\n  lr: 0.1\n  sleep: 0\n")
+    assert len(expand(["train.lr=0.1,0.2", "train.sleep=0,20"], "s", repo)) == 4
+    assert "Could not override 'train.bogus'" in refused(["train.bogus=1"], repo=repo)
+    assert "gives the same params as s-1" in refused(["train.lr=5,5"], repo=repo)

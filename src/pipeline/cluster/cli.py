@@ -77,7 +77,7 @@ def check_numbers(args: argparse.Namespace) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     check_numbers(args)
     name = args.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiments = expand(args.set_param, name)
+    experiments = expand(args.set_param, name, args.repo)
     baseline = preflight(args.repo, args.git_remote, name, args.allow_recompute)
     for note in baseline.notes:
         print(f"note: {note}")
