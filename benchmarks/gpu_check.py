@@ -42,6 +42,7 @@ if importlib.util.find_spec("pipeline") is None:
 
 from pipeline.bench.run import machine_context, run_benchmark  # noqa: E402
 from pipeline.bench.timing import time_call  # noqa: E402
+from pipeline.core.errors import describe  # noqa: E402
 from pipeline.energy import EnergyReading, cpu_meters, gpu_meters  # noqa: E402
 from pipeline.energy.window import EnergyWindow  # noqa: E402
 from pipeline.hardware.peak import compute_report, flops_per_image  # noqa: E402
@@ -184,7 +185,7 @@ def export_variants(model: torch.nn.Module, folder: Path) -> tuple[dict[str, Pat
         export_onnx(model.to("cpu"), example, variant_path(folder, "fp32"), 18, {})
         to_fp16(variant_path(folder, "fp32"), variant_path(folder, "fp16"))
     except Exception as error:  # e.g. onnxscript missing: report it, keep the other checks
-        return {}, f"ONNX export failed: {type(error).__name__}: {str(error)[:200]}"
+        return {}, f"ONNX export failed: {describe(error)[:200]}"  # one line: a table cell
     return {v: variant_path(folder, v) for v in ("fp32", "fp16")}, ""
 
 
@@ -204,7 +205,7 @@ def time_compile(model: torch.nn.Module, images: torch.Tensor, settings: BenchSe
                 settings.min_seconds,
             )
     except Exception as error:
-        return {"status": "failed", "reason": f"{type(error).__name__}: {str(error)[:300]}"}
+        return {"status": "failed", "reason": describe(error)[:300]}  # torch.compile's span lines
     return {"status": "ok", "precision": "fp32", **timing.summary(len(batch))}
 
 

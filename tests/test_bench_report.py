@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -337,3 +338,15 @@ def test_the_csv_header_is_the_rows_fields_as_before():
     assert len(ROW_FIELDS) == 38 and ROW_FIELDS[-3:] == [
         "joules_per_image", "energy_method", "energy_reason"
     ]  # fmt: skip
+
+
+def test_a_pipe_or_a_newline_in_a_value_stays_inside_its_table_cell():
+    odd = row("onnxruntime_cpu", "fp|16", 1, 100.0, 0.9, precision="fp16\nx", providers="A|B")
+    lines = rows_to_markdown([odd], {}, headline([odd], 0.005)).splitlines()
+    tables = [i for i, line in enumerate(lines) if line.startswith("|---")]
+    assert len(tables) == 2  # the headline's table and every row's
+    for separator in tables:
+        header, body = lines[separator - 1], lines[separator + 1]
+        assert "fp\\|16" in body and "fp16 x" in body
+        assert len(re.findall(r"(?<!\\)\|", body)) == header.count("|")  # one cell each
+    assert "A\\|B" in lines[tables[1] + 1]

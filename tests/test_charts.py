@@ -175,3 +175,50 @@ def test_pareto_plot_refuses_an_unknown_format_before_reading_anything(tmp_path,
         pareto_main(["--json", str(tmp_path / "missing.json"), "--plot", "front.jpg"])
     assert exit_info.value.code == 2
     assert "--plot must end in .svg or .png: 'front.jpg'" in capsys.readouterr().err
+
+
+def test_a_row_at_zero_accuracy_is_drawn_not_dropped(tmp_path):
+    """A variant that scores 0 is the broken one a reader must see (it used to vanish)."""
+    rows = [
+        row("onnxruntime_cpu", "int8", 1, 100.0, 0.0),
+        row("pytorch_eager", "fp32", 1, 50.0, 0.9),
+    ]
+    chart, _ = report(tmp_path, rows)
+    assert len(points(chart)) == 2
+
+
+def test_runs_without_a_positive_cost_are_left_off_the_log_axis():
+    from pipeline.tools.pareto import Run, chart_panels
+
+    def run(name: str, joules: float | None) -> Run:
+        return Run(name, name, "experiment", None, {}, 0.9, joules, "cpu_estimate", 2.0)
+
+    runs = [
+        run("zero", 0.0),
+        run("negative", -1.0),
+        run("none", None),
+        run("a", 2.0),
+        run("b", 8.0),
+    ]
+    energy = next(panel for panel in chart_panels(runs) if panel.name == "energy")
+    assert sorted(point.name for point in energy.points) == ["a", "b"]
+    assert energy.left_off == 3
+
+
+def test_a_renderer_failure_names_the_error_not_a_stack_frame():
+    """vl-convert's JavaScript errors end in stack frames ('at ext:<anon>:4:1')."""
+    from pipeline.charts.render import ChartNotDrawn, chart_bytes
+
+    with pytest.raises(ChartNotDrawn) as caught:
+        chart_bytes({"mark": "nonsense", "data": {"values": [{"a": 1}]}}, ".svg")
+    message = str(caught.value)
+    assert "Error" in message.split("failed (exit status 1): ", 1)[1], message
+    assert " at " not in message and "\n" not in message
+
+
+def test_a_placeholder_with_control_characters_is_still_an_svg():
+    from pipeline.charts.render import placeholder_bytes
+
+    svg = placeholder_bytes("chart not drawn: \x1b[31mred\x1b[0m <b> & \x00", ".svg")
+    text = ET.fromstring(svg).find("{http://www.w3.org/2000/svg}text").text
+    assert text == "chart not drawn:  [31mred [0m <b> &  "

@@ -58,7 +58,10 @@ def test_dvc_config_names_the_page():
 @pytest.mark.parametrize(
     ("bundle", "message"),
     [
-        ("var a = '</SCRIPT>';", "</script"),
+        ("var a = '</SCRIPT>';", "'</SCRIPT'"),
+        # HTML's escaped script states: the page's body would be read as script text
+        ("var note = '<!--';", "<!--"),
+        ("var tag = '<Script>';", "<Script"),
         ("var a = '{plot_divs}';", "{plot_divs}"),
     ],
 )

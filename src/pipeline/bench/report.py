@@ -92,6 +92,11 @@ def rows_to_csv(rows: list[BenchRow]) -> str:
 
 
 def _cell(key: str, value: Any) -> str:
+    """A value as one Markdown table cell: a '|' or a newline in it would split the row."""
+    return " ".join(_formatted(key, value).splitlines()).replace("|", "\\|")
+
+
+def _formatted(key: str, value: Any) -> str:
     if value is None or value == "":
         return "–"
     if key == "noisy":
@@ -140,7 +145,7 @@ def _best_lines(top: dict[str, Headline]) -> list[str]:
     lines += ["|" + "---|" * 9]
     for entry in top.values():
         best = entry.best
-        name = f"{best.backend} {best.variant}" if best else "–"
+        name = _cell("best", f"{best.backend} {best.variant}" if best else None)
         figures = entry.as_dict()
         energy = _cell("joules_per_image", figures["best_joules_per_image"])
         if figures["best_energy_scope"]:

@@ -43,9 +43,12 @@ def _package_version() -> str:
 
 
 def check_bundle(bundle: str) -> str:
-    """The bundle must survive inlining: no end of the <script> element, no DVC token."""
-    if re.search(r"</script", bundle, re.IGNORECASE):
-        raise ValueError("the JavaScript bundle contains '</script' and cannot be inlined")
+    """The bundle must survive inlining: nothing that ends the <script> element or, like
+    ``<!--`` and ``<script`` (HTML's escaped script states), keeps the rest of the page inside
+    it, and no DVC token."""
+    found = re.search(r"</script|<!--|<script", bundle, re.IGNORECASE)
+    if found:
+        raise ValueError(f"the JavaScript bundle contains {found.group()!r} and cannot be inlined")
     found = [token for token in DVC_TOKENS if token in bundle]
     if found:
         raise ValueError(f"the JavaScript bundle contains DVC's placeholder {found[0]}")

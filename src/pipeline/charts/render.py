@@ -71,10 +71,16 @@ def _why(returncode: int, stderr: bytes) -> str:
             f"vl-convert's V8 engine could not reserve address space under a virtual-memory "
             f"limit (ulimit -v {limit}; {how}); lift it (ulimit -v unlimited) to draw charts"
         )
-    lines = [line for line in text.splitlines() if line.strip()]
-    return (
-        f"the chart renderer (vl-convert) failed ({how}): {first_line(lines[-1] if lines else '')}"
-    )
+    return f"the chart renderer (vl-convert) failed ({how}): {_error_line(text)}"
+
+
+def _error_line(stderr: str) -> str:
+    """The last line that states an error: Python's and V8's tracebacks end in stack frames
+    (``at ext:<anon>:4:1``, indented ``File ...`` lines) after the line that says what failed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    stated = [line for line in lines if not line.startswith(("at ", "File ", "^", "~"))]
+    errors = [line for line in stated if "Error" in line.split(" ", 1)[0]]
+    return first_line((errors or stated or lines or [""])[-1])
 
 
 def chart_bytes(spec: dict[str, Any], suffix: str) -> bytes:
@@ -105,6 +111,8 @@ def write_chart(path: str | Path, spec: dict[str, Any]) -> None:
 
 def placeholder_bytes(text: str, suffix: str) -> bytes:
     """A plain picture of one line of text, made without vl-convert (it is what failed)."""
+    # XML 1.0 forbids most control characters, escaped or not: the SVG would not parse.
+    text = "".join(char if char.isprintable() else " " for char in text)
     if suffix == ".svg":
         return (
             '<svg xmlns="http://www.w3.org/2000/svg" width="900" height="40">'

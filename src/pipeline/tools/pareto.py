@@ -296,17 +296,17 @@ CHART_COSTS: dict[str, tuple[str, Callable[[Run], float | None]]] = {
 
 
 def chart_panels(runs: Sequence[Run]) -> list[ParetoPanel]:
-    """Each cost's points (runs with an accuracy and that cost) and its front; runs without the
-    cost are counted, never drawn at zero."""
+    """Each cost's points (runs with an accuracy and a positive cost) and its front; runs
+    without one are counted, never drawn: the cost axis is logarithmic, where one run at 0 or
+    below flattened every point of the panel onto the axis."""
     panels = []
     for name, (title, cost) in CHART_COSTS.items():
-        front = {id(run) for run in pareto_front(runs, cost)}
+        priced = [run for run in runs if run.accuracy is not None and (cost(run) or 0) > 0]
+        front = {id(run) for run in pareto_front(priced, cost)}
         points = [
-            ParetoPoint(run.name, run.accuracy, price, id(run) in front)
-            for run in runs
-            if run.accuracy is not None and (price := cost(run)) is not None
+            ParetoPoint(run.name, run.accuracy, cost(run), id(run) in front) for run in priced
         ]
-        left_off = sum(1 for run in runs if run.accuracy is not None and cost(run) is None)
+        left_off = sum(1 for run in runs if run.accuracy is not None) - len(priced)
         panels.append(ParetoPanel(name, title, points, left_off))
     return panels
 
