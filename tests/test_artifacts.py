@@ -106,6 +106,11 @@ BAD_CLASSES = {
     ),
     # the same name twice merged classes in evaluate's per-class table and confusion labels
     "name-twice": ({"class_names": ["0", "1", "0"]}, "field 'class_names[2]': '0' is named twice"),
+    # DVC writes class names into the plots page's <script> unescaped: no plot would be drawn
+    "page-breaking": (
+        {"class_names": ["0", "1", "<!--<script>"]},
+        "field 'class_names[2]': '<!--<script>' holds '<!--'",
+    ),
 }
 
 

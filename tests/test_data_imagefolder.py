@@ -213,6 +213,23 @@ def test_layout_errors_are_one_clear_line(tmp_path, layout, match):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["<!--<script>", "x<SCRIPT", "<!--"])
+def test_a_class_folder_name_that_breaks_the_plots_page_is_refused(tmp_path, name):
+    """DVC writes class names into the plots page's <script> unescaped: after '<!--' and
+    '<script' the browser reads the rest of the page as script and draws no plot."""
+    make_tree(tmp_path, per_class=1, classes=("cat", name))
+    with pytest.raises(DataSourceError) as info:
+        load_source(params(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"class folder {name!r} in ") and "rename the folder" in message
+    assert "\n" not in message
+
+
+def test_other_markup_in_class_folder_names_is_kept(tmp_path):
+    make_tree(tmp_path, per_class=1, classes=("<b>cat", "dog & co"))
+    assert load_source(params(tmp_path, image_size=8)).class_names == ["<b>cat", "dog & co"]
+
+
 def test_format_is_detected_from_bytes_not_extension(tmp_path):
     make_tree(tmp_path)
     save(tmp_path / "cat" / "really_png.jpg", (12, 12), fmt="PNG")

@@ -4,7 +4,19 @@ describes, and duplicate names merge classes in every per-class table."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+# What `dvc plots show` cannot carry: DVC writes the confusion plot's data, class names
+# included, into a <script> element unescaped, and after `<!--` then `<script` (HTML's escaped
+# script states) the browser reads the rest of the page as script: no plot is drawn.
+_BREAKS_PLOTS_PAGE = re.compile(r"<!--|<script", re.IGNORECASE)
+
+
+def page_breaking(name: str) -> str | None:
+    """The part of a class name that would stop every plot of the plots page; None if none."""
+    found = _BREAKS_PLOTS_PAGE.search(name)
+    return found.group() if found else None
 
 
 def classes_problem(class_names: Sequence[str], num_classes: int) -> str | None:
@@ -18,5 +30,7 @@ def classes_problem(class_names: Sequence[str], num_classes: int) -> str | None:
     for index, name in enumerate(class_names):
         if name in seen:
             return f"field 'class_names[{index}]': {name[:80]!r} is named twice"
+        if breaking := page_breaking(name):
+            return f"field 'class_names[{index}]': {name[:80]!r} holds {breaking!r}"
         seen.add(name)
     return None

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.core.config import DataParams
 from pipeline.core.progress import Progress
+from pipeline.prepared.classes import page_breaking
 from pipeline.prepared.types import Decoded, LabelledImages, Quarantined, SourceData
 from pipeline.sources.decode import GREY_MODES, Probe, decode_into, probe_chunk, target
 from pipeline.sources.errors import DataSourceError
@@ -99,6 +100,12 @@ def scan(root: Path) -> tuple[list[str], list[str], list[int]]:
         raise DataSourceError(
             f"only one class folder in {str(root)!r} ({classes[0]}): need at least 2 classes"
         )
+    for name in classes:
+        if breaking := page_breaking(name):
+            raise DataSourceError(
+                f"class folder {name[:80]!r} in {str(root)!r}: a class name holding {breaking!r} "
+                "stops every plot of `dvc plots show`'s page; rename the folder"
+            )
     return classes, files, labels
 
 
