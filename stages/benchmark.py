@@ -16,11 +16,11 @@ from pipeline.core.records import benchmark_figures, write_record
 from pipeline.core.stage import run_stage
 from pipeline.export.variants import exported_files
 from pipeline.models.files import load_trained
-from pipeline.prepared.storage import split_shards
+from pipeline.prepared.storage import read_meta, split_shards
 
 
 def benchmark(params: Params) -> None:
-    model, card = load_trained(paths.MODELS_DIR)
+    model, card = load_trained(paths.MODELS_DIR, read_meta(paths.PREPARED_DIR))
     test = split_shards(paths.PREPARED_DIR, "test")  # read a shard at a time, never whole
     variants = exported_files(paths.ONNX_DIR, exported_variants(params.export.variants))
     rows, context = run_benchmark(params.benchmark, model, card, variants, test, params.energy)

@@ -17,8 +17,9 @@ from pipeline.prepared.storage import read_meta
 
 
 def evaluate(params: Params) -> None:
-    model, _card = load_trained(paths.MODELS_DIR)
-    class_names = list(read_meta(paths.PREPARED_DIR).class_names)
+    meta = read_meta(paths.PREPARED_DIR)
+    model, _card = load_trained(paths.MODELS_DIR, meta)  # the card must describe this data
+    class_names = list(meta.class_names)
     logits, labels = predict_split(model, paths.PREPARED_DIR, "test", params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels, class_names)
     write_confusion_csv(paths.CONFUSION_PLOT, logits, labels, class_names)

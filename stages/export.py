@@ -15,11 +15,11 @@ from pipeline.core.stage import run_stage
 from pipeline.export.run import enforce_gates, export_all
 from pipeline.export.variants import calibration_rows
 from pipeline.models.files import load_trained
-from pipeline.prepared.storage import split_shards
+from pipeline.prepared.storage import read_meta, split_shards
 
 
 def export(params: Params) -> None:
-    model, card = load_trained(paths.MODELS_DIR)
+    model, card = load_trained(paths.MODELS_DIR, read_meta(paths.PREPARED_DIR))
     test = split_shards(paths.PREPARED_DIR, "test")  # read a shard at a time, never whole
     # Only the calibration sample is read from the train shards, never the whole split.
     train = split_shards(paths.PREPARED_DIR, "train")

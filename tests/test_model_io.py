@@ -117,3 +117,76 @@ def test_card_describing_a_huge_or_unknown_model(models_dir):
     too_wide = {**card, "model_params": {"width": 100_000}}
     (models_dir / "model.json").write_text(json.dumps(too_wide))
     refused(models_dir, "model.json: model_params field 'width': Input should be less than")
+
+
+def tampered(models_dir, name: str, value: float) -> None:
+    """Rewrite one tensor of the saved weights, as an edit on disk would (save_trained itself
+    refuses non-finite weights)."""
+    state = model_io.load_tensors(models_dir / model_io.WEIGHTS_NAME)
+    state[name] = torch.full_like(state[name], value)
+    save_tensors(models_dir / model_io.WEIGHTS_NAME, state, metadata={"arch": CARD.arch})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("features.0.weight", float("nan"), "holds NaN or infinite values"),
+        ("features.0.weight", float("inf"), "holds NaN or infinite values"),
+        ("features.1.running_var", -1.0, "holds a negative variance"),
+    ],
+)
+def test_weights_that_cannot_make_figures_are_refused_naming_the_tensor(
+    models_dir, name, value, problem
+):
+    """evaluate exited 0 reporting 0.10 accuracy from such weights; export failed half-way."""
+    tampered(models_dir, name, value)
+    refused(models_dir, rf"model.safetensors: tensor '{name}' {problem}$")
+
+
+def meta_like(tmp_path, **changes):
+    from pipeline.prepared.storage import PreparedMeta
+
+    meta = {
+        "source": "digits", "class_names": ["a", "b", "c"], "num_classes": 3,
+        "input_shape": [1, 8, 8], "mean": [0.5], "std": [0.25],
+        "counts": {"train": 12, "val": 3, "test": 3}, "input_hashes": {}, "quarantined": [],
+        "shards": {},
+    }  # fmt: skip
+    path = tmp_path / "prepared" / "meta.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**meta, **changes}))
+    return PreparedMeta.from_json(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"class_names": ["c", "b", "a"]}, "class_names"),  # ONNX metadata would mislabel
+        ({"class_names": ["a", "b", "c", "d"], "num_classes": 4}, "class_names"),
+        ({"input_shape": [1, 32, 32]}, "input_shape"),
+    ],
+)
+def test_a_card_that_does_not_describe_the_prepared_data_is_refused(
+    models_dir, tmp_path, changes, field
+):
+    data = meta_like(tmp_path, **changes)
+    with pytest.raises(ModelFileError) as caught:
+        load_trained(models_dir, data)
+    message = str(caught.value)
+    assert message.startswith(f"{models_dir / 'model.json'}: field '{field}' is ")
+    assert "the prepared data's meta.json says" in message and "\n" not in message
+
+
+def test_a_card_of_the_prepared_data_loads(models_dir, tmp_path):
+    model, card = load_trained(models_dir, meta_like(tmp_path))
+    assert card == CARD
+
+
+def test_logits_that_are_not_numbers_stop_the_figures():
+    from pipeline.models.inference import NonFiniteLogitsError, require_finite
+
+    good = torch.tensor([[0.1, 0.9], [0.3, 0.7]])
+    assert require_finite(good, "evaluate") is good
+    bad = torch.tensor([[0.1, float("nan")], [0.3, 0.7], [float("inf"), 0.0]])
+    with pytest.raises(NonFiniteLogitsError, match=r"^evaluate: .* for 2 of 3 images;"):
+        require_finite(bad, "evaluate")

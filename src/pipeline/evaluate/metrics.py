@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from pipeline.core.io import write_text
-from pipeline.models.inference import predict_logits
+from pipeline.models.inference import predict_logits, require_finite
 from pipeline.prepared.storage import split_shards
 
 
@@ -22,7 +22,8 @@ def predict_split(
     images at a time, and the logits of the whole split."""
     logits, labels = [], []
     for images, shard_labels in split_shards(prepared_dir, split).iter_shards():
-        logits.append(predict_logits(model, torch.from_numpy(images), batch_size))
+        shard_logits = predict_logits(model, torch.from_numpy(images), batch_size)
+        logits.append(require_finite(shard_logits, f"evaluate on the {split} split"))
         labels.append(torch.from_numpy(shard_labels))
     return torch.cat(logits), torch.cat(labels)
 

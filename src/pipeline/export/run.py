@@ -25,7 +25,7 @@ from pipeline.export.variants import (
     variant_path,
 )
 from pipeline.models.files import ModelCard
-from pipeline.models.inference import predict_logits
+from pipeline.models.inference import predict_logits, require_finite
 from pipeline.models.preprocess import WithPreprocessing
 from pipeline.prepared.types import LabelledChunks
 
@@ -42,7 +42,8 @@ def parity_of(model, feed, session, test: LabelledChunks, batch_size: int) -> Pa
     tally = ParityTally()
     for images, labels in test.iter_shards():
         tensor = torch.from_numpy(images)
-        torch_logits = predict_logits(model, tensor, batch_size).numpy()
+        torch_logits = require_finite(predict_logits(model, tensor, batch_size), "export parity")
+        torch_logits = torch_logits.numpy()
         inputs = np.ascontiguousarray(feed(tensor).numpy())
         tally.add(torch_logits, session_logits(session, inputs, batch_size), labels)
     return tally.result()

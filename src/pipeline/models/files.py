@@ -182,21 +182,62 @@ def save_trained(models_dir: str | Path, model: nn.Module, card: ModelCard) -> N
     save_tensors(models_dir / WEIGHTS_NAME, state, metadata={"arch": card.arch})
 
 
-def load_trained(models_dir: str | Path) -> tuple[WithPreprocessing, ModelCard]:
+def card_data_problem(card: ModelCard, data: PreparedMeta) -> str | None:
+    """Why a model card does not describe the prepared data it is evaluated, exported or
+    benchmarked on (its labels would name other classes, its ONNX metadata another input)."""
+    for field_name in ("class_names", "num_classes", "input_shape"):
+        theirs, ours = getattr(data, field_name), getattr(card, field_name)
+        if _as_tuple(ours) != _as_tuple(theirs):
+            return (
+                f"field '{field_name}' is {_shown(ours)}, the prepared data's meta.json says "
+                f"{_shown(theirs)}: the model was trained on other data (re-run train)"
+            )
+    return None
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _shown(value: Any) -> str:
+    text = repr(_as_tuple(value))
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def weights_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Why loaded weights cannot make figures: a NaN or infinite value, or a negative
+    BatchNorm running variance (its square root is NaN in every later output)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"tensor {name[:80]!r} holds NaN or infinite values"
+        if name.endswith("running_var") and (tensor < 0).any():
+            return f"tensor {name[:80]!r} holds a negative variance"
+    return None
+
+
+def load_trained(
+    models_dir: str | Path, data: PreparedMeta | None = None
+) -> tuple[WithPreprocessing, ModelCard]:
     """The trained classifier wrapped with its preprocessing (takes uint8 NCHW), and its card.
 
     Card and weights header are checked before any weights are read, so a wrong, truncated or
-    oversized file costs one line, not a traceback or a huge allocation.
+    oversized file costs one line, not a traceback or a huge allocation; with ``data`` (the
+    prepared data's meta), the card must describe that data; the weights must be finite.
     """
     models_dir = Path(models_dir)
     card = read_card(models_dir / CARD_NAME)
+    if data is not None and (problem := card_data_problem(card, data)):
+        raise ModelFileError(f"{models_dir / CARD_NAME}: {problem}")
     weights_path = models_dir / WEIGHTS_NAME
     skeleton = _skeleton(card, models_dir / CARD_NAME)
     check_weights_match(weights_path, skeleton, card.arch)
     model = build_model(card.model_spec())
     try:
-        model.load_state_dict(load_tensors(weights_path))
+        state = load_tensors(weights_path)
+        model.load_state_dict(state)
     except (SafetensorError, RuntimeError) as error:
         raise ModelFileError(f"{weights_path}: cannot load ({first_line(error)})") from None
+    if problem := weights_problem(state):
+        raise ModelFileError(f"{weights_path}: {problem}")
     wrapped = WithPreprocessing(model, card.normalisation.mean, card.normalisation.std)
     return wrapped.eval(), card

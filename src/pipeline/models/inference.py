@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from pipeline.core.errors import PipelineError
+
 Out = TypeVar("Out")
+
+
+class NonFiniteLogitsError(PipelineError):
+    """The model's outputs on real inputs are not numbers: no figure can be made from them."""
 
 
 def in_batches(forward: Callable[..., Out], batch_size: int, *arrays: Any) -> Iterator[Out]:
@@ -25,6 +31,18 @@ def in_batches(forward: Callable[..., Out], batch_size: int, *arrays: Any) -> It
         forward(*(array[start : start + batch_size] for array in arrays))
         for start in range(0, lengths.pop(), batch_size)
     )
+
+
+def require_finite(logits: torch.Tensor, what: str) -> torch.Tensor:
+    """``logits``, if every value is finite: weights that overflow float32 on real inputs give
+    inf or NaN, which argmax would score as class 0 and metrics would report as a result."""
+    bad = int((~torch.isfinite(logits)).any(dim=-1).sum()) if logits.numel() else 0
+    if bad:
+        raise NonFiniteLogitsError(
+            f"{what}: the model's logits are NaN or infinite for {bad} of {len(logits)} images; "
+            "models/model.safetensors holds weights that overflow or are invalid: re-run train"
+        )
+    return logits
 
 
 @torch.inference_mode()
