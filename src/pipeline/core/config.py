@@ -10,6 +10,7 @@ value.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import reprlib
 from collections.abc import Callable
@@ -199,6 +200,48 @@ class ModelParams(Section):
         return pretrained
 
 
+# A DNS label (RFC 1123): ASCII letters and digits, inner hyphens, at most 63 characters;
+# also '_', which torch's check and /etc/hosts names (container names) allow.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def is_endpoint_host(host: str) -> bool:
+    """Whether torch's rendezvous can use ``host`` (the part before the port's colon).
+
+    Checked offline, with no DNS lookup: a DNS name, an IPv4 address, or an IPv6 address,
+    bracketed (``[::1]``) or bare as torch also reads ``::1:29400`` (it splits at the last
+    colon). torch's own check (``[\\w.:-]+``) lets through names that fail only after
+    seconds of socket errors, such as ``-x`` or ``h:1``.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        return _is_ipv6(host[1:-1])
+    if ":" in host:
+        return _is_ipv6(host)
+    labels = host.split(".")
+    if labels[-1].isdigit():  # all-digit top label: only an IPv4 address, not 999.1.1.1
+        return _is_ipv4(host)
+    return len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ipv6(text: str) -> bool:
+    # No zone id (fe80::1%eth0): torch's hostname check refuses the '%'.
+    if not text.isascii() or "%" in text:
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class DistributedParams(Section):
     """Data-parallel training (DDP) over several processes, started by torch's elastic launcher."""
 
@@ -241,6 +284,11 @@ class DistributedParams(Section):
         # ASCII digits only: int() reads full-width digits, torchrun's rendezvous does not.
         if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. node0.example.com:29400")
+        if not is_endpoint_host(host):
+            raise ValueError(
+                "host must be a DNS name (letters, digits, '_', inner hyphens), an IPv4 address or "
+                "[IPv6], e.g. node0.example.com:29400 or [::1]:29400"
+            )
         return endpoint
 
 

@@ -87,6 +87,42 @@ def is_worker(environ: Mapping[str, str] = os.environ) -> bool:
     return all(key in environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+# What a process that merely inherited a launcher's variables should do instead.
+_STRAY_HINT = "set by a launcher? unset RANK, WORLD_SIZE and LOCAL_RANK to train in one process"
+_MAX_INT_DIGITS = 9  # far above any group; keeps torch's C++ int from overflowing
+
+
+def _env_int(environ: Mapping[str, str], name: str, low: int, high: int | None = None) -> int:
+    """``environ[name]`` as an integer in [low, high), or a one-line error naming it."""
+    text = environ.get(name, "")
+    # ASCII digits only: int() also reads ' 1', '+1', '1_0' and full-width digits.
+    if text.isascii() and text.isdigit() and len(text) <= _MAX_INT_DIGITS:
+        value = int(text)
+        if value >= low and (high is None or value < high):
+            return value
+    bound = f"from {low} to {high - 1}" if high is not None else f"{low} or more"
+    shown = f"{name}={text[:40] + ('...' if len(text) > 40 else '')!r}"
+    if name not in environ:
+        shown = f"{name} is not set"
+    raise PipelineError(f"{shown}: expected an integer {bound}; {_STRAY_HINT}")
+
+
+def worker_identity(environ: Mapping[str, str] = os.environ) -> Group:
+    """The group a worker's environment describes, checked before torch reads it: stray or
+    garbled variables give a one-line error instead of a traceback from deep in torch."""
+    world_size = _env_int(environ, "WORLD_SIZE", 1)
+    rank = _env_int(environ, "RANK", 0, world_size)
+    local_rank = _env_int(environ, "LOCAL_RANK", 0, world_size)
+    if "LOCAL_WORLD_SIZE" in environ:  # optional: join_group reads it for CPU threads
+        _env_int(environ, "LOCAL_WORLD_SIZE", 1)
+    if not environ.get("MASTER_ADDR", "").strip():
+        raise PipelineError(
+            f"RANK={environ['RANK']!r} is set but MASTER_ADDR is not; {_STRAY_HINT}"
+        )
+    _env_int(environ, "MASTER_PORT", 1, 65536)
+    return Group(rank, world_size, local_rank)
+
+
 def threads_per_process(local_world_size: int, cores: int | None = None) -> int:
     """CPU threads each worker may use so that the workers of one node share its cores."""
     cores = cores or len(os.sched_getaffinity(0))
@@ -96,7 +132,7 @@ def threads_per_process(local_world_size: int, cores: int | None = None) -> int:
 def join_group(device_type: str, environ: Mapping[str, str] = os.environ) -> Group:
     """Initialise the default process group from the agent's environment: NCCL on GPUs, gloo
     on CPU. Each process owns one GPU (its local rank); CPU workers split the cores."""
-    group = Group(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]))
+    group = worker_identity(environ)
     if device_type == "cuda":
         if group.local_rank >= torch.cuda.device_count():
             raise PipelineError(

@@ -112,9 +112,7 @@ def _elastic_worker(raw: dict, root: str) -> dict[str, Any] | None:
 def launch(params: Params, root: Path, nproc: int) -> dict[str, Any] | None:
     """Start this node's workers; rank 0's train record if it ran here (keys: global ranks)."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import LaunchConfig
 
     dist = params.train.distributed
     # Like torchrun --standalone: port 0 lets the c10d store pick a free port on this node.
@@ -136,18 +134,36 @@ def launch(params: Params, root: Path, nproc: int) -> dict[str, Any] | None:
             logs_specs=DefaultLogsSpecs(log_dir=logs),  # error files only; output goes to stderr
             start_method=start_method,
         )
-        try:
-            results = elastic_launch(config, _elastic_worker)(
-                params.model_dump(mode="json"), str(root)
-            )
-        except ChildFailedError as error:
-            raise PipelineError(failure_message(error, dist.max_restarts)) from None
-        except RendezvousError as error:  # e.g. another node never came, or is unreachable
-            raise PipelineError(
-                f"rendezvous at {endpoint} failed ({describe(error)}); check "
-                "train.distributed.rdzv_endpoint and that all nnodes nodes started"
-            ) from None
+        results = run_agent(config, params, root)
     return results.get(0)
+
+
+def run_agent(config, params: Params, root: Path) -> dict[int, Any]:
+    """Run the elastic agent with ``config``; its failures become one-line PipelineErrors."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.launcher.api import elastic_launch
+
+    endpoint = config.rdzv_endpoint
+    try:
+        return elastic_launch(config, _elastic_worker)(params.model_dump(mode="json"), str(root))
+    except ChildFailedError as error:
+        raise PipelineError(failure_message(error, config.max_restarts)) from None
+    except RendezvousError as error:  # e.g. another node never came, or is unreachable
+        raise PipelineError(
+            f"rendezvous at {endpoint} failed ({describe(error)}); check "
+            "train.distributed.rdzv_endpoint and that all nnodes nodes started"
+        ) from None
+    except ValueError as error:
+        # torch's endpoint parser: params validation stops these first, this is the backstop.
+        # Its message quotes the endpoint, newlines and all, so say it in our own words.
+        if "rendezvous endpoint" not in str(error):
+            raise
+        part = "port" if "port number" in str(error) else "host"
+        raise PipelineError(
+            f"train.distributed.rdzv_endpoint {endpoint!r}: torch refused its {part}; use "
+            "host:port, e.g. node0.example.com:29400 or [::1]:29400"
+        ) from None
 
 
 def _recorded(failure) -> str:
