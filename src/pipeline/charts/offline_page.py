@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=PAGE, help=f"default: {PAGE}")
     parser.add_argument("--check", action="store_true", help="only say whether it is current")
     args = parser.parse_args(argv)
+    # Refused before the ~3 s bundle: writing over a folder (or pipe) fails only at the rename.
+    if args.output.exists() and not args.output.is_file():
+        parser.error(f"--output exists and is not a regular file: '{args.output}'")
     wanted = current_page()
     if args.check:
         on_disk = args.output.read_text(encoding="utf-8") if args.output.is_file() else None
@@ -88,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.output} is not current: python -m pipeline.charts.offline_page")
             return 1
         return 0
-    write_text(args.output, wanted)
+    try:
+        write_text(args.output, wanted)  # atomic: a failed write leaves nothing half-written
+    except OSError as error:
+        # The path that failed may be a parent folder, not --output itself: name both.
+        where = f" ('{error.filename}')" if error.filename not in (None, str(args.output)) else ""
+        parser.error(f"--output cannot be written: '{args.output}': {error.strerror}{where}")
     print(f"wrote {args.output} ({versions()})")
     return 0
 

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from pipeline.charts.pareto import ParetoPanel, ParetoPoint, write_pareto_chart
 from pipeline.core import paths
+from pipeline.core.reading import open_regular
 from pipeline.core.records import dotted_get
 from pipeline.energy.base import ENERGY_SCOPES
 
@@ -435,6 +436,23 @@ def _target_line(best: Run | None, target: float | None, scope: str | None) -> s
     )
 
 
+def read_saved_exp_show(parser: argparse.ArgumentParser, path: Path) -> list[Any]:
+    """The saved ``dvc exp show --json`` document; a one-line usage error when it cannot be
+    read or is not that JSON list, instead of a traceback."""
+    try:
+        # open_regular: a folder or device is refused, and a named pipe cannot hang the read.
+        with open_regular(path) as handle:
+            document = json.loads(handle.read().decode("utf-8"))
+    except OSError as error:
+        parser.error(f"--json cannot read '{path}': {error.strerror or error}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        parser.error(f"--json '{path}' is not JSON: {error}")
+    # runs_from_exp_show walks a list of objects: anything else would fail deep inside it.
+    if not isinstance(document, list) or not all(isinstance(e, dict) for e in document):
+        parser.error(f"--json '{path}' is not `dvc exp show --json` output (a list of objects)")
+    return document
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline-pareto", description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="saved `dvc exp show --json` output")
@@ -451,14 +469,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.plot is not None and args.plot.suffix.lower() not in (".svg", ".png"):
         parser.error(f"--plot must end in .svg or .png: '{args.plot}'")
-    status = None  # a saved document has no workspace to ask
-    if args.json is not None:
-        document = json.loads(args.json.read_text(encoding="utf-8"))
-    else:
-        document = run_exp_show(args.repo)
-        status = workspace_status(args.repo)
     if not 0 < args.max_spread < math.inf:
         parser.error(f"--max-spread must be a positive number: '{args.max_spread}'")
+    status = None  # a saved document has no workspace to ask
+    if args.json is not None:
+        document = read_saved_exp_show(parser, args.json)
+    else:
+        # subprocess's cwd would raise FileNotFoundError/NotADirectoryError with a traceback.
+        if args.repo is not None and not args.repo.is_dir():
+            parser.error(f"--repo is not a folder: '{args.repo}'")
+        document = run_exp_show(args.repo)
+        status = workspace_status(args.repo)
     runs, left_out = select_runs(runs_from_exp_show(document), args.max_spread, status)
     print(report(runs, args.target, left_out))
     # After the report is printed: a chart that cannot be drawn says why and costs nothing else.
