@@ -3,14 +3,7 @@ sweep's values and the libraries' errors that echo them are whatever was typed."
 
 from __future__ import annotations
 
-import reprlib
-
-from pipeline.core.errors import PipelineError, first_line
-
-MAX_SHOWN = 80  # characters of a -S value quoted in a message (a megabyte value stays short)
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = MAX_SHOWN
+from pipeline.core.errors import MAX_SHOWN, PipelineError, first_line, short_repr
 
 
 class SweepError(PipelineError):
@@ -19,7 +12,7 @@ class SweepError(PipelineError):
 
 def quoted(value: str) -> str:
     """``value`` quoted, its newlines and other control characters escaped, cut short."""
-    return _REPR.repr(value)
+    return short_repr(value)
 
 
 def shown(value: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import reprlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +38,7 @@ from pipeline.core.catalog import (
     derived_variants,
     is_known_arch,
 )
-from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.errors import MAX_SHOWN, PipelineError, first_line, short_repr
 from pipeline.core.reading import open_regular
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -617,28 +616,6 @@ class Params(Section):
     energy: EnergyParams = EnergyParams()
 
 
-MAX_SHOWN = 80  # characters of a bad key or value quoted in an error
-
-
-class _ShortRepr(reprlib.Repr):
-    def repr_int(self, x: int, level: int) -> str:
-        # repr() itself refuses an int of over 4,300 digits (a ValueError inside the error path)
-        if x.bit_length() > 1_000:
-            return f"<an integer of {x.bit_length():,} bits>"
-        return super().repr_int(x, level)
-
-
-def _value_repr() -> reprlib.Repr:
-    shown = _ShortRepr()  # a megabyte of params.yaml must not become a megabyte-long line
-    shown.maxstring = shown.maxother = MAX_SHOWN
-    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 8
-    shown.maxlevel = 3
-    return shown
-
-
-_SHOWN = _value_repr()
-
-
 def _shown_key(key: str) -> str:
     if len(key) <= MAX_SHOWN:
         return key
@@ -653,7 +630,7 @@ def _describe(error: ValidationError) -> str:
     if first["type"] == "missing":
         return f"missing key '{key}'"
     message = first["msg"].removeprefix("Value error, ")
-    return f"bad value for '{key}': {_SHOWN.repr(first.get('input'))} ({message})"
+    return f"bad value for '{key}': {short_repr(first.get('input'))} ({message})"
 
 
 def parse_params(raw: Any, *, source: str = "params") -> Params:

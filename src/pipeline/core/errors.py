@@ -1,5 +1,34 @@
 """The base of every error a user can fix; stages print it as one line and exit non-zero."""
 
+import reprlib
+
+MAX_SHOWN = 80  # characters of a bad value quoted in an error
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() itself refuses an int of over 4,300 digits (a ValueError inside the error path)
+        if x.bit_length() > 1_000:
+            return f"<an integer of {x.bit_length():,} bits>"
+        return super().repr_int(x, level)
+
+
+def _short_repr() -> reprlib.Repr:
+    shown = _ShortRepr()  # a megabyte value must not become a megabyte-long line
+    shown.maxstring = shown.maxother = MAX_SHOWN
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 8
+    shown.maxlevel = 3
+    return shown
+
+
+_SHORT = _short_repr()
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` for an error message: strings cut in the middle, containers after 8
+    items and 3 levels, huge integers by their size; newlines escaped, as repr does."""
+    return _SHORT.repr(value)
+
 
 class PipelineError(Exception):
     """Bad params, bad input files or a failed gate: the message says what and where."""

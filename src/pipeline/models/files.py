@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.errors import PipelineError, first_line, short_repr
 from pipeline.core.headers import TensorFileError, read_header
 from pipeline.core.io import (
     describe_validation_error,
@@ -166,13 +166,18 @@ def check_weights_match(weights_path: Path, skeleton: nn.Module, arch: str) -> N
             )
 
 
-def save_trained(models_dir: str | Path, model: nn.Module, card: ModelCard) -> None:
-    state = model.state_dict()
-    bad = [
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of floating tensors holding a NaN or an infinity."""
+    return [
         name
         for name, value in state.items()
         if value.is_floating_point() and not torch.isfinite(value).all()
     ]
+
+
+def save_trained(models_dir: str | Path, model: nn.Module, card: ModelCard) -> None:
+    state = model.state_dict()
+    bad = nonfinite_tensors(state)
     if bad:
         raise ModelFileError(
             f"refusing to save non-finite weights ({bad[0]} and {len(bad) - 1} more)"
@@ -187,29 +192,20 @@ def card_data_problem(card: ModelCard, data: PreparedMeta) -> str | None:
     benchmarked on (its labels would name other classes, its ONNX metadata another input)."""
     for field_name in ("class_names", "num_classes", "input_shape"):
         theirs, ours = getattr(data, field_name), getattr(card, field_name)
-        if _as_tuple(ours) != _as_tuple(theirs):
+        if ours != theirs:
             return (
-                f"field '{field_name}' is {_shown(ours)}, the prepared data's meta.json says "
-                f"{_shown(theirs)}: the model was trained on other data (re-run train)"
+                f"field '{field_name}' is {short_repr(ours)}, the prepared data's meta.json says "
+                f"{short_repr(theirs)}: the model was trained on other data (re-run train)"
             )
     return None
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list | tuple) else value
-
-
-def _shown(value: Any) -> str:
-    text = repr(_as_tuple(value))
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def weights_problem(state: dict[str, torch.Tensor]) -> str | None:
     """Why loaded weights cannot make figures: a NaN or infinite value, or a negative
     BatchNorm running variance (its square root is NaN in every later output)."""
+    if bad := nonfinite_tensors(state):
+        return f"tensor {bad[0][:80]!r} holds NaN or infinite values"
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return f"tensor {name[:80]!r} holds NaN or infinite values"
         if name.endswith("running_var") and (tensor < 0).any():
             return f"tensor {name[:80]!r} holds a negative variance"
     return None
