@@ -15,29 +15,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from pipeline.cluster.messages import SweepError, quoted, reason, shown
-from pipeline.cluster.points import DEFAULT_PARAMS_FILE, check_points
+from pipeline.cluster.points import DEFAULT_PARAMS_FILE, Experiment, check_points
 
 # What git accepts in one ref component, kept simple: no slashes, spaces or '..'.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 MAX_EXPERIMENTS = 10_000
 
 __all__ = ["MAX_EXPERIMENTS", "Experiment", "SweepError", "check_name", "expand"]
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One point of the grid: its unique name and its ``-S`` values, as DVC takes them."""
-
-    index: int
-    name: str
-    set_params: tuple[str, ...]
 
 
 def check_name(name: str) -> str:

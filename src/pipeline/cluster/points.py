@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.cluster.messages import SweepError, reason, shown
 from pipeline.core.config import ParamsError, parse_params, parse_yaml
 from pipeline.core.reading import open_regular
 
-if TYPE_CHECKING:
-    from pipeline.cluster.grid import Experiment
-
 DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One point of the grid: its unique name and its ``-S`` values, as DVC takes them."""
+
+    index: int
+    name: str
+    set_params: tuple[str, ...]
 
 
 def _baseline(repo: Path) -> dict | None:
